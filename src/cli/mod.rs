@@ -1,0 +1,427 @@
+//! The `tern` command line. Server commands start roles in this process;
+//! client commands call the CX REST API (see [`client`]).
+//!
+//! `--cx`, `--data`, `--json` and `--log-json` are global: accepted before or
+//! after the subcommand.
+
+pub mod client;
+pub mod enroll;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat, Role};
+use crate::engine::shutdown;
+use client::Api;
+
+#[derive(Parser, Debug)]
+#[command(name = "tern", version, about = "Tern: continuous data protection and disaster recovery", long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// URL of the configuration server (CX) for client commands.
+    #[arg(long, global = true, env = "TERN_CX", value_name = "URL")]
+    pub cx: Option<String>,
+    /// Data directory: where `up`/`enroll` keep state; for client commands on the
+    /// CX host, where the CA, the CX URL and the admin CLI token are read from.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Print listings as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run roles in this process from a config file.
+    Serve {
+        /// Comma-separated roles: cx, ps, mt, agent (default: the config's `roles`).
+        #[arg(long, value_delimiter = ',', value_name = "ROLES")]
+        role: Vec<Role>,
+        /// TOML configuration (see configs/).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run cx+ps+mt+agent on this host with embedded defaults.
+    Up {
+        /// Optional config; its roles are ignored (up runs all four).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Override cx.api_listen (default 0.0.0.0:8443).
+        #[arg(long, value_name = "ADDR")]
+        api_listen: Option<std::net::SocketAddr>,
+        /// Override node.data_listen (default 0.0.0.0:9443).
+        #[arg(long, value_name = "ADDR")]
+        data_listen: Option<std::net::SocketAddr>,
+    },
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Join this node (PS, MT or agent) to a CX with a one-time token.
+    Enroll(enroll::EnrollArgs),
+    /// Enrollment tokens (on the CX).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Log in to a CX and save a token for client commands.
+    Login {
+        #[arg(long, default_value = "admin")]
+        user: String,
+        /// Read the password from this file (else TERN_PASSWORD, else a prompt).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Expected CA fingerprint (as shown on the CX); refuse on mismatch.
+        #[arg(long, value_name = "SHA256")]
+        ca_fingerprint: Option<String>,
+    },
+    /// Revoke and forget the saved login.
+    Logout,
+    /// Hosts registered with the CX.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Health of the CX (no login needed).
+    Health,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Parse a config file; report the first bad field with file and line.
+    Check { file: PathBuf },
+    /// Print the defaults as TOML.
+    Defaults,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a single-use enrollment token.
+    Create {
+        /// Lifetime, e.g. 30m, 1h, 1d (default: cx.enroll_token_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// List hosts, their roles, version and heartbeat state.
+    List,
+}
+
+/// `a: b: c` — the whole cause chain on one line, as `tern: …` prints it.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+pub fn reqwest_chain(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Human => b.try_init(),
+    };
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    let g = cli.global;
+    match cli.cmd {
+        Command::Config(ConfigCmd::Check { file }) => {
+            Config::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Config(ConfigCmd::Defaults) => {
+            print!("{}", toml::to_string_pretty(&Config::default())?);
+            Ok(())
+        }
+        Command::Serve { role, config } => {
+            let cfg = Config::load(&config)?;
+            let roles = if role.is_empty() { cfg.roles.clone() } else { role };
+            serve(cfg, roles, &g, false)
+        }
+        Command::Up {
+            config,
+            api_listen,
+            data_listen,
+        } => {
+            let mut cfg = match &config {
+                Some(p) => Config::load(p)?,
+                None => Config::default(),
+            };
+            if let Some(d) = &g.data {
+                cfg.data_dir = d.clone();
+            }
+            if let Some(a) = api_listen {
+                cfg.cx.api_listen = a;
+            }
+            if let Some(a) = data_listen {
+                cfg.node.data_listen = a;
+            }
+            serve(cfg, vec![Role::Cx, Role::Ps, Role::Mt, Role::Agent], &g, true)
+        }
+        Command::Enroll(args) => runtime()?.block_on(enroll::run(args, &g)),
+        Command::Token(TokenCmd::Create { ttl }) => runtime()?.block_on(async {
+            let api = Api::resolve(g.cx.as_deref(), g.data.as_deref())?;
+            let v = api
+                .post("/api/v1/tokens", &serde_json::json!({ "ttl": ttl }))
+                .await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let tok = v["token"].as_str().unwrap_or_default();
+                println!("token:          {tok}");
+                println!("expires:        {}", v["expires"].as_str().unwrap_or_default());
+                println!("CA fingerprint: {}", v["ca_fingerprint"].as_str().unwrap_or_default());
+                println!("single use. On the new node run:");
+                println!(
+                    "  tern enroll --cx {} --token {tok} --config NODE.toml",
+                    api.base
+                );
+            }
+            Ok(())
+        }),
+        Command::Login {
+            user,
+            password_file,
+            ca_fingerprint,
+        } => runtime()?.block_on(enroll::login(&g, user, password_file, ca_fingerprint)),
+        Command::Logout => runtime()?.block_on(async {
+            if let Ok(api) = Api::resolve(g.cx.as_deref(), g.data.as_deref()) {
+                let _ = api.post("/api/v1/logout", &serde_json::json!({})).await;
+            }
+            let p = client::login_file();
+            if p.exists() {
+                std::fs::remove_file(&p)?;
+                println!("logged out ({} removed)", p.display());
+            }
+            Ok(())
+        }),
+        Command::Host(HostCmd::List) => runtime()?.block_on(async {
+            let api = Api::resolve(g.cx.as_deref(), g.data.as_deref())?;
+            let v = api.get("/api/v1/hosts").await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&v["hosts"])?);
+                return Ok(());
+            }
+            let mut rows = vec![vec![
+                "HOST ID".to_owned(),
+                "NAME".into(),
+                "ROLES".into(),
+                "VERSION".into(),
+                "LAST HEARTBEAT".into(),
+                "STATUS".into(),
+            ]];
+            for h in v["hosts"].as_array().into_iter().flatten() {
+                let roles: Vec<&str> = h["roles"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r.as_str())
+                    .collect();
+                let age = h["heartbeat_age_s"]
+                    .as_f64()
+                    .map(|a| format!("{a:.0}s ago"))
+                    .unwrap_or_else(|| "never".into());
+                rows.push(vec![
+                    h["host_id"].as_str().unwrap_or("").to_owned(),
+                    h["name"].as_str().unwrap_or("").to_owned(),
+                    roles.join(","),
+                    h["version"].as_str().unwrap_or("-").to_owned(),
+                    age,
+                    if h["overdue"].as_bool().unwrap_or(true) {
+                        "OVERDUE".into()
+                    } else {
+                        "ok".into()
+                    },
+                ]);
+            }
+            print_table(&rows);
+            Ok(())
+        }),
+        Command::Health => runtime()?.block_on(async {
+            let api = Api::resolve(g.cx.as_deref(), g.data.as_deref())?;
+            let v = api.get("/api/v1/health").await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{} {} roles={} up {}s",
+                    v["status"].as_str().unwrap_or("?"),
+                    v["version"].as_str().unwrap_or("?"),
+                    v["roles"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    v["uptime_s"]
+                );
+            }
+            Ok(())
+        }),
+    }
+}
+
+pub fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.len())).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{:w$}", s, w = widths[i]))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn serve(mut cfg: Config, roles: Vec<Role>, g: &Global, banner: bool) -> anyhow::Result<()> {
+    if g.log_json {
+        cfg.log.format = LogFormat::Json;
+    }
+    init_logging(cfg.log.format, &cfg.log.level);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let (trigger, _) = shutdown::channel();
+        let t = trigger.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            t.fire();
+        });
+        let data_dir = cfg.data_dir.clone();
+        let (node, mut tasks) = crate::roles::start(cfg, roles.clone(), &trigger)
+            .await
+            .context("cannot start")?;
+        if banner {
+            print_banner(&data_dir, &node, &roles);
+        }
+        let mut sd = trigger.subscribe();
+        sd.wait().await;
+        tracing::info!("shutdown requested");
+        // Ordered and bounded: a stuck task cannot hold the process forever.
+        let drained = tokio::time::timeout(std::time::Duration::from_secs(4), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("some tasks did not stop within 4s; exiting anyway");
+        }
+        for r in roles.iter().rev() {
+            tracing::info!(role = %r, "role stopped");
+        }
+        tracing::info!("tern stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // Don't wait for blocking tasks that may still be parked.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    Ok(())
+}
+
+fn print_banner(data_dir: &Path, node: &crate::roles::RunningNode, roles: &[Role]) {
+    let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    println!("Tern {} is up: roles {}", crate::VERSION, roles.join(", "));
+    if let Some(a) = node.api_addr {
+        let host = if a.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            a.ip().to_string()
+        };
+        println!("  UI and API:      https://{host}:{}/", a.port());
+    }
+    if let Some(a) = node.data_addr {
+        println!("  replication:     {a} (HTTPS, mutual TLS)");
+    }
+    let pw = data_dir.join("admin-password");
+    if node.admin_password_file.is_some() {
+        println!("  admin password:  {} (user admin; created now)", pw.display());
+    } else {
+        println!("  admin password:  {} (user admin)", pw.display());
+    }
+    println!("  CA certificate:  {}", data_dir.join("pki/ca.crt").display());
+    println!("  try:             tern --data {} host list", data_dir.display());
+    println!("Stop with Ctrl-C (or SIGTERM).");
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Read a config if given, else defaults with `--data` applied.
+pub fn config_or_default(config: Option<&Path>, data: Option<&Path>) -> anyhow::Result<Config> {
+    let mut cfg = match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(d) = data {
+        if config.is_some() && d != cfg.data_dir {
+            bail!(
+                "--data {} disagrees with data_dir {} in the config; give one of them",
+                d.display(),
+                cfg.data_dir.display()
+            );
+        }
+        cfg.data_dir = d.to_owned();
+    }
+    Ok(cfg)
+}
+
+pub(crate) fn read_password(file: Option<&Path>) -> anyhow::Result<String> {
+    if let Some(f) = file {
+        let s = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        return Ok(s.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    if let Ok(p) = std::env::var("TERN_PASSWORD") {
+        return Ok(p);
+    }
+    rpassword::prompt_password("password: ")
+        .map_err(|e| anyhow!("cannot read the password ({e}); use --password-file or TERN_PASSWORD"))
+}

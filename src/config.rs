@@ -1,0 +1,322 @@
+//! Configuration: one TOML file per process, every field with a default in code.
+//!
+//! Raw TOML is parsed with unknown fields refused; a parse error is reported as
+//! `FILE:LINE:COL: what is wrong` from the span the TOML parser gives. Durations
+//! are written as `30s`, `5m`, `1h`, `7d`. The commented examples in `configs/`
+//! are parsed by a test, so they cannot drift from this file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A role this binary can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Configuration server: control plane, UI, API, PKI.
+    Cx,
+    /// Process server: receives, caches, compresses and forwards change data.
+    Ps,
+    /// Master target: applies changes to replicas and keeps the retention journal.
+    Mt,
+    /// Agent on the protected server: captures writes.
+    Agent,
+    /// Multi-tenant portal over many CX servers (not built yet).
+    Rx,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Cx, Role::Ps, Role::Mt, Role::Agent, Role::Rx];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Cx => "cx",
+            Role::Ps => "ps",
+            Role::Mt => "mt",
+            Role::Agent => "agent",
+            Role::Rx => "rx",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s.trim())
+            .ok_or_else(|| format!("unknown role `{s}`; expected one of cx, ps, mt, agent, rx"))
+    }
+}
+
+/// A duration written like `30s`, `5m`, `1h 30m`, `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{s}` ({e}); expected e.g. \"30s\", \"5m\", \"1h\", \"7d\""
+            ))
+        })
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory holding this node's state: `tern.redb`, `pki/`, caches, journals.
+    pub data_dir: PathBuf,
+    /// Roles this process runs when `tern serve` is given no `--role`.
+    pub roles: Vec<Role>,
+    pub node: NodeConfig,
+    pub log: LogConfig,
+    pub cx: CxConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./tern-data"),
+            roles: Vec::new(),
+            node: NodeConfig::default(),
+            log: LogConfig::default(),
+            cx: CxConfig::default(),
+        }
+    }
+}
+
+/// Settings every process has, whatever its roles.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name shown in host lists; defaults to the system host name.
+    pub name: Option<String>,
+    /// The configuration server this node reports to (set by `tern enroll` too).
+    pub cx_url: String,
+    /// Replication data port (PS and MT): HTTPS with mutual TLS only.
+    pub data_listen: SocketAddr,
+    /// Extra DNS names or IP addresses put in this node's certificate, so peers
+    /// can reach it by those names (its host name and loopback are always in).
+    pub tls_names: Vec<String>,
+    /// How often this node reports to the CX.
+    pub heartbeat_interval: Dur,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: None,
+            cx_url: "https://127.0.0.1:8443".into(),
+            data_listen: "0.0.0.0:9443".parse().expect("valid"),
+            tls_names: Vec::new(),
+            heartbeat_interval: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json` (the `--log-json` flag overrides).
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `tern=debug,warn`, … (`RUST_LOG` overrides).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// The configuration server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CxConfig {
+    /// UI and REST API (HTTPS; client certificates optional, used by roles).
+    pub api_listen: SocketAddr,
+    /// A plaintext HTTP listener for the UI/API. Off unless set: only for a
+    /// TLS-terminating proxy on the same host.
+    pub plaintext_api_listen: Option<SocketAddr>,
+    /// A host whose last heartbeat is older than this is shown as overdue.
+    pub heartbeat_overdue: Dur,
+    /// Default lifetime of an enrollment token.
+    pub enroll_token_ttl: Dur,
+    /// Lifetime of a browser session or `tern login` token.
+    pub session_ttl: Dur,
+    /// Organisation name written into the CA certificate.
+    pub organization: String,
+}
+
+impl Default for CxConfig {
+    fn default() -> Self {
+        CxConfig {
+            api_listen: "0.0.0.0:8443".parse().expect("valid"),
+            plaintext_api_listen: None,
+            heartbeat_overdue: Dur(Duration::from_secs(30)),
+            enroll_token_ttl: Dur(Duration::from_secs(3600)),
+            session_ttl: Dur(Duration::from_secs(12 * 3600)),
+            organization: "Tern".into(),
+        }
+    }
+}
+
+/// A config file that did not parse: where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{col}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Semantic { path: PathBuf, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, col) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                col,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Semantic {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Rules serde cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node.heartbeat_interval.0 < Duration::from_millis(100) {
+            return Err("node.heartbeat_interval must be at least 100ms".into());
+        }
+        if self.cx.heartbeat_overdue.0 < self.node.heartbeat_interval.0 {
+            return Err("cx.heartbeat_overdue must be at least node.heartbeat_interval".into());
+        }
+        if !self.node.cx_url.starts_with("https://") {
+            return Err(format!(
+                "node.cx_url `{}` must start with https:// (Tern has no plaintext role-to-role traffic)",
+                self.node.cx_url
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node
+            .name
+            .clone()
+            .or_else(|| crate::engine::pki::hostname().ok())
+            .unwrap_or_else(|| "tern".into())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typo_field_reports_file_line_and_expected_names() {
+        let text = "data_dir = \"/x\"\n\n[node]\nhearbeat_interval = \"5s\"\n";
+        let e = Config::parse(Path::new("ps.toml"), text).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("ps.toml:4:1: unknown field `hearbeat_interval`"), "{s}");
+        assert!(s.contains("heartbeat_interval"), "must list what is expected: {s}");
+    }
+
+    #[test]
+    fn bad_duration_says_what_is_expected() {
+        let text = "[cx]\nsession_ttl = \"forever\"\n";
+        let s = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
+        assert!(s.starts_with("c.toml:2:"), "{s}");
+        assert!(s.contains("expected e.g."), "{s}");
+    }
+
+    #[test]
+    fn empty_file_gives_all_defaults() {
+        let c = Config::parse(Path::new("e.toml"), "").unwrap();
+        assert_eq!(c.cx.api_listen.port(), 8443);
+        assert_eq!(c.node.data_listen.port(), 9443);
+        assert!(c.cx.plaintext_api_listen.is_none());
+    }
+
+    #[test]
+    fn shipped_example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "one example per role plus all-in-one, found {n}");
+    }
+}

@@ -1,0 +1,8 @@
+//! Shared engines: the machinery roles are built from.
+
+pub mod enroll;
+pub mod fsutil;
+pub mod pki;
+pub mod shutdown;
+pub mod store;
+pub mod transport;

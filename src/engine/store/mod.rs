@@ -1,0 +1,267 @@
+//! The node's state: one redb file per data directory (`tern.redb`).
+//!
+//! Tables map string keys to JSON values: small records read far less often
+//! than the data path runs, where a readable, self-describing encoding is worth
+//! more than bytes. Hot data (journals, caches) never lives here.
+//!
+//! Schema versions: `meta["schema_version"]` holds the version the file was last
+//! migrated to. [`MIGRATIONS`]`[i]` upgrades version `i` to `i + 1` inside one write
+//! transaction, so a crash mid-upgrade leaves the old version intact. A file
+//! from a newer Tern is refused rather than guessed at.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
+pub const META: Table = TableDefinition::new("meta");
+pub const USERS: Table = TableDefinition::new("users");
+pub const API_TOKENS: Table = TableDefinition::new("api_tokens");
+pub const ENROLL_TOKENS: Table = TableDefinition::new("enroll_tokens");
+pub const HOSTS: Table = TableDefinition::new("hosts");
+
+type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
+
+/// Ordered upgrades; the schema version is `MIGRATIONS.len()`.
+pub const MIGRATIONS: &[Migration] = &[migrate_0_to_1];
+pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
+
+/// Version 1: the skeleton's tables.
+fn migrate_0_to_1(tx: &WriteTransaction) -> Result<(), StoreError> {
+    for t in [USERS, API_TOKENS, ENROLL_TOKENS, HOSTS] {
+        tx.open_table(t)?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: cannot open state database: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error(
+        "{path}: written by a newer Tern (schema {found}, this build knows up to {known}); upgrade tern or restore a backup"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u64,
+        known: u64,
+    },
+    #[error("state database: {0}")]
+    Db(String),
+    #[error("state database record {key:?}: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.to_string()) }
+        }
+    )*};
+}
+db_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Shared handle to the node's database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("tern.redb")
+    }
+
+    /// Open (creating if needed) and migrate to [`SCHEMA_VERSION`].
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(data_dir, MIGRATIONS)
+    }
+
+    fn open_with(data_dir: &Path, migrations: &[Migration]) -> Result<Store, StoreError> {
+        let path = Self::path(data_dir);
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Db(e.to_string()))?;
+        let db = Database::create(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let store = Store { db: Arc::new(db) };
+        let found = store.schema_version()?;
+        let known = migrations.len() as u64;
+        if found > known {
+            return Err(StoreError::TooNew { path, found, known });
+        }
+        for v in found..known {
+            let tx = store.db.begin_write()?;
+            migrations[v as usize](&tx)?;
+            tx.open_table(META)?
+                .insert("schema_version", (v + 1).to_le_bytes().as_slice())?;
+            tx.commit()?;
+            tracing::info!(path = %path.display(), from = v, to = v + 1, "state database migrated");
+        }
+        Ok(store)
+    }
+
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(match t.get("schema_version")? {
+            Some(v) => {
+                let b = v.value();
+                let mut a = [0u8; 8];
+                if b.len() == 8 {
+                    a.copy_from_slice(b);
+                }
+                u64::from_le_bytes(a)
+            }
+            None => 0,
+        })
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table)?;
+        let v = t.get(key)?;
+        v.map(|v| decode(key, v.value())).transpose()
+    }
+
+    pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_owned(), decode(k.value(), v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn put<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), StoreError> {
+        self.update(|tx| put_in(tx, table, key, value))
+    }
+
+    pub fn remove(&self, table: Table, key: &str) -> Result<bool, StoreError> {
+        self.update(|tx| Ok(tx.open_table(table)?.remove(key)?.is_some()))
+    }
+
+    /// Run `f` in one write transaction; it commits only if `f` returns Ok.
+    pub fn update<R, E>(&self, f: impl FnOnce(&WriteTransaction) -> Result<R, E>) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        let tx = self.db.begin_write().map_err(StoreError::from)?;
+        let r = f(&tx)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(r)
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+        key: key.to_owned(),
+        source,
+    })
+}
+
+/// Read a record inside a write transaction.
+pub fn get_in<T: DeserializeOwned>(
+    tx: &WriteTransaction,
+    table: Table,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let t = tx.open_table(table)?;
+    let v = t.get(key)?;
+    v.map(|v| decode(key, v.value())).transpose()
+}
+
+/// Write a record inside a write transaction.
+pub fn put_in<T: Serialize>(
+    tx: &WriteTransaction,
+    table: Table,
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).expect("records serialize");
+    tx.open_table(table)?.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_database_is_migrated_to_current_version() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        s.put(HOSTS, "h1", &serde_json::json!({"name": "a"})).unwrap();
+        drop(s);
+        // Reopening runs no migration and keeps the data.
+        let s = Store::open(d.path()).unwrap();
+        let v: serde_json::Value = s.get(HOSTS, "h1").unwrap().unwrap();
+        assert_eq!(v["name"], "a");
+    }
+
+    fn add_column(tx: &WriteTransaction) -> Result<(), StoreError> {
+        // A stand-in for a future migration: rewrite every host record.
+        let rows: Vec<(String, serde_json::Value)> = {
+            let t = tx.open_table(HOSTS)?;
+            let mut v = Vec::new();
+            for r in t.iter()? {
+                let (k, val) = r?;
+                v.push((k.value().to_owned(), decode(k.value(), val.value())?));
+            }
+            v
+        };
+        for (k, mut v) in rows {
+            v["migrated"] = serde_json::json!(true);
+            put_in(tx, HOSTS, &k, &v)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_later_migration_upgrades_existing_records() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        s.put(HOSTS, "h1", &serde_json::json!({"name": "a"})).unwrap();
+        drop(s);
+        let s = Store::open_with(d.path(), &[migrate_0_to_1, add_column]).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let v: serde_json::Value = s.get(HOSTS, "h1").unwrap().unwrap();
+        assert_eq!(v["migrated"], true);
+    }
+
+    #[test]
+    fn database_from_a_newer_tern_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open_with(d.path(), &[migrate_0_to_1, add_column]).unwrap();
+        drop(s);
+        match Store::open(d.path()) {
+            Err(StoreError::TooNew { found: 2, known: 1, .. }) => {}
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a newer schema must be refused"),
+        }
+    }
+}

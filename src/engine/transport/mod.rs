@@ -1,0 +1,259 @@
+//! HTTPS serving and client glue shared by every role.
+//!
+//! warp has no TLS of its own (0.4): [`serve`] accepts TCP, runs the rustls
+//! handshake, records the peer's certificate identity in the request extensions
+//! ([`PeerIdentity`], read by filters with `warp::ext::get`), and hands the
+//! connection to hyper-util's auto (HTTP/1 + HTTP/2) builder.
+//!
+//! Invariants:
+//! - TLS 1.3 only, on every listener and client.
+//! - A listener built with [`ClientAuth::Required`] refuses, at the handshake,
+//!   any peer whose certificate was not signed by the CX CA.
+//! - On shutdown a listener stops accepting at once; open connections get a
+//!   graceful close and are dropped after [`DRAIN_DEADLINE`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use warp::Filter;
+
+use crate::engine::pki::{self, Identity};
+use crate::engine::shutdown::Shutdown;
+
+/// How long open connections may take to finish once shutdown starts.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(3);
+/// Cap on concurrent connections per listener (back-pressure, not a tuning knob).
+pub const MAX_CONNECTIONS: usize = 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("bad PEM in {0}")]
+    Pem(&'static str),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Who is on the other end of a connection, as its certificate says.
+#[derive(Clone, Debug, Default)]
+pub struct PeerIdentity {
+    /// The host id (certificate CN) of a verified client certificate, if any.
+    pub host_id: Option<String>,
+    pub addr: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Role-to-role ports: a certificate from the CX CA is mandatory.
+    Required,
+    /// The UI/API port: browsers and the CLI come without one; roles present theirs.
+    Optional,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+pub fn ca_roots(ca_pem: &str) -> Result<RootCertStore, TransportError> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let c = c.map_err(|_| TransportError::Pem("CA certificate"))?;
+        roots.add(c)?;
+    }
+    if roots.is_empty() {
+        return Err(TransportError::Pem("CA certificate"));
+    }
+    Ok(roots)
+}
+
+fn chain_and_key(
+    id: &Identity,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TransportError> {
+    let certs = CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| TransportError::Pem("node certificate"))?;
+    let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes())
+        .map_err(|_| TransportError::Pem("node key"))?;
+    Ok((certs, key))
+}
+
+/// A TLS 1.3 server configuration presenting the node certificate.
+pub fn server_config(
+    id: &Identity,
+    auth: ClientAuth,
+) -> Result<Arc<rustls::ServerConfig>, TransportError> {
+    let roots = Arc::new(ca_roots(&id.ca_pem)?);
+    let b = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let verifier = match auth {
+        ClientAuth::Required => b.build(),
+        ClientAuth::Optional => b.allow_unauthenticated().build(),
+    }
+    .map_err(|e| TransportError::Verifier(e.to_string()))?;
+    let (certs, key) = chain_and_key(id)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// An HTTPS client that trusts only `ca_pem` and, given an identity, presents it.
+pub fn client(ca_pem: &str, id: Option<&Identity>) -> Result<reqwest::Client, TransportError> {
+    let roots = ca_roots(ca_pem)?;
+    let b = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots);
+    let mut cfg = match id {
+        Some(id) => {
+            let (certs, key) = chain_and_key(id)?;
+            b.with_client_auth_cert(certs, key)?
+        }
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .build()?)
+}
+
+/// A client for the one request that happens before the CA is known
+/// (enrollment's CA fetch, `tern login`'s first contact). The caller MUST
+/// verify what it receives some other way (token MAC, operator fingerprint).
+pub fn unverified_client() -> Result<reqwest::Client, TransportError> {
+    Ok(reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// Serve `filter` over TLS on `listener` until `shutdown` fires.
+pub async fn serve<F>(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    filter: F,
+    mut shutdown: Shutdown,
+) where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    let svc = warp::service(filter);
+    let acceptor = tls.map(TlsAcceptor::from);
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    let local = listener.local_addr().ok();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.wait() => break,
+        };
+        let (tcp, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => break,
+        };
+        // Reap finished connection tasks so the set stays small.
+        while conns.try_join_next().is_some() {}
+        let svc = svc.clone();
+        let acceptor = acceptor.clone();
+        let mut sd = shutdown.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            match acceptor {
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(listener = name, peer = %addr, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let host_id = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| pki::common_name(c));
+                    let peer = PeerIdentity {
+                        host_id,
+                        addr: Some(addr),
+                    };
+                    serve_conn(TokioIo::new(tls), svc, peer, &mut sd).await;
+                }
+                None => {
+                    let peer = PeerIdentity {
+                        host_id: None,
+                        addr: Some(addr),
+                    };
+                    serve_conn(TokioIo::new(tcp), svc, peer, &mut sd).await;
+                }
+            }
+        });
+    }
+    tracing::info!(listener = name, addr = ?local, "listener stopped accepting; draining connections");
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        conns.abort_all();
+    }
+    tracing::info!(listener = name, "listener closed");
+}
+
+async fn serve_conn<I, S>(io: I, svc: S, peer: PeerIdentity, shutdown: &mut Shutdown)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tower_service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = warp::reply::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let hsvc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        let mut s = svc.clone();
+        async move { tower_service::Service::call(&mut s, req).await }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(io, hsvc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.wait() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN_DEADLINE, conn.as_mut()).await;
+        }
+    }
+}

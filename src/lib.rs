@@ -1,0 +1,30 @@
+//! Tern: a continuous-data-protection disaster-recovery appliance in one binary.
+//!
+//! Map of the crate (roles on top, shared engines below; roles never depend on
+//! each other):
+//!
+//! - [`cli`]: the `tern` command line: server commands (`serve`, `up`, `enroll`)
+//!   and client commands that call the CX REST API (`host list`, `token create`, …).
+//! - [`config`]: the TOML configuration, its defaults and validation.
+//! - [`roles`]: what a process runs.
+//!   - [`roles::cx`]: configuration server: PKI, users, host registry, REST API, UI.
+//!   - [`roles::node`]: what every process does: identity, data port, heartbeat.
+//! - [`engine`]: shared machinery.
+//!   - [`engine::pki`]: the CX's CA and node identities.
+//!   - [`engine::enroll`]: the enrollment protocol (token, CA MAC).
+//!   - [`engine::transport`]: HTTPS serving over rustls for warp; TLS clients.
+//!   - [`engine::store`]: redb state with schema migrations.
+//!   - [`engine::shutdown`]: the one shutdown signal.
+//!   - [`engine::fsutil`]: durable writes, secret files.
+//!
+//! The design is described in `docs/ARCHITECTURE.md`; every byte format in
+//! `docs/FORMATS.md`.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod roles;
+pub mod util;
+
+/// This build's version, reported in health and heartbeats.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,590 @@
+//! REST API of the configuration server (`/api/v1/...`) and its error mapping.
+//!
+//! Every handler returns `Result<_, Rejection>`; [`ApiError`] carries the HTTP
+//! status and a message for the operator, and [`recover`] is the one place
+//! where rejections become JSON responses: `{"error": "..."}`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use super::auth::{self, Principal};
+use super::{CxState, HostRecord};
+use crate::config::Role;
+use crate::engine::enroll::{self, CaResponse, EnrollRequest, EnrollResponse, EnrollToken};
+use crate::engine::store::{self, ENROLL_TOKENS, HOSTS, StoreError};
+use crate::engine::transport::PeerIdentity;
+use crate::util::{now_ms, rfc3339_ms};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Rejection {
+        warp::reject::custom(ApiError {
+            status,
+            message: message.into(),
+        })
+    }
+    pub fn unauthorized() -> Rejection {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication required: send `Authorization: Bearer TOKEN` (see `tern login`) or log in through the UI",
+        )
+    }
+    pub fn internal(e: impl std::fmt::Display) -> Rejection {
+        tracing::error!(error = %e, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
+    }
+}
+
+impl From<StoreError> for ApiErrorWrap {
+    fn from(e: StoreError) -> Self {
+        ApiErrorWrap(ApiError::internal(e))
+    }
+}
+
+/// Lets `?` turn store errors into rejections inside `store.update` closures.
+pub struct ApiErrorWrap(pub Rejection);
+
+pub async fn recover(r: Rejection) -> Result<impl Reply, Infallible> {
+    let (status, message) = if let Some(e) = r.find::<ApiError>() {
+        (e.status, e.message.clone())
+    } else if r.is_not_found() {
+        (StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/openapi.json".into())
+    } else if let Some(e) = r.find::<warp::filters::body::BodyDeserializeError>() {
+        (StatusCode::BAD_REQUEST, format!("bad request body: {e}"))
+    } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
+        (StatusCode::BAD_REQUEST, format!("bad query string: {e}"))
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
+    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (StatusCode::PAYLOAD_TOO_LARGE, "request body too large".into())
+    } else if let Some(e) = r.find::<warp::reject::MissingHeader>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, format!("unhandled: {r:?}"))
+    };
+    Ok(warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({ "error": message })),
+        status,
+    ))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Rejection> + Send + 'static,
+) -> Result<T, Rejection> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+fn with_state(s: Arc<CxState>) -> impl Filter<Extract = (Arc<CxState>,), Error = Infallible> + Clone {
+    warp::any().map(move || s.clone())
+}
+
+/// Requires a valid API token (bearer header or session cookie).
+fn authed(s: Arc<CxState>) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(warp::cookie::optional::<String>("tern_session"))
+        .and(with_state(s))
+        .and_then(
+            |h: Option<String>, c: Option<String>, s: Arc<CxState>| async move {
+                let token = h
+                    .as_deref()
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .map(str::trim)
+                    .map(str::to_owned)
+                    .or(c);
+                let Some(token) = token else {
+                    return Err(ApiError::unauthorized());
+                };
+                blocking(move || {
+                    auth::lookup_token(&s.store, &token)
+                        .map_err(ApiError::internal)?
+                        .ok_or_else(|| {
+                            ApiError::new(
+                                StatusCode::UNAUTHORIZED,
+                                "token unknown or expired; run `tern login` again",
+                            )
+                        })
+                })
+                .await
+            },
+        )
+}
+
+fn admin_only(p: &Principal) -> Result<(), Rejection> {
+    if p.role == "admin" {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, "this needs an admin user"))
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned + Send>()
+-> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::body::content_length_limit(1 << 20).and(warp::body::json())
+}
+
+/// All CX routes, with rejections recovered into JSON.
+pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let health = warp::path!("api" / "v1" / "health")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .map(|s: Arc<CxState>| warp::reply::json(&s.health()));
+
+    let openapi = warp::path!("api" / "v1" / "openapi.json")
+        .and(warp::get())
+        .map(|| warp::reply::json(&super::openapi::document()));
+
+    let login = warp::path!("api" / "v1" / "login")
+        .and(warp::post())
+        .and(json_body::<LoginRequest>())
+        .and(with_state(s.clone()))
+        .and_then(login);
+
+    let logout = warp::path!("api" / "v1" / "logout")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::cookie::optional::<String>("tern_session"))
+        .and(with_state(s.clone()))
+        .and_then(logout);
+
+    let whoami = warp::path!("api" / "v1" / "whoami")
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .map(|p: Principal| warp::reply::json(&serde_json::json!({"user": p.user, "role": p.role})));
+
+    let hosts = warp::path!("api" / "v1" / "hosts")
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(list_hosts);
+
+    let tokens = warp::path!("api" / "v1" / "tokens")
+        .and(warp::post())
+        .and(authed(s.clone()))
+        .and(json_body::<TokenRequest>())
+        .and(with_state(s.clone()))
+        .and_then(create_token);
+
+    let ca = warp::path!("api" / "v1" / "pki" / "ca")
+        .and(warp::get())
+        .and(with_state(s.clone()))
+        .map(|s: Arc<CxState>| {
+            warp::reply::json(&serde_json::json!({
+                "ca_pem": s.ca.cert_pem, "fingerprint": s.ca.fingerprint()
+            }))
+        });
+
+    let enroll_ca = warp::path!("api" / "v1" / "enroll" / "ca")
+        .and(warp::get())
+        .and(warp::query::<EnrollCaQuery>())
+        .and(with_state(s.clone()))
+        .and_then(enroll_ca);
+
+    let enroll = warp::path!("api" / "v1" / "enroll")
+        .and(warp::post())
+        .and(json_body::<EnrollRequest>())
+        .and(with_state(s.clone()))
+        .and_then(enroll);
+
+    let heartbeat = warp::path!("api" / "v1" / "heartbeat")
+        .and(warp::post())
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(json_body::<Heartbeat>())
+        .and(with_state(s.clone()))
+        .and_then(heartbeat);
+
+    let ui = super::ui::routes();
+
+    health
+        .or(openapi)
+        .or(login)
+        .or(logout)
+        .or(whoami)
+        .or(hosts)
+        .or(tokens)
+        .or(ca)
+        .or(enroll_ca)
+        .or(enroll)
+        .or(heartbeat)
+        .or(ui)
+        .recover(recover)
+        .with(warp::log::custom(|info| {
+            tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "api");
+        }))
+}
+
+#[derive(Deserialize)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+    /// `session` (default, expires after cx.session_ttl) or `cli` (30 days).
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub token: String,
+    pub user: String,
+    pub expires: String,
+}
+
+async fn login(req: LoginRequest, s: Arc<CxState>) -> Result<impl Reply, Rejection> {
+    let session_ttl = s.cfg.cx.session_ttl.0.as_millis() as u64;
+    let (resp, kind) = blocking(move || {
+        let user: Option<auth::User> = s.store.get(store::USERS, &req.user).map_err(ApiError::internal)?;
+        // Verify against a dummy hash for unknown users so timing does not tell which names exist.
+        let ok = match &user {
+            Some(u) => auth::verify_password(&req.password, &u.password_hash),
+            None => {
+                let _ = auth::verify_password(&req.password, DUMMY_HASH.get_or_init(|| auth::hash_password("x")));
+                false
+            }
+        };
+        if !ok {
+            tracing::warn!(user = %req.user, "failed login");
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong user name or password"));
+        }
+        let kind = req.kind.unwrap_or_else(|| "session".into());
+        let ttl = match kind.as_str() {
+            "session" => session_ttl,
+            "cli" => 30 * 24 * 3600 * 1000,
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown token kind `{other}`; use session or cli"),
+                ));
+            }
+        };
+        let token = auth::issue_token(&s.store, &req.user, &kind, "login", Some(ttl))
+            .map_err(ApiError::internal)?;
+        tracing::info!(user = %req.user, kind = %kind, "login");
+        Ok((
+            LoginResponse {
+                token,
+                user: req.user,
+                expires: rfc3339_ms(now_ms() + ttl),
+            },
+            kind,
+        ))
+    })
+    .await?;
+    let cookie = if kind == "session" {
+        format!(
+            "tern_session={}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
+            resp.token,
+            session_ttl / 1000
+        )
+    } else {
+        String::new()
+    };
+    let reply = warp::reply::json(&resp);
+    Ok(if cookie.is_empty() {
+        warp::reply::with_header(reply, "x-tern", "login").into_response()
+    } else {
+        warp::reply::with_header(reply, "set-cookie", cookie).into_response()
+    })
+}
+
+static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+async fn logout(
+    h: Option<String>,
+    c: Option<String>,
+    s: Arc<CxState>,
+) -> Result<impl Reply, Rejection> {
+    let token = h
+        .as_deref()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .or(c);
+    if let Some(t) = token {
+        blocking(move || auth::revoke_token(&s.store, &t).map_err(ApiError::internal)).await?;
+    }
+    Ok(warp::reply::with_header(
+        warp::reply::json(&serde_json::json!({"ok": true})),
+        "set-cookie",
+        "tern_session=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0",
+    ))
+}
+
+/// A host as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HostView {
+    pub host_id: String,
+    pub name: String,
+    pub roles: Vec<Role>,
+    pub version: Option<String>,
+    pub enrolled: String,
+    pub last_heartbeat: Option<String>,
+    /// Seconds since the last heartbeat.
+    pub heartbeat_age_s: Option<f64>,
+    pub overdue: bool,
+    pub data_addr: Option<String>,
+}
+
+async fn list_hosts(_p: Principal, s: Arc<CxState>) -> Result<impl Reply, Rejection> {
+    let overdue_ms = s.cfg.cx.heartbeat_overdue.0.as_millis() as u64;
+    let hosts = blocking(move || {
+        s.store
+            .list::<HostRecord>(HOSTS)
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    let now = now_ms();
+    let mut views: Vec<HostView> = hosts
+        .into_iter()
+        .map(|(_, h)| {
+            let age = h.last_heartbeat_ms.map(|t| now.saturating_sub(t));
+            HostView {
+                overdue: age.is_none_or(|a| a > overdue_ms),
+                heartbeat_age_s: age.map(|a| a as f64 / 1000.0),
+                last_heartbeat: h.last_heartbeat_ms.map(rfc3339_ms),
+                enrolled: rfc3339_ms(h.enrolled_ms),
+                host_id: h.host_id,
+                name: h.name,
+                roles: h.roles,
+                version: h.version,
+                data_addr: h.data_addr,
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name).then(a.host_id.cmp(&b.host_id)));
+    Ok(warp::reply::json(&serde_json::json!({ "hosts": views })))
+}
+
+#[derive(Deserialize)]
+pub struct TokenRequest {
+    /// Lifetime like "1h"; defaults to cx.enroll_token_ttl.
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub id: String,
+    pub expires: String,
+    pub ca_fingerprint: String,
+}
+
+/// What the CX keeps of an enrollment token: its derived key, never the secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollTokenRecord {
+    pub key_hex: String,
+    pub created_by: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub used_ms: Option<u64>,
+    pub used_by_host: Option<String>,
+}
+
+async fn create_token(
+    p: Principal,
+    req: TokenRequest,
+    s: Arc<CxState>,
+) -> Result<impl Reply, Rejection> {
+    admin_only(&p)?;
+    let ttl = match req.ttl {
+        Some(t) => humantime::parse_duration(&t).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("bad ttl `{t}`: {e}; use e.g. 30m, 1h, 1d"))
+        })?,
+        None => s.cfg.cx.enroll_token_ttl.0,
+    };
+    let tok = EnrollToken::generate();
+    let now = now_ms();
+    let rec = EnrollTokenRecord {
+        key_hex: hex::encode(tok.key()),
+        created_by: p.user.clone(),
+        created_ms: now,
+        expires_ms: now + ttl.as_millis() as u64,
+        used_ms: None,
+        used_by_host: None,
+    };
+    let id = tok.id.clone();
+    let expires_ms = rec.expires_ms;
+    let s2 = s.clone();
+    blocking(move || s2.store.put(ENROLL_TOKENS, &id, &rec).map_err(ApiError::internal)).await?;
+    tracing::info!(token_id = %tok.id, by = %p.user, "enrollment token created");
+    Ok(warp::reply::json(&TokenResponse {
+        id: tok.id.clone(),
+        token: tok.to_string(),
+        expires: rfc3339_ms(expires_ms),
+        ca_fingerprint: s.ca.fingerprint(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct EnrollCaQuery {
+    pub token_id: String,
+    pub nonce: String,
+}
+
+async fn enroll_ca(q: EnrollCaQuery, s: Arc<CxState>) -> Result<impl Reply, Rejection> {
+    if q.nonce.len() < 16 || q.nonce.len() > 128 {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "nonce must be 16 to 128 characters"));
+    }
+    let s2 = s.clone();
+    let id = q.token_id.clone();
+    let rec: Option<EnrollTokenRecord> =
+        blocking(move || s2.store.get(ENROLL_TOKENS, &id).map_err(ApiError::internal)).await?;
+    let rec = usable_token(&q.token_id, rec)?;
+    let key = hex::decode(&rec.key_hex).map_err(ApiError::internal)?;
+    Ok(warp::reply::json(&CaResponse {
+        ca_pem: s.ca.cert_pem.clone(),
+        fingerprint: s.ca.fingerprint(),
+        mac: enroll::ca_mac(&key, &q.nonce, &s.ca.cert_der),
+    }))
+}
+
+/// The token exists, is unexpired and unused — or a precise refusal.
+fn usable_token(id: &str, rec: Option<EnrollTokenRecord>) -> Result<EnrollTokenRecord, Rejection> {
+    let rec = rec.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("enrollment token {id} is unknown to this CX; create one with `tern token create` on the CX"),
+        )
+    })?;
+    if let Some(used) = rec.used_ms {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "enrollment token {id} was already used (by host {} at {}); tokens are single use: create a new one with `tern token create`",
+                rec.used_by_host.as_deref().unwrap_or("?"),
+                rfc3339_ms(used)
+            ),
+        ));
+    }
+    if rec.expires_ms <= now_ms() {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            format!(
+                "enrollment token {id} expired at {}; create a new one with `tern token create`",
+                rfc3339_ms(rec.expires_ms)
+            ),
+        ));
+    }
+    Ok(rec)
+}
+
+async fn enroll(req: EnrollRequest, s: Arc<CxState>) -> Result<impl Reply, Rejection> {
+    let tok = EnrollToken::parse(&req.token).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    if req.roles.contains(&Role::Cx) || req.roles.contains(&Role::Rx) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "only ps, mt and agent roles enroll with a CX",
+        ));
+    }
+    let name = req.name.trim().to_owned();
+    if name.is_empty() || name.len() > 253 {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "host name must be 1 to 253 characters"));
+    }
+    let host_id = uuid::Uuid::new_v4().to_string();
+    // Sign first (pure computation): the token is consumed only together with
+    // the host record, in one transaction, and only if signing worked.
+    let cert_pem = s
+        .ca
+        .sign_csr(&req.csr_pem, &host_id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let cert_not_after = crate::engine::pki::pem_to_der(&cert_pem)
+        .and_then(|d| crate::engine::pki::not_after_unix(&d));
+    let s2 = s.clone();
+    let hid = host_id.clone();
+    let roles = req.roles.clone();
+    blocking(move || {
+        s2.store
+            .update(|tx| -> Result<(), ApiErrorWrap> {
+                let rec = store::get_in::<EnrollTokenRecord>(tx, ENROLL_TOKENS, &tok.id)?;
+                let mut rec = usable_token(&tok.id, rec).map_err(ApiErrorWrap)?;
+                let key = hex::decode(&rec.key_hex).unwrap_or_default();
+                if !enroll::keys_equal(&key, &tok.key()) {
+                    return Err(ApiErrorWrap(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!("enrollment token {} does not match; check that it was copied whole", tok.id),
+                    )));
+                }
+                rec.used_ms = Some(now_ms());
+                rec.used_by_host = Some(hid.clone());
+                store::put_in(tx, ENROLL_TOKENS, &tok.id, &rec)?;
+                let host = HostRecord {
+                    host_id: hid.clone(),
+                    name,
+                    roles,
+                    version: None,
+                    enrolled_ms: now_ms(),
+                    last_heartbeat_ms: None,
+                    data_addr: None,
+                    cert_not_after,
+                };
+                store::put_in(tx, HOSTS, &hid, &host)?;
+                Ok(())
+            })
+            .map_err(|e| e.0)
+    })
+    .await?;
+    tracing::info!(host_id = %host_id, roles = ?req.roles, "host enrolled");
+    Ok(warp::reply::json(&EnrollResponse {
+        host_id,
+        cert_pem,
+        ca_pem: s.ca.cert_pem.clone(),
+    }))
+}
+
+/// What every node sends every `node.heartbeat_interval`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub name: String,
+    pub roles: Vec<Role>,
+    pub version: String,
+    /// Where this node's data port answers (PS, MT), if it has one.
+    pub data_addr: Option<String>,
+}
+
+async fn heartbeat(
+    peer: PeerIdentity,
+    hb: Heartbeat,
+    s: Arc<CxState>,
+) -> Result<impl Reply, Rejection> {
+    let Some(host_id) = peer.host_id else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "heartbeats need the node's client certificate (enroll first)",
+        ));
+    };
+    let interval = s.cfg.node.heartbeat_interval.0;
+    blocking(move || {
+        s.store
+            .update(|tx| -> Result<(), ApiErrorWrap> {
+                let Some(mut h) = store::get_in::<HostRecord>(tx, HOSTS, &host_id)? else {
+                    return Err(ApiErrorWrap(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!("host {host_id} is not registered with this CX; enroll it again"),
+                    )));
+                };
+                h.name = hb.name;
+                h.roles = hb.roles;
+                h.version = Some(hb.version);
+                h.data_addr = hb.data_addr;
+                h.last_heartbeat_ms = Some(now_ms());
+                store::put_in(tx, HOSTS, &host_id, &h)?;
+                Ok(())
+            })
+            .map_err(|e| e.0)
+    })
+    .await?;
+    Ok(warp::reply::json(
+        &serde_json::json!({ "interval_ms": interval.as_millis() as u64 }),
+    ))
+}

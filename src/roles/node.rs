@@ -1,0 +1,258 @@
+//! What every process does, whatever its roles: identity, data listener,
+//! heartbeat, ordered shutdown.
+//!
+//! Shutdown order: the trigger fires → listeners stop accepting and drain
+//! (bounded by the transport's deadline) → the heartbeat loop exits → state
+//! is closed. Every step logs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use warp::Filter;
+
+use crate::config::{Config, Role};
+use crate::engine::pki::Identity;
+use crate::engine::shutdown::{Shutdown, ShutdownTrigger};
+use crate::engine::store::Store;
+use crate::engine::transport::{self, ClientAuth, PeerIdentity};
+use crate::roles::cx::{self, CxState, api::Heartbeat};
+use crate::util::now_ms;
+
+/// Addresses a started node is listening on.
+#[derive(Debug, Clone)]
+pub struct RunningNode {
+    pub host_id: String,
+    pub api_addr: Option<SocketAddr>,
+    pub data_addr: Option<SocketAddr>,
+    /// Created on this start (first start of a CX).
+    pub admin_password_file: Option<std::path::PathBuf>,
+}
+
+/// Start all roles; returns once listeners are bound, with the tasks to await.
+pub async fn start(
+    cfg: Config,
+    mut roles: Vec<Role>,
+    trigger: &ShutdownTrigger,
+) -> anyhow::Result<(RunningNode, JoinSet<()>)> {
+    roles.sort();
+    roles.dedup();
+    if roles.is_empty() {
+        bail!("no roles to run: pass --role cx,ps,mt,agent or set `roles = [...]` in the config");
+    }
+    if roles.contains(&Role::Rx) {
+        bail!(
+            "the rx (multi-tenant portal) role is not built yet in this version; run cx, ps, mt or agent"
+        );
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let store = Store::open(&cfg.data_dir)?;
+    let pki_dir = cx::pki_dir(&cfg.data_dir);
+    let mut tasks = JoinSet::new();
+
+    // The CX binds first: its URL goes into its own identity.
+    let mut api_addr = None;
+    let mut admin_password_file = None;
+    let identity = if roles.contains(&Role::Cx) {
+        let listener = TcpListener::bind(cfg.cx.api_listen)
+            .await
+            .with_context(|| format!("cx: cannot listen on {} (cx.api_listen)", cfg.cx.api_listen))?;
+        let addr = listener.local_addr()?;
+        let url = local_url(addr);
+        let boot = cx::bootstrap(&cfg, &store, &roles, &url)?;
+        admin_password_file = boot.admin_password_file.clone();
+        crate::engine::fsutil::write_durable(
+            &cfg.data_dir.join("cx.url"),
+            format!("{url}\n").as_bytes(),
+            0o644,
+        )?;
+        let state = Arc::new(CxState {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            ca: boot.ca,
+            roles: roles.clone(),
+            host_id: boot.identity.info.host_id.clone(),
+            started_ms: now_ms(),
+        });
+        let tls = transport::server_config(&boot.identity, ClientAuth::Optional)?;
+        tracing::info!(role = "cx", listen = %addr, url = %url, ca = %state.ca.fingerprint(), "role started: UI and API listening (HTTPS)");
+        tasks.spawn(transport::serve(
+            "cx-api",
+            listener,
+            Some(tls),
+            cx::api::routes(state.clone()),
+            trigger.subscribe(),
+        ));
+        if let Some(plain) = cfg.cx.plaintext_api_listen {
+            let l = TcpListener::bind(plain)
+                .await
+                .with_context(|| format!("cx: cannot listen on {plain} (cx.plaintext_api_listen)"))?;
+            tracing::warn!(role = "cx", listen = %l.local_addr()?, "plaintext HTTP API listener enabled by cx.plaintext_api_listen");
+            tasks.spawn(transport::serve(
+                "cx-api-plaintext",
+                l,
+                None,
+                cx::api::routes(state),
+                trigger.subscribe(),
+            ));
+        }
+        api_addr = Some(addr);
+        boot.identity
+    } else {
+        Identity::load(&pki_dir)?
+    };
+
+    // The data port, shared by the PS and MT roles of this process.
+    let mut data_addr = None;
+    if roles.iter().any(|r| matches!(r, Role::Ps | Role::Mt)) {
+        let listener = TcpListener::bind(cfg.node.data_listen).await.with_context(|| {
+            format!("cannot listen on {} (node.data_listen)", cfg.node.data_listen)
+        })?;
+        let addr = listener.local_addr()?;
+        crate::engine::fsutil::write_durable(
+            &cfg.data_dir.join("data.addr"),
+            format!("{addr}\n").as_bytes(),
+            0o644,
+        )?;
+        let tls = transport::server_config(&identity, ClientAuth::Required)?;
+        let routes = data_routes(identity.info.host_id.clone(), roles.clone());
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        tracing::info!(listen = %addr, roles = %names.join(","), "data port listening (HTTPS, mutual TLS required)");
+        tasks.spawn(transport::serve(
+            "data",
+            listener,
+            Some(tls),
+            routes,
+            trigger.subscribe(),
+        ));
+        data_addr = Some(addr);
+    }
+    for r in &roles {
+        if *r != Role::Cx {
+            tracing::info!(role = %r, host_id = %identity.info.host_id, "role started");
+        }
+    }
+
+    let hb = HeartbeatLoop {
+        client: transport::client(&identity.ca_pem, Some(&identity))?,
+        url: format!("{}/api/v1/heartbeat", identity.info.cx_url.trim_end_matches('/')),
+        body: Heartbeat {
+            name: cfg.node_name(),
+            roles: roles.clone(),
+            version: crate::VERSION.into(),
+            data_addr: data_addr.map(|a| advertised(a).to_string()),
+        },
+        interval: cfg.node.heartbeat_interval.0,
+    };
+    tasks.spawn(hb.run(trigger.subscribe()));
+
+    Ok((
+        RunningNode {
+            host_id: identity.info.host_id.clone(),
+            api_addr,
+            data_addr,
+            admin_password_file,
+        },
+        tasks,
+    ))
+}
+
+/// Run until the trigger fires, then stop everything in order.
+pub async fn run(cfg: Config, roles: Vec<Role>, trigger: ShutdownTrigger) -> anyhow::Result<()> {
+    let (_node, mut tasks) = start(cfg, roles.clone(), &trigger).await?;
+    let mut sd = trigger.subscribe();
+    sd.wait().await;
+    tracing::info!("shutdown requested");
+    while tasks.join_next().await.is_some() {}
+    for r in roles.iter().rev() {
+        tracing::info!(role = %r, "role stopped");
+    }
+    Ok(())
+}
+
+/// A wildcard bind is reached through loopback on this host.
+fn advertised(addr: SocketAddr) -> SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    a
+}
+
+fn local_url(addr: SocketAddr) -> String {
+    format!("https://{}", advertised(addr))
+}
+
+/// Routes on the data port. `hello` answers who this node is and who the
+/// caller is (as its certificate says): a connectivity and trust check.
+fn data_routes(
+    host_id: String,
+    roles: Vec<Role>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
+    warp::path!("data" / "v1" / "hello")
+        .and(warp::get())
+        .and(warp::ext::get::<PeerIdentity>())
+        .map(move |peer: PeerIdentity| {
+            warp::reply::json(&serde_json::json!({
+                "host_id": host_id, "roles": roles, "peer": peer.host_id,
+            }))
+        })
+        .recover(cx::api::recover)
+}
+
+struct HeartbeatLoop {
+    client: reqwest::Client,
+    url: String,
+    body: Heartbeat,
+    interval: Duration,
+}
+
+impl HeartbeatLoop {
+    async fn run(self, mut shutdown: Shutdown) {
+        let mut failing = false;
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait() => break,
+            }
+            let r = tokio::select! {
+                r = self.beat() => r,
+                _ = shutdown.wait() => break,
+            };
+            match r {
+                Ok(()) if failing => {
+                    tracing::info!(cx = %self.url, "heartbeat to CX restored");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(cx = %self.url, error = %e, "heartbeat to CX failed; retrying every interval");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+        tracing::info!("heartbeat stopped");
+    }
+
+    async fn beat(&self) -> anyhow::Result<()> {
+        let r = self.client.post(&self.url).json(&self.body).send().await?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let msg = r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            bail!("CX answered {status}: {msg}");
+        }
+        Ok(())
+    }
+}
