@@ -225,10 +225,7 @@ impl Config {
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
-            let (line, col) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Invalid {
                 path: path.to_owned(),
                 line,
@@ -286,14 +283,22 @@ mod tests {
         let text = "data_dir = \"/x\"\n\n[node]\nhearbeat_interval = \"5s\"\n";
         let e = Config::parse(Path::new("ps.toml"), text).unwrap_err();
         let s = e.to_string();
-        assert!(s.starts_with("ps.toml:4:1: unknown field `hearbeat_interval`"), "{s}");
-        assert!(s.contains("heartbeat_interval"), "must list what is expected: {s}");
+        assert!(
+            s.starts_with("ps.toml:4:1: unknown field `hearbeat_interval`"),
+            "{s}"
+        );
+        assert!(
+            s.contains("heartbeat_interval"),
+            "must list what is expected: {s}"
+        );
     }
 
     #[test]
     fn bad_duration_says_what_is_expected() {
         let text = "[cx]\nsession_ttl = \"forever\"\n";
-        let s = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
+        let s = Config::parse(Path::new("c.toml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(s.starts_with("c.toml:2:"), "{s}");
         assert!(s.contains("expected e.g."), "{s}");
     }

@@ -118,14 +118,18 @@ impl Api {
         path: &str,
         body: &impl Serialize,
     ) -> anyhow::Result<serde_json::Value> {
-        self.send(self.req(reqwest::Method::POST, path).json(body)).await
+        self.send(self.req(reqwest::Method::POST, path).json(body))
+            .await
     }
 
     async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
-        let resp = r
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the CX at {}: {}", self.base, crate::cli::reqwest_chain(&e)))?;
+        let resp = r.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the CX at {}: {}",
+                self.base,
+                crate::cli::reqwest_chain(&e)
+            )
+        })?;
         decode(resp).await
     }
 }

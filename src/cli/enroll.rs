@@ -38,12 +38,15 @@ pub struct EnrollArgs {
 
 pub async fn run(a: EnrollArgs, g: &Global) -> anyhow::Result<()> {
     let cfg = super::config_or_default(a.config.as_deref(), g.data.as_deref())?;
-    let cx = g
-        .cx
-        .clone()
-        .ok_or_else(|| anyhow!("enroll needs --cx https://CX-HOST:8443"))?;
+    let cx =
+        g.cx.clone()
+            .ok_or_else(|| anyhow!("enroll needs --cx https://CX-HOST:8443"))?;
     let cx = cx.trim_end_matches('/').to_owned();
-    let roles = if a.role.is_empty() { cfg.roles.clone() } else { a.role.clone() };
+    let roles = if a.role.is_empty() {
+        cfg.roles.clone()
+    } else {
+        a.role.clone()
+    };
     if roles.is_empty() {
         bail!("say which roles this node runs: --role ps,mt (or `roles = [...]` in its config)");
     }
@@ -66,7 +69,8 @@ pub async fn run(a: EnrollArgs, g: &Global) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow!("cannot reach the CX at {cx}: {}", super::reqwest_chain(&e)))?;
     let ca: CaResponse = serde_json::from_value(decode(r).await.context("enrollment refused")?)?;
-    let ca_der = pki::pem_to_der(&ca.ca_pem).ok_or_else(|| anyhow!("the CX sent an unreadable CA certificate"))?;
+    let ca_der = pki::pem_to_der(&ca.ca_pem)
+        .ok_or_else(|| anyhow!("the CX sent an unreadable CA certificate"))?;
     if !enroll::verify_ca_mac(&token.key(), &nonce, &ca_der, &ca.mac) {
         bail!(
             "the server at {cx} could not prove it issued this token (CA authentication failed); check the URL and the token — do not enroll with this server"
@@ -94,7 +98,8 @@ pub async fn run(a: EnrollArgs, g: &Global) -> anyhow::Result<()> {
         .send()
         .await
         .map_err(|e| anyhow!("cannot reach the CX at {cx}: {}", super::reqwest_chain(&e)))?;
-    let resp: EnrollResponse = serde_json::from_value(decode(r).await.context("enrollment refused")?)?;
+    let resp: EnrollResponse =
+        serde_json::from_value(decode(r).await.context("enrollment refused")?)?;
     let id = Identity {
         info: NodeInfo {
             host_id: resp.host_id.clone(),
@@ -105,7 +110,10 @@ pub async fn run(a: EnrollArgs, g: &Global) -> anyhow::Result<()> {
         ca_pem: resp.ca_pem,
     };
     id.save(&pki_dir)?;
-    println!("enrolled {name} as host {} with the CX at {cx}", resp.host_id);
+    println!(
+        "enrolled {name} as host {} with the CX at {cx}",
+        resp.host_id
+    );
     println!("CA fingerprint: {fp} (verified with the token)");
     println!("identity saved in {}", pki_dir.display());
     Ok(())
@@ -117,34 +125,44 @@ pub async fn login(
     password_file: Option<PathBuf>,
     ca_fingerprint: Option<String>,
 ) -> anyhow::Result<()> {
-    let cx = g
-        .cx
-        .clone()
-        .or_else(|| {
-            g.data
-                .as_ref()
-                .and_then(|d| std::fs::read_to_string(d.join("cx.url")).ok())
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| super::client::DEFAULT_CX.to_owned());
+    let cx =
+        g.cx.clone()
+            .or_else(|| {
+                g.data
+                    .as_ref()
+                    .and_then(|d| std::fs::read_to_string(d.join("cx.url")).ok())
+                    .map(|s| s.trim().to_owned())
+            })
+            .unwrap_or_else(|| super::client::DEFAULT_CX.to_owned());
     let cx = cx.trim_end_matches('/').to_owned();
     // The CA: from the local data dir if we are on the CX, else fetched and
     // checked against the fingerprint the operator gives (or shown for them).
-    let ca_pem = match g.data.as_ref().map(|d| d.join("pki/ca.crt")).filter(|p| p.exists()) {
+    let ca_pem = match g
+        .data
+        .as_ref()
+        .map(|d| d.join("pki/ca.crt"))
+        .filter(|p| p.exists())
+    {
         Some(p) => std::fs::read_to_string(p)?,
         None => {
             let r = transport::unverified_client()?
                 .get(format!("{cx}/api/v1/pki/ca"))
                 .send()
                 .await
-                .map_err(|e| anyhow!("cannot reach the CX at {cx}: {}", super::reqwest_chain(&e)))?;
+                .map_err(|e| {
+                    anyhow!("cannot reach the CX at {cx}: {}", super::reqwest_chain(&e))
+                })?;
             let v = decode(r).await?;
             let pem = v["ca_pem"].as_str().unwrap_or_default().to_owned();
-            let der = pki::pem_to_der(&pem).ok_or_else(|| anyhow!("the CX sent an unreadable CA"))?;
+            let der =
+                pki::pem_to_der(&pem).ok_or_else(|| anyhow!("the CX sent an unreadable CA"))?;
             let fp = pki::fingerprint(&der);
             match &ca_fingerprint {
-                Some(want) if pki::normalize_fingerprint(want) == pki::normalize_fingerprint(&fp) => {}
-                Some(want) => bail!("CA fingerprint mismatch: the CX has {fp}, you expected {want}"),
+                Some(want)
+                    if pki::normalize_fingerprint(want) == pki::normalize_fingerprint(&fp) => {}
+                Some(want) => {
+                    bail!("CA fingerprint mismatch: the CX has {fp}, you expected {want}")
+                }
                 None => eprintln!(
                     "CA fingerprint: {fp}\n  (not verified: compare it with the CX's, or pass --ca-fingerprint)"
                 ),
@@ -170,6 +188,10 @@ pub async fn login(
     };
     let p = login_file();
     fsutil::write_durable(&p, &serde_json::to_vec_pretty(&saved)?, 0o600)?;
-    println!("logged in to {cx} as {user} until {}; token saved in {}", saved.expires, p.display());
+    println!(
+        "logged in to {cx} as {user} until {}; token saved in {}",
+        saved.expires,
+        p.display()
+    );
     Ok(())
 }

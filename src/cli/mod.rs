@@ -176,7 +176,11 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { role, config } => {
             let cfg = Config::load(&config)?;
-            let roles = if role.is_empty() { cfg.roles.clone() } else { role };
+            let roles = if role.is_empty() {
+                cfg.roles.clone()
+            } else {
+                role
+            };
             serve(cfg, roles, &g, false)
         }
         Command::Up {
@@ -197,7 +201,12 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             if let Some(a) = data_listen {
                 cfg.node.data_listen = a;
             }
-            serve(cfg, vec![Role::Cx, Role::Ps, Role::Mt, Role::Agent], &g, true)
+            serve(
+                cfg,
+                vec![Role::Cx, Role::Ps, Role::Mt, Role::Agent],
+                &g,
+                true,
+            )
         }
         Command::Enroll(args) => runtime()?.block_on(enroll::run(args, &g)),
         Command::Token(TokenCmd::Create { ttl }) => runtime()?.block_on(async {
@@ -210,8 +219,14 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             } else {
                 let tok = v["token"].as_str().unwrap_or_default();
                 println!("token:          {tok}");
-                println!("expires:        {}", v["expires"].as_str().unwrap_or_default());
-                println!("CA fingerprint: {}", v["ca_fingerprint"].as_str().unwrap_or_default());
+                println!(
+                    "expires:        {}",
+                    v["expires"].as_str().unwrap_or_default()
+                );
+                println!(
+                    "CA fingerprint: {}",
+                    v["ca_fingerprint"].as_str().unwrap_or_default()
+                );
                 println!("single use. On the new node run:");
                 println!(
                     "  tern enroll --cx {} --token {tok} --config NODE.toml",
@@ -306,7 +321,12 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 pub fn print_table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.len())).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.len()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for r in rows {
         let line: Vec<String> = r
@@ -376,12 +396,21 @@ fn print_banner(data_dir: &Path, node: &crate::roles::RunningNode, roles: &[Role
     }
     let pw = data_dir.join("admin-password");
     if node.admin_password_file.is_some() {
-        println!("  admin password:  {} (user admin; created now)", pw.display());
+        println!(
+            "  admin password:  {} (user admin; created now)",
+            pw.display()
+        );
     } else {
         println!("  admin password:  {} (user admin)", pw.display());
     }
-    println!("  CA certificate:  {}", data_dir.join("pki/ca.crt").display());
-    println!("  try:             tern --data {} host list", data_dir.display());
+    println!(
+        "  CA certificate:  {}",
+        data_dir.join("pki/ca.crt").display()
+    );
+    println!(
+        "  try:             tern --data {} host list",
+        data_dir.display()
+    );
     println!("Stop with Ctrl-C (or SIGTERM).");
 }
 
@@ -416,12 +445,14 @@ pub fn config_or_default(config: Option<&Path>, data: Option<&Path>) -> anyhow::
 
 pub(crate) fn read_password(file: Option<&Path>) -> anyhow::Result<String> {
     if let Some(f) = file {
-        let s = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let s =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
         return Ok(s.trim_end_matches(['\n', '\r']).to_owned());
     }
     if let Ok(p) = std::env::var("TERN_PASSWORD") {
         return Ok(p);
     }
-    rpassword::prompt_password("password: ")
-        .map_err(|e| anyhow!("cannot read the password ({e}); use --password-file or TERN_PASSWORD"))
+    rpassword::prompt_password("password: ").map_err(|e| {
+        anyhow!("cannot read the password ({e}); use --password-file or TERN_PASSWORD")
+    })
 }

@@ -37,11 +37,12 @@ impl EnrollToken {
     }
 
     pub fn parse(s: &str) -> Result<EnrollToken, String> {
-        let (id, secret) = s
-            .trim()
-            .split_once('.')
-            .ok_or("malformed enrollment token: expected ID.SECRET as printed by `tern token create`")?;
-        if id.len() != TOKEN_ID_LEN || !id.chars().all(|c| c.is_ascii_hexdigit()) || secret.len() < 32
+        let (id, secret) = s.trim().split_once('.').ok_or(
+            "malformed enrollment token: expected ID.SECRET as printed by `tern token create`",
+        )?;
+        if id.len() != TOKEN_ID_LEN
+            || !id.chars().all(|c| c.is_ascii_hexdigit())
+            || secret.len() < 32
         {
             return Err(
                 "malformed enrollment token: expected ID.SECRET as printed by `tern token create`"

@@ -62,7 +62,10 @@ mod tests {
         let p = d.path().join("secret");
         write_durable(&p, b"abc", 0o600).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"abc");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(read_secret(&p).unwrap(), b"abc");
     }
 

@@ -239,12 +239,11 @@ impl Identity {
         if !info_path.exists() {
             return Err(PkiError::NotEnrolled(info_path));
         }
-        let info: NodeInfo = serde_json::from_slice(
-            &std::fs::read(&info_path).map_err(io_err(&info_path))?,
-        )
-        .map_err(|_| PkiError::BadPem {
-            path: info_path.clone(),
-        })?;
+        let info: NodeInfo =
+            serde_json::from_slice(&std::fs::read(&info_path).map_err(io_err(&info_path))?)
+                .map_err(|_| PkiError::BadPem {
+                    path: info_path.clone(),
+                })?;
         let read = |name: &str| -> Result<String, PkiError> {
             let p = dir.join(name);
             std::fs::read_to_string(&p).map_err(io_err(&p))

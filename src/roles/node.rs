@@ -60,7 +60,9 @@ pub async fn start(
     let identity = if roles.contains(&Role::Cx) {
         let listener = TcpListener::bind(cfg.cx.api_listen)
             .await
-            .with_context(|| format!("cx: cannot listen on {} (cx.api_listen)", cfg.cx.api_listen))?;
+            .with_context(|| {
+                format!("cx: cannot listen on {} (cx.api_listen)", cfg.cx.api_listen)
+            })?;
         let addr = listener.local_addr()?;
         let url = local_url(addr);
         let boot = cx::bootstrap(&cfg, &store, &roles, &url)?;
@@ -88,9 +90,9 @@ pub async fn start(
             trigger.subscribe(),
         ));
         if let Some(plain) = cfg.cx.plaintext_api_listen {
-            let l = TcpListener::bind(plain)
-                .await
-                .with_context(|| format!("cx: cannot listen on {plain} (cx.plaintext_api_listen)"))?;
+            let l = TcpListener::bind(plain).await.with_context(|| {
+                format!("cx: cannot listen on {plain} (cx.plaintext_api_listen)")
+            })?;
             tracing::warn!(role = "cx", listen = %l.local_addr()?, "plaintext HTTP API listener enabled by cx.plaintext_api_listen");
             tasks.spawn(transport::serve(
                 "cx-api-plaintext",
@@ -109,9 +111,14 @@ pub async fn start(
     // The data port, shared by the PS and MT roles of this process.
     let mut data_addr = None;
     if roles.iter().any(|r| matches!(r, Role::Ps | Role::Mt)) {
-        let listener = TcpListener::bind(cfg.node.data_listen).await.with_context(|| {
-            format!("cannot listen on {} (node.data_listen)", cfg.node.data_listen)
-        })?;
+        let listener = TcpListener::bind(cfg.node.data_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (node.data_listen)",
+                    cfg.node.data_listen
+                )
+            })?;
         let addr = listener.local_addr()?;
         crate::engine::fsutil::write_durable(
             &cfg.data_dir.join("data.addr"),
@@ -139,7 +146,10 @@ pub async fn start(
 
     let hb = HeartbeatLoop {
         client: transport::client(&identity.ca_pem, Some(&identity))?,
-        url: format!("{}/api/v1/heartbeat", identity.info.cx_url.trim_end_matches('/')),
+        url: format!(
+            "{}/api/v1/heartbeat",
+            identity.info.cx_url.trim_end_matches('/')
+        ),
         body: Heartbeat {
             name: cfg.node_name(),
             roles: roles.clone(),

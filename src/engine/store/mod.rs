@@ -138,7 +138,11 @@ impl Store {
         })
     }
 
-    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, StoreError> {
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(table)?;
         let v = t.get(key)?;
@@ -215,7 +219,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path()).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
-        s.put(HOSTS, "h1", &serde_json::json!({"name": "a"})).unwrap();
+        s.put(HOSTS, "h1", &serde_json::json!({"name": "a"}))
+            .unwrap();
         drop(s);
         // Reopening runs no migration and keeps the data.
         let s = Store::open(d.path()).unwrap();
@@ -245,7 +250,8 @@ mod tests {
     fn a_later_migration_upgrades_existing_records() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path()).unwrap();
-        s.put(HOSTS, "h1", &serde_json::json!({"name": "a"})).unwrap();
+        s.put(HOSTS, "h1", &serde_json::json!({"name": "a"}))
+            .unwrap();
         drop(s);
         let s = Store::open_with(d.path(), &[migrate_0_to_1, add_column]).unwrap();
         assert_eq!(s.schema_version().unwrap(), 2);
@@ -259,7 +265,9 @@ mod tests {
         let s = Store::open_with(d.path(), &[migrate_0_to_1, add_column]).unwrap();
         drop(s);
         match Store::open(d.path()) {
-            Err(StoreError::TooNew { found: 2, known: 1, .. }) => {}
+            Err(StoreError::TooNew {
+                found: 2, known: 1, ..
+            }) => {}
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("a newer schema must be refused"),
         }

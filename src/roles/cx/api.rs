@@ -28,21 +28,24 @@ pub struct ApiError {
 impl warp::reject::Reject for ApiError {}
 
 impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Rejection {
+    pub fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
         warp::reject::custom(ApiError {
             status,
             message: message.into(),
         })
     }
     pub fn unauthorized() -> Rejection {
-        Self::new(
+        Self::reject(
             StatusCode::UNAUTHORIZED,
             "authentication required: send `Authorization: Bearer TOKEN` (see `tern login`) or log in through the UI",
         )
     }
     pub fn internal(e: impl std::fmt::Display) -> Rejection {
         tracing::error!(error = %e, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))
+        Self::reject(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {e}"),
+        )
     }
 }
 
@@ -59,7 +62,10 @@ pub async fn recover(r: Rejection) -> Result<impl Reply, Infallible> {
     let (status, message) = if let Some(e) = r.find::<ApiError>() {
         (e.status, e.message.clone())
     } else if r.is_not_found() {
-        (StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/openapi.json".into())
+        (
+            StatusCode::NOT_FOUND,
+            "no such endpoint; see /api/v1/openapi.json".into(),
+        )
     } else if let Some(e) = r.find::<warp::filters::body::BodyDeserializeError>() {
         (StatusCode::BAD_REQUEST, format!("bad request body: {e}"))
     } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
@@ -67,11 +73,17 @@ pub async fn recover(r: Rejection) -> Result<impl Reply, Infallible> {
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
         (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
     } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (StatusCode::PAYLOAD_TOO_LARGE, "request body too large".into())
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large".into(),
+        )
     } else if let Some(e) = r.find::<warp::reject::MissingHeader>() {
         (StatusCode::BAD_REQUEST, e.to_string())
     } else {
-        (StatusCode::INTERNAL_SERVER_ERROR, format!("unhandled: {r:?}"))
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unhandled: {r:?}"),
+        )
     };
     Ok(warp::reply::with_status(
         warp::reply::json(&serde_json::json!({ "error": message })),
@@ -87,7 +99,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
-fn with_state(s: Arc<CxState>) -> impl Filter<Extract = (Arc<CxState>,), Error = Infallible> + Clone {
+fn with_state(
+    s: Arc<CxState>,
+) -> impl Filter<Extract = (Arc<CxState>,), Error = Infallible> + Clone {
     warp::any().map(move || s.clone())
 }
 
@@ -111,7 +125,7 @@ fn authed(s: Arc<CxState>) -> impl Filter<Extract = (Principal,), Error = Reject
                     auth::lookup_token(&s.store, &token)
                         .map_err(ApiError::internal)?
                         .ok_or_else(|| {
-                            ApiError::new(
+                            ApiError::reject(
                                 StatusCode::UNAUTHORIZED,
                                 "token unknown or expired; run `tern login` again",
                             )
@@ -126,7 +140,10 @@ fn admin_only(p: &Principal) -> Result<(), Rejection> {
     if p.role == "admin" {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "this needs an admin user"))
+        Err(ApiError::reject(
+            StatusCode::FORBIDDEN,
+            "this needs an admin user",
+        ))
     }
 }
 
@@ -162,7 +179,9 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
     let whoami = warp::path!("api" / "v1" / "whoami")
         .and(warp::get())
         .and(authed(s.clone()))
-        .map(|p: Principal| warp::reply::json(&serde_json::json!({"user": p.user, "role": p.role})));
+        .map(|p: Principal| {
+            warp::reply::json(&serde_json::json!({"user": p.user, "role": p.role}))
+        });
 
     let hosts = warp::path!("api" / "v1" / "hosts")
         .and(warp::get())
@@ -244,25 +263,34 @@ pub struct LoginResponse {
 async fn login(req: LoginRequest, s: Arc<CxState>) -> Result<impl Reply, Rejection> {
     let session_ttl = s.cfg.cx.session_ttl.0.as_millis() as u64;
     let (resp, kind) = blocking(move || {
-        let user: Option<auth::User> = s.store.get(store::USERS, &req.user).map_err(ApiError::internal)?;
+        let user: Option<auth::User> = s
+            .store
+            .get(store::USERS, &req.user)
+            .map_err(ApiError::internal)?;
         // Verify against a dummy hash for unknown users so timing does not tell which names exist.
         let ok = match &user {
             Some(u) => auth::verify_password(&req.password, &u.password_hash),
             None => {
-                let _ = auth::verify_password(&req.password, DUMMY_HASH.get_or_init(|| auth::hash_password("x")));
+                let _ = auth::verify_password(
+                    &req.password,
+                    DUMMY_HASH.get_or_init(|| auth::hash_password("x")),
+                );
                 false
             }
         };
         if !ok {
             tracing::warn!(user = %req.user, "failed login");
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong user name or password"));
+            return Err(ApiError::reject(
+                StatusCode::UNAUTHORIZED,
+                "wrong user name or password",
+            ));
         }
         let kind = req.kind.unwrap_or_else(|| "session".into());
         let ttl = match kind.as_str() {
             "session" => session_ttl,
             "cli" => 30 * 24 * 3600 * 1000,
             other => {
-                return Err(ApiError::new(
+                return Err(ApiError::reject(
                     StatusCode::BAD_REQUEST,
                     format!("unknown token kind `{other}`; use session or cli"),
                 ));
@@ -399,7 +427,10 @@ async fn create_token(
     admin_only(&p)?;
     let ttl = match req.ttl {
         Some(t) => humantime::parse_duration(&t).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("bad ttl `{t}`: {e}; use e.g. 30m, 1h, 1d"))
+            ApiError::reject(
+                StatusCode::BAD_REQUEST,
+                format!("bad ttl `{t}`: {e}; use e.g. 30m, 1h, 1d"),
+            )
         })?,
         None => s.cfg.cx.enroll_token_ttl.0,
     };
@@ -416,7 +447,12 @@ async fn create_token(
     let id = tok.id.clone();
     let expires_ms = rec.expires_ms;
     let s2 = s.clone();
-    blocking(move || s2.store.put(ENROLL_TOKENS, &id, &rec).map_err(ApiError::internal)).await?;
+    blocking(move || {
+        s2.store
+            .put(ENROLL_TOKENS, &id, &rec)
+            .map_err(ApiError::internal)
+    })
+    .await?;
     tracing::info!(token_id = %tok.id, by = %p.user, "enrollment token created");
     Ok(warp::reply::json(&TokenResponse {
         id: tok.id.clone(),
@@ -434,7 +470,10 @@ pub struct EnrollCaQuery {
 
 async fn enroll_ca(q: EnrollCaQuery, s: Arc<CxState>) -> Result<impl Reply, Rejection> {
     if q.nonce.len() < 16 || q.nonce.len() > 128 {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "nonce must be 16 to 128 characters"));
+        return Err(ApiError::reject(
+            StatusCode::BAD_REQUEST,
+            "nonce must be 16 to 128 characters",
+        ));
     }
     let s2 = s.clone();
     let id = q.token_id.clone();
@@ -452,13 +491,13 @@ async fn enroll_ca(q: EnrollCaQuery, s: Arc<CxState>) -> Result<impl Reply, Reje
 /// The token exists, is unexpired and unused — or a precise refusal.
 fn usable_token(id: &str, rec: Option<EnrollTokenRecord>) -> Result<EnrollTokenRecord, Rejection> {
     let rec = rec.ok_or_else(|| {
-        ApiError::new(
+        ApiError::reject(
             StatusCode::FORBIDDEN,
             format!("enrollment token {id} is unknown to this CX; create one with `tern token create` on the CX"),
         )
     })?;
     if let Some(used) = rec.used_ms {
-        return Err(ApiError::new(
+        return Err(ApiError::reject(
             StatusCode::CONFLICT,
             format!(
                 "enrollment token {id} was already used (by host {} at {}); tokens are single use: create a new one with `tern token create`",
@@ -468,7 +507,7 @@ fn usable_token(id: &str, rec: Option<EnrollTokenRecord>) -> Result<EnrollTokenR
         ));
     }
     if rec.expires_ms <= now_ms() {
-        return Err(ApiError::new(
+        return Err(ApiError::reject(
             StatusCode::GONE,
             format!(
                 "enrollment token {id} expired at {}; create a new one with `tern token create`",
@@ -480,24 +519,27 @@ fn usable_token(id: &str, rec: Option<EnrollTokenRecord>) -> Result<EnrollTokenR
 }
 
 async fn enroll(req: EnrollRequest, s: Arc<CxState>) -> Result<impl Reply, Rejection> {
-    let tok = EnrollToken::parse(&req.token).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let tok =
+        EnrollToken::parse(&req.token).map_err(|e| ApiError::reject(StatusCode::BAD_REQUEST, e))?;
     if req.roles.contains(&Role::Cx) || req.roles.contains(&Role::Rx) {
-        return Err(ApiError::new(
+        return Err(ApiError::reject(
             StatusCode::BAD_REQUEST,
             "only ps, mt and agent roles enroll with a CX",
         ));
     }
     let name = req.name.trim().to_owned();
     if name.is_empty() || name.len() > 253 {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "host name must be 1 to 253 characters"));
+        return Err(ApiError::reject(
+            StatusCode::BAD_REQUEST,
+            "host name must be 1 to 253 characters",
+        ));
     }
     let host_id = uuid::Uuid::new_v4().to_string();
     // Sign first (pure computation): the token is consumed only together with
     // the host record, in one transaction, and only if signing worked.
-    let cert_pem = s
-        .ca
-        .sign_csr(&req.csr_pem, &host_id)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let cert_pem =
+        s.ca.sign_csr(&req.csr_pem, &host_id)
+            .map_err(|e| ApiError::reject(StatusCode::BAD_REQUEST, e.to_string()))?;
     let cert_not_after = crate::engine::pki::pem_to_der(&cert_pem)
         .and_then(|d| crate::engine::pki::not_after_unix(&d));
     let s2 = s.clone();
@@ -510,9 +552,12 @@ async fn enroll(req: EnrollRequest, s: Arc<CxState>) -> Result<impl Reply, Rejec
                 let mut rec = usable_token(&tok.id, rec).map_err(ApiErrorWrap)?;
                 let key = hex::decode(&rec.key_hex).unwrap_or_default();
                 if !enroll::keys_equal(&key, &tok.key()) {
-                    return Err(ApiErrorWrap(ApiError::new(
+                    return Err(ApiErrorWrap(ApiError::reject(
                         StatusCode::FORBIDDEN,
-                        format!("enrollment token {} does not match; check that it was copied whole", tok.id),
+                        format!(
+                            "enrollment token {} does not match; check that it was copied whole",
+                            tok.id
+                        ),
                     )));
                 }
                 rec.used_ms = Some(now_ms());
@@ -558,7 +603,7 @@ async fn heartbeat(
     s: Arc<CxState>,
 ) -> Result<impl Reply, Rejection> {
     let Some(host_id) = peer.host_id else {
-        return Err(ApiError::new(
+        return Err(ApiError::reject(
             StatusCode::UNAUTHORIZED,
             "heartbeats need the node's client certificate (enroll first)",
         ));
@@ -568,7 +613,7 @@ async fn heartbeat(
         s.store
             .update(|tx| -> Result<(), ApiErrorWrap> {
                 let Some(mut h) = store::get_in::<HostRecord>(tx, HOSTS, &host_id)? else {
-                    return Err(ApiErrorWrap(ApiError::new(
+                    return Err(ApiErrorWrap(ApiError::reject(
                         StatusCode::FORBIDDEN,
                         format!("host {host_id} is not registered with this CX; enroll it again"),
                     )));

@@ -5,13 +5,13 @@
 //! shown once; the store keeps only their SHA-256, so a copy of the database
 //! does not let anyone call the API.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::engine::store::{self, Store, StoreError, API_TOKENS, USERS};
+use crate::engine::store::{self, API_TOKENS, Store, StoreError, USERS};
 use crate::util::now_ms;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,7 +148,13 @@ pub fn ensure_local_cli_token(store: &Store, data_dir: &std::path::Path) -> anyh
             return Ok(());
         }
     }
-    let tok = issue_token(store, "admin", "local", "CX host CLI token (DATA/cli-token)", None)?;
+    let tok = issue_token(
+        store,
+        "admin",
+        "local",
+        "CX host CLI token (DATA/cli-token)",
+        None,
+    )?;
     crate::engine::fsutil::write_durable(&p, format!("{tok}\n").as_bytes(), 0o600)?;
     Ok(())
 }
@@ -169,8 +175,13 @@ mod tests {
     fn tokens_resolve_until_revoked_or_expired() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path()).unwrap();
-        ensure_admin(&s, d.path()).unwrap().expect("created on first start");
-        assert!(ensure_admin(&s, d.path()).unwrap().is_none(), "created once");
+        ensure_admin(&s, d.path())
+            .unwrap()
+            .expect("created on first start");
+        assert!(
+            ensure_admin(&s, d.path()).unwrap().is_none(),
+            "created once"
+        );
         let t = issue_token(&s, "admin", "cli", "t", None).unwrap();
         assert_eq!(lookup_token(&s, &t).unwrap().unwrap().user, "admin");
         assert!(lookup_token(&s, "tern_bogus").unwrap().is_none());

@@ -82,7 +82,12 @@ pub fn pki_dir(data_dir: &Path) -> PathBuf {
 
 /// Create or load the CA, the admin user, the local CLI token and this node's
 /// own identity (signed directly by the local CA).
-pub fn bootstrap(cfg: &Config, store: &Store, roles: &[Role], api_url: &str) -> anyhow::Result<Bootstrap> {
+pub fn bootstrap(
+    cfg: &Config,
+    store: &Store,
+    roles: &[Role],
+    api_url: &str,
+) -> anyhow::Result<Bootstrap> {
     let dir = pki_dir(&cfg.data_dir);
     let ca = Ca::load_or_create(&dir, &cfg.cx.organization)?;
     let admin_password_file = auth::ensure_admin(store, &cfg.data_dir)?;

@@ -36,7 +36,9 @@ fn asset(path: &str) -> Result<warp::reply::Response, Rejection> {
 }
 
 pub fn routes() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
-    let index = warp::path::end().and(warp::get()).and_then(|| async { asset("") });
+    let index = warp::path::end()
+        .and(warp::get())
+        .and_then(|| async { asset("") });
     let files = warp::path("ui")
         .and(warp::path::tail())
         .and(warp::get())
