@@ -2,6 +2,7 @@
 
 pub mod enroll;
 pub mod fsutil;
+pub mod journal;
 pub mod pki;
 pub mod shutdown;
 pub mod store;

@@ -1,0 +1,620 @@
+//! Byte formats of the journal: segment header, records, sealed-segment index,
+//! and the state file. Specified in docs/FORMATS.md ("Retention journal");
+//! the tests below pin the documented offsets.
+//!
+//! All integers are little-endian. Every structure carries a CRC-32C
+//! (Castagnoli); record payloads carry one CRC per 4 KiB so a random 4 KiB
+//! point-in-time read verifies only what it reads.
+
+use std::fmt;
+
+pub const SEGMENT_MAGIC: [u8; 8] = *b"TERNJSEG";
+pub const INDEX_MAGIC: [u8; 8] = *b"TERNJIDX";
+pub const STATE_MAGIC: [u8; 8] = *b"TERNJSTA";
+pub const FORMAT_VERSION: u16 = 1;
+pub const SEGMENT_HEADER_LEN: usize = 64;
+pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TRJ1");
+pub const RECORD_HEADER_LEN: usize = 48;
+/// Payload bytes covered by one CRC.
+pub const CRC_BLOCK: usize = 4096;
+/// Largest payload of one record (a sender splits larger writes).
+pub const MAX_RECORD_PAYLOAD: u32 = 16 << 20;
+pub const INDEX_HEADER_LEN: usize = 64;
+pub const INDEX_ENTRY_LEN: usize = 48;
+pub const STATE_LEN: usize = 96;
+/// Largest bookmark name, in bytes.
+pub const MAX_BOOKMARK_NAME: usize = 255;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// New data for `[offset, offset+len)`.
+    Write = 1,
+    /// `[offset, offset+len)` reads as zeros from here on (trim / write-zeroes); no payload.
+    Zero = 2,
+    /// A consistency point; payload is [`BookmarkPayload`].
+    Bookmark = 3,
+    /// Seals a chunk: payload is [`CommitPayload`].
+    Commit = 4,
+}
+
+impl Kind {
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Write,
+            2 => Kind::Zero,
+            3 => Kind::Bookmark,
+            4 => Kind::Commit,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("truncated: need {need} bytes, have {have}")]
+    Truncated { need: usize, have: usize },
+    #[error("bad magic")]
+    BadMagic,
+    #[error("unsupported format version {0}")]
+    Version(u16),
+    #[error("header checksum mismatch")]
+    HeaderChecksum,
+    #[error("payload checksum mismatch in 4 KiB block {0}")]
+    PayloadChecksum(usize),
+    #[error("invalid field: {0}")]
+    Invalid(&'static str),
+}
+
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
+}
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+fn need(b: &[u8], n: usize) -> Result<(), DecodeError> {
+    if b.len() < n {
+        Err(DecodeError::Truncated {
+            need: n,
+            have: b.len(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+// --- segment header --------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub segno: u64,
+    pub journal_id: u64,
+    pub volume_size: u64,
+    pub created_us: u64,
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut b = [0u8; SEGMENT_HEADER_LEN];
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
+        b[16..24].copy_from_slice(&self.segno.to_le_bytes());
+        b[24..32].copy_from_slice(&self.journal_id.to_le_bytes());
+        b[32..40].copy_from_slice(&self.volume_size.to_le_bytes());
+        b[40..48].copy_from_slice(&self.created_us.to_le_bytes());
+        let c = crc32c::crc32c(&b[0..60]);
+        b[60..64].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<SegmentHeader, DecodeError> {
+        need(b, SEGMENT_HEADER_LEN)?;
+        if b[0..8] != SEGMENT_MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        if crc32c::crc32c(&b[0..60]) != u32_at(b, 60) {
+            return Err(DecodeError::HeaderChecksum);
+        }
+        let v = u16_at(b, 8);
+        if v != FORMAT_VERSION {
+            return Err(DecodeError::Version(v));
+        }
+        Ok(SegmentHeader {
+            segno: u64_at(b, 16),
+            journal_id: u64_at(b, 24),
+            volume_size: u64_at(b, 32),
+            created_us: u64_at(b, 40),
+        })
+    }
+}
+
+// --- records ---------------------------------------------------------------
+
+/// The fixed part of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: Kind,
+    pub seq: u64,
+    /// Source time, microseconds since the Unix epoch.
+    pub ts_us: u64,
+    pub offset: u64,
+    /// Payload length (Write, Bookmark, Commit) or range length (Zero).
+    pub len: u32,
+}
+
+impl RecordHeader {
+    /// Bytes of payload that follow the CRC array.
+    pub fn payload_len(&self) -> usize {
+        match self.kind {
+            Kind::Zero => 0,
+            _ => self.len as usize,
+        }
+    }
+    pub fn ncrc(&self) -> usize {
+        self.payload_len().div_ceil(CRC_BLOCK)
+    }
+    /// Header + CRC array + payload.
+    pub fn total_len(&self) -> usize {
+        RECORD_HEADER_LEN + 4 * self.ncrc() + self.payload_len()
+    }
+    /// Offset of the payload from the start of the record.
+    pub fn payload_pos(&self) -> usize {
+        RECORD_HEADER_LEN + 4 * self.ncrc()
+    }
+
+    pub fn encode_header(&self) -> [u8; RECORD_HEADER_LEN] {
+        let mut b = [0u8; RECORD_HEADER_LEN];
+        b[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        b[4] = self.kind as u8;
+        b[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        b[16..24].copy_from_slice(&self.ts_us.to_le_bytes());
+        b[24..32].copy_from_slice(&self.offset.to_le_bytes());
+        b[32..36].copy_from_slice(&self.len.to_le_bytes());
+        b[36..40].copy_from_slice(&(self.ncrc() as u32).to_le_bytes());
+        let c = crc32c::crc32c(&b[0..44]);
+        b[44..48].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    /// Decode and check a record header (not its payload).
+    pub fn decode(b: &[u8]) -> Result<RecordHeader, DecodeError> {
+        need(b, RECORD_HEADER_LEN)?;
+        if u32_at(b, 0) != RECORD_MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        if crc32c::crc32c(&b[0..44]) != u32_at(b, 44) {
+            return Err(DecodeError::HeaderChecksum);
+        }
+        let kind = Kind::from_u8(b[4]).ok_or(DecodeError::Invalid("record kind"))?;
+        let h = RecordHeader {
+            kind,
+            seq: u64_at(b, 8),
+            ts_us: u64_at(b, 16),
+            offset: u64_at(b, 24),
+            len: u32_at(b, 32),
+        };
+        if u32_at(b, 36) as usize != h.ncrc() {
+            return Err(DecodeError::Invalid("crc count"));
+        }
+        if h.kind != Kind::Zero && h.len > MAX_RECORD_PAYLOAD {
+            return Err(DecodeError::Invalid("payload too large"));
+        }
+        if h.offset.checked_add(h.len as u64).is_none() {
+            return Err(DecodeError::Invalid("offset overflow"));
+        }
+        Ok(h)
+    }
+}
+
+/// Append a whole record (header, CRCs, payload) to `out`.
+pub fn encode_record(out: &mut Vec<u8>, h: &RecordHeader, payload: &[u8]) {
+    debug_assert_eq!(payload.len(), h.payload_len());
+    out.extend_from_slice(&h.encode_header());
+    for block in payload.chunks(CRC_BLOCK) {
+        out.extend_from_slice(&crc32c::crc32c(block).to_le_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Decode a whole record from the front of `b`, verifying every checksum.
+/// Returns the header, the payload and the bytes consumed. This is the
+/// function the fuzzer drives.
+pub fn decode_record(b: &[u8]) -> Result<(RecordHeader, &[u8], usize), DecodeError> {
+    let h = RecordHeader::decode(b)?;
+    let total = h.total_len();
+    need(b, total)?;
+    let crcs = &b[RECORD_HEADER_LEN..h.payload_pos()];
+    let payload = &b[h.payload_pos()..total];
+    verify_blocks(crcs, payload, 0)?;
+    Ok((h, payload, total))
+}
+
+/// Check `payload` (which starts at 4 KiB block `first_block` of a record)
+/// against the CRCs for those blocks.
+pub fn verify_blocks(crcs: &[u8], payload: &[u8], first_block: usize) -> Result<(), DecodeError> {
+    for (i, block) in payload.chunks(CRC_BLOCK).enumerate() {
+        let o = 4 * i;
+        if o + 4 > crcs.len() || crc32c::crc32c(block) != u32_at(crcs, o) {
+            return Err(DecodeError::PayloadChecksum(first_block + i));
+        }
+    }
+    Ok(())
+}
+
+/// Bookmark types (seed: application, filesystem, user tags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BookmarkKind {
+    App,
+    Fs,
+    User,
+}
+
+impl BookmarkKind {
+    pub fn code(self) -> u8 {
+        match self {
+            BookmarkKind::App => 1,
+            BookmarkKind::Fs => 2,
+            BookmarkKind::User => 3,
+        }
+    }
+    pub fn from_code(c: u8) -> Option<BookmarkKind> {
+        Some(match c {
+            1 => BookmarkKind::App,
+            2 => BookmarkKind::Fs,
+            3 => BookmarkKind::User,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for BookmarkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BookmarkKind::App => "app",
+            BookmarkKind::Fs => "fs",
+            BookmarkKind::User => "user",
+        })
+    }
+}
+
+impl std::str::FromStr for BookmarkKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "app" | "application" => Ok(BookmarkKind::App),
+            "fs" | "filesystem" => Ok(BookmarkKind::Fs),
+            "user" => Ok(BookmarkKind::User),
+            _ => Err(format!("unknown bookmark type `{s}`; use app, fs or user")),
+        }
+    }
+}
+
+/// Bookmark payload: `kind u8, reserved u8, name_len u16, name`.
+pub fn encode_bookmark(kind: BookmarkKind, name: &str) -> Vec<u8> {
+    let n = name.as_bytes();
+    let mut v = Vec::with_capacity(4 + n.len());
+    v.push(kind.code());
+    v.push(0);
+    v.extend_from_slice(&(n.len() as u16).to_le_bytes());
+    v.extend_from_slice(n);
+    v
+}
+
+pub fn decode_bookmark(p: &[u8]) -> Result<(BookmarkKind, String), DecodeError> {
+    need(p, 4)?;
+    let kind = BookmarkKind::from_code(p[0]).ok_or(DecodeError::Invalid("bookmark kind"))?;
+    let n = u16_at(p, 2) as usize;
+    if n > MAX_BOOKMARK_NAME || p.len() != 4 + n {
+        return Err(DecodeError::Invalid("bookmark name length"));
+    }
+    let name = std::str::from_utf8(&p[4..])
+        .map_err(|_| DecodeError::Invalid("bookmark name utf-8"))?
+        .to_owned();
+    Ok((kind, name))
+}
+
+/// Commit payload: `first_seq u64, count u32, chunk_crc u32` where chunk_crc
+/// is the CRC-32C of every byte of the chunk's records before the commit.
+pub const COMMIT_PAYLOAD_LEN: usize = 16;
+
+pub fn encode_commit(first_seq: u64, count: u32, chunk_crc: u32) -> [u8; COMMIT_PAYLOAD_LEN] {
+    let mut b = [0u8; COMMIT_PAYLOAD_LEN];
+    b[0..8].copy_from_slice(&first_seq.to_le_bytes());
+    b[8..12].copy_from_slice(&count.to_le_bytes());
+    b[12..16].copy_from_slice(&chunk_crc.to_le_bytes());
+    b
+}
+
+pub fn decode_commit(p: &[u8]) -> Result<(u64, u32, u32), DecodeError> {
+    if p.len() != COMMIT_PAYLOAD_LEN {
+        return Err(DecodeError::Invalid("commit payload length"));
+    }
+    Ok((u64_at(p, 0), u32_at(p, 8), u32_at(p, 12)))
+}
+
+// --- sealed segment index --------------------------------------------------
+
+/// One record of a sealed segment, as its index lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub kind: Kind,
+    pub len: u32,
+    pub seq: u64,
+    pub ts_us: u64,
+    pub offset: u64,
+    /// Position of the record's first byte in the segment file.
+    pub pos: u64,
+}
+
+pub fn encode_index(
+    segno: u64,
+    journal_id: u64,
+    segment_len: u64,
+    entries: &[IndexEntry],
+) -> Vec<u8> {
+    let mut b = vec![0u8; INDEX_HEADER_LEN];
+    b[0..8].copy_from_slice(&INDEX_MAGIC);
+    b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[12..16].copy_from_slice(&(entries.len() as u32).to_le_bytes());
+    b[16..24].copy_from_slice(&segno.to_le_bytes());
+    b[24..32].copy_from_slice(&journal_id.to_le_bytes());
+    b[32..40].copy_from_slice(&segment_len.to_le_bytes());
+    let c = crc32c::crc32c(&b[0..60]);
+    b[60..64].copy_from_slice(&c.to_le_bytes());
+    let start = b.len();
+    for e in entries {
+        let mut x = [0u8; INDEX_ENTRY_LEN];
+        x[0] = e.kind as u8;
+        x[4..8].copy_from_slice(&e.len.to_le_bytes());
+        x[8..16].copy_from_slice(&e.seq.to_le_bytes());
+        x[16..24].copy_from_slice(&e.ts_us.to_le_bytes());
+        x[24..32].copy_from_slice(&e.offset.to_le_bytes());
+        x[32..40].copy_from_slice(&e.pos.to_le_bytes());
+        b.extend_from_slice(&x);
+    }
+    let c = crc32c::crc32c(&b[start..]);
+    b.extend_from_slice(&c.to_le_bytes());
+    b
+}
+
+/// Returns (segno, journal_id, segment_len, entries).
+pub fn decode_index(b: &[u8]) -> Result<(u64, u64, u64, Vec<IndexEntry>), DecodeError> {
+    need(b, INDEX_HEADER_LEN)?;
+    if b[0..8] != INDEX_MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    if crc32c::crc32c(&b[0..60]) != u32_at(b, 60) {
+        return Err(DecodeError::HeaderChecksum);
+    }
+    let v = u16_at(b, 8);
+    if v != FORMAT_VERSION {
+        return Err(DecodeError::Version(v));
+    }
+    let n = u32_at(b, 12) as usize;
+    let body = n
+        .checked_mul(INDEX_ENTRY_LEN)
+        .ok_or(DecodeError::Invalid("entry count"))?;
+    need(b, INDEX_HEADER_LEN + body + 4)?;
+    if b.len() != INDEX_HEADER_LEN + body + 4 {
+        return Err(DecodeError::Invalid("index length"));
+    }
+    let entries_bytes = &b[INDEX_HEADER_LEN..INDEX_HEADER_LEN + body];
+    if crc32c::crc32c(entries_bytes) != u32_at(b, INDEX_HEADER_LEN + body) {
+        return Err(DecodeError::PayloadChecksum(0));
+    }
+    let mut entries = Vec::with_capacity(n);
+    for x in entries_bytes.chunks_exact(INDEX_ENTRY_LEN) {
+        entries.push(IndexEntry {
+            kind: Kind::from_u8(x[0]).ok_or(DecodeError::Invalid("entry kind"))?,
+            len: u32_at(x, 4),
+            seq: u64_at(x, 8),
+            ts_us: u64_at(x, 16),
+            offset: u64_at(x, 24),
+            pos: u64_at(x, 32),
+        });
+    }
+    Ok((u64_at(b, 16), u64_at(b, 24), u64_at(b, 32), entries))
+}
+
+// --- state file ------------------------------------------------------------
+
+/// `journal.state`: what is true of the replica. Replaced atomically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct State {
+    pub journal_id: u64,
+    pub volume_size: u64,
+    /// The replica holds the image at this sequence number.
+    pub base_seq: u64,
+    /// Source time of `base_seq` (µs).
+    pub base_ts_us: u64,
+    /// A checkpoint to this sequence number was started and may be half done:
+    /// points before it are gone, and it must be redone on open.
+    pub pending_base: Option<(u64, u64)>,
+    /// Times the window was cut short by the space policy ("retention log reset").
+    pub resets: u64,
+}
+
+impl State {
+    pub fn encode(&self) -> [u8; STATE_LEN] {
+        let mut b = [0u8; STATE_LEN];
+        b[0..8].copy_from_slice(&STATE_MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[16..24].copy_from_slice(&self.journal_id.to_le_bytes());
+        b[24..32].copy_from_slice(&self.volume_size.to_le_bytes());
+        b[32..40].copy_from_slice(&self.base_seq.to_le_bytes());
+        b[40..48].copy_from_slice(&self.base_ts_us.to_le_bytes());
+        let (ps, pt) = self.pending_base.unwrap_or((u64::MAX, u64::MAX));
+        b[48..56].copy_from_slice(&ps.to_le_bytes());
+        b[56..64].copy_from_slice(&pt.to_le_bytes());
+        b[64..72].copy_from_slice(&self.resets.to_le_bytes());
+        let c = crc32c::crc32c(&b[0..92]);
+        b[92..96].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<State, DecodeError> {
+        need(b, STATE_LEN)?;
+        if b[0..8] != STATE_MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        if crc32c::crc32c(&b[0..92]) != u32_at(b, 92) {
+            return Err(DecodeError::HeaderChecksum);
+        }
+        let v = u16_at(b, 8);
+        if v != FORMAT_VERSION {
+            return Err(DecodeError::Version(v));
+        }
+        let ps = u64_at(b, 48);
+        Ok(State {
+            journal_id: u64_at(b, 16),
+            volume_size: u64_at(b, 24),
+            base_seq: u64_at(b, 32),
+            base_ts_us: u64_at(b, 40),
+            pending_base: (ps != u64::MAX).then(|| (ps, u64_at(b, 56))),
+            resets: u64_at(b, 64),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_layout_matches_formats_md() {
+        let h = RecordHeader {
+            kind: Kind::Write,
+            seq: 0x0102030405060708,
+            ts_us: 0x1112131415161718,
+            offset: 0x2122232425262728,
+            len: 5000,
+        };
+        let mut out = Vec::new();
+        encode_record(&mut out, &h, &[7u8; 5000]);
+        assert_eq!(&out[0..4], b"TRJ1");
+        assert_eq!(out[4], 1);
+        assert_eq!(u64_at(&out, 8), 0x0102030405060708);
+        assert_eq!(u64_at(&out, 16), 0x1112131415161718);
+        assert_eq!(u64_at(&out, 24), 0x2122232425262728);
+        assert_eq!(u32_at(&out, 32), 5000);
+        assert_eq!(u32_at(&out, 36), 2, "two 4 KiB CRC blocks");
+        assert_eq!(u32_at(&out, 44), crc32c::crc32c(&out[0..44]));
+        assert_eq!(u32_at(&out, 48), crc32c::crc32c(&[7u8; 4096]));
+        assert_eq!(u32_at(&out, 52), crc32c::crc32c(&[7u8; 904]));
+        assert_eq!(out.len(), 48 + 8 + 5000);
+        let (d, p, n) = decode_record(&out).unwrap();
+        assert_eq!((d, p.len(), n), (h, 5000, out.len()));
+    }
+
+    #[test]
+    fn any_flipped_bit_in_a_record_is_detected() {
+        let h = RecordHeader {
+            kind: Kind::Write,
+            seq: 9,
+            ts_us: 1,
+            offset: 4096,
+            len: 600,
+        };
+        let mut rec = Vec::new();
+        encode_record(&mut rec, &h, &[0x5a; 600]);
+        for i in 0..rec.len() {
+            for bit in [0u8, 3, 7] {
+                let mut r = rec.clone();
+                r[i] ^= 1 << bit;
+                assert!(
+                    decode_record(&r).is_err(),
+                    "flip at byte {i} bit {bit} undetected"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_record_is_rejected() {
+        let h = RecordHeader {
+            kind: Kind::Write,
+            seq: 1,
+            ts_us: 1,
+            offset: 0,
+            len: 100,
+        };
+        let mut rec = Vec::new();
+        encode_record(&mut rec, &h, &[1; 100]);
+        for cut in 0..rec.len() {
+            assert!(decode_record(&rec[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn segment_header_state_and_index_round_trip_with_documented_offsets() {
+        let s = SegmentHeader {
+            segno: 3,
+            journal_id: 0xabc,
+            volume_size: 1 << 30,
+            created_us: 5,
+        };
+        let b = s.encode();
+        assert_eq!(&b[0..8], b"TERNJSEG");
+        assert_eq!(u16_at(&b, 8), 1);
+        assert_eq!(u64_at(&b, 16), 3);
+        assert_eq!(u64_at(&b, 24), 0xabc);
+        assert_eq!(u64_at(&b, 32), 1 << 30);
+        assert_eq!(SegmentHeader::decode(&b).unwrap(), s);
+
+        let st = State {
+            journal_id: 1,
+            volume_size: 2,
+            base_seq: 3,
+            base_ts_us: 4,
+            pending_base: Some((5, 6)),
+            resets: 7,
+        };
+        let b = st.encode();
+        assert_eq!(&b[0..8], b"TERNJSTA");
+        assert_eq!(u64_at(&b, 32), 3);
+        assert_eq!(u64_at(&b, 48), 5);
+        assert_eq!(u64_at(&b, 64), 7);
+        assert_eq!(State::decode(&b).unwrap(), st);
+        let none = State {
+            pending_base: None,
+            ..st
+        };
+        assert_eq!(u64_at(&none.encode(), 48), u64::MAX);
+        assert_eq!(State::decode(&none.encode()).unwrap(), none);
+
+        let e = IndexEntry {
+            kind: Kind::Zero,
+            len: 8192,
+            seq: 10,
+            ts_us: 11,
+            offset: 12,
+            pos: 64,
+        };
+        let b = encode_index(3, 0xabc, 1000, &[e, e]);
+        assert_eq!(&b[0..8], b"TERNJIDX");
+        assert_eq!(u32_at(&b, 12), 2);
+        assert_eq!(b[64], 2);
+        assert_eq!(u64_at(&b, 64 + 8), 10);
+        assert_eq!(u64_at(&b, 64 + 32), 64);
+        assert_eq!(b.len(), 64 + 96 + 4);
+        assert_eq!(decode_index(&b).unwrap(), (3, 0xabc, 1000, vec![e, e]));
+    }
+
+    #[test]
+    fn bookmark_and_commit_payloads_round_trip() {
+        let p = encode_bookmark(BookmarkKind::Fs, "nightly");
+        assert_eq!(
+            decode_bookmark(&p).unwrap(),
+            (BookmarkKind::Fs, "nightly".into())
+        );
+        assert!(decode_bookmark(&p[..p.len() - 1]).is_err());
+        let c = encode_commit(5, 3, 0xdead);
+        assert_eq!(decode_commit(&c).unwrap(), (5, 3, 0xdead));
+    }
+}

@@ -1,0 +1,1383 @@
+//! The master target's retention engine: replica + redo journal.
+//!
+//! A pair's journal is a directory of append-only segment files holding every
+//! write the source made (new data), plus `journal.state`. The replica volume
+//! holds the image at `base_seq`, the oldest recoverable point. The image at
+//! any point `t` in `[base_seq, last_seq]` is: for each byte, the newest
+//! Write/Zero record with `base_seq < seq <= t` that covers it, else the
+//! replica. Pruning ("checkpoint") moves `base_seq` forward by writing the
+//! newest version of each byte written in `(base_seq, new_base]` into the
+//! replica — writes overwritten within that interval never reach it.
+//!
+//! Why redo (see docs/ARCHITECTURE.md for the arithmetic): a source write
+//! costs one sequential append (and fsync per chunk) on the apply path, where
+//! the seed's undo journal paid a random read and two writes. The replica is
+//! written later, in the background, once per surviving byte.
+//!
+//! Invariants:
+//! - A chunk is durable (fsync'd, commit record written) before any of its
+//!   records becomes visible; a chunk without a valid commit is discarded on
+//!   open. Applying a chunk whose records are already applied changes nothing.
+//! - The replica is written only by a checkpoint, and only after
+//!   `journal.state` durably records `pending_base`; points before
+//!   `pending_base` are no longer offered from that moment. A checkpoint never
+//!   advances past a pinned point (an open vsnap or export).
+//! - Every record carries CRCs (header, each 4 KiB of payload); every read
+//!   from the journal verifies what it reads.
+//! - Segment files are deleted only after the state file says their records
+//!   are in the replica.
+
+pub mod format;
+pub mod index;
+pub mod policy;
+pub mod storage;
+#[doc(hidden)]
+pub mod testkit;
+pub mod vsnap;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use format::{
+    BookmarkKind, DecodeError, IndexEntry, Kind, RECORD_HEADER_LEN, RecordHeader,
+    SEGMENT_HEADER_LEN, SegmentHeader, State,
+};
+use index::{Index, RecMeta, Source};
+use serde::Serialize;
+use storage::{BlockFile, Storage};
+
+pub use format::BookmarkKind as BookmarkType;
+
+/// One change from the source, in the pair's sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    /// Source time, microseconds since the Unix epoch.
+    pub ts_us: u64,
+    pub body: RecordBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordBody {
+    Write { offset: u64, data: Vec<u8> },
+    Zero { offset: u64, len: u32 },
+    Bookmark { kind: BookmarkKind, name: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bookmark {
+    pub seq: u64,
+    pub ts_us: u64,
+    pub kind: BookmarkKind,
+    pub name: String,
+}
+
+/// A recoverable point: the image after the record `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Point {
+    pub seq: u64,
+    pub ts_us: u64,
+}
+
+/// How a caller names a point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointSpec {
+    Latest,
+    Oldest,
+    Seq(u64),
+    /// The last write at or before this time (µs).
+    Time(u64),
+    Bookmark(String),
+}
+
+impl std::str::FromStr for PointSpec {
+    type Err = String;
+    /// `latest`, `oldest`, `seq:N`, `tag:NAME`, `time:RFC3339`.
+    fn from_str(s: &str) -> Result<PointSpec, String> {
+        let s = s.trim();
+        if s == "latest" {
+            return Ok(PointSpec::Latest);
+        }
+        if s == "oldest" {
+            return Ok(PointSpec::Oldest);
+        }
+        if let Some(n) = s.strip_prefix("seq:") {
+            return n
+                .parse()
+                .map(PointSpec::Seq)
+                .map_err(|_| format!("bad sequence number `{n}`"));
+        }
+        if let Some(n) = s
+            .strip_prefix("tag:")
+            .or_else(|| s.strip_prefix("bookmark:"))
+        {
+            return Ok(PointSpec::Bookmark(n.to_owned()));
+        }
+        if let Some(t) = s.strip_prefix("time:") {
+            let st = humantime::parse_rfc3339_weak(t).map_err(|e| {
+                format!("bad time `{t}` ({e}); use RFC 3339, e.g. 2026-11-25T10:00:00Z")
+            })?;
+            let us = st
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|_| "time before 1970".to_string())?
+                .as_micros() as u64;
+            return Ok(PointSpec::Time(us));
+        }
+        Err(format!(
+            "bad point `{s}`; use latest, oldest, seq:N, tag:NAME or time:RFC3339"
+        ))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal corrupt: {0}")]
+    Corrupt(String),
+    #[error(
+        "sequence gap: the journal ends at seq {last}, the chunk starts at seq {first}; the pair needs a resync"
+    )]
+    Gap { last: u64, first: u64 },
+    #[error("bad record: {0}")]
+    BadRecord(String),
+    #[error("{0}")]
+    OutsideWindow(String),
+    #[error("no bookmark named `{0}` in the retention window")]
+    NoSuchBookmark(String),
+    #[error(
+        "cannot move the oldest point past seq {pinned}: it is held by an open snapshot; close it first"
+    )]
+    Pinned { pinned: u64 },
+    #[error(
+        "retention space full ({used} of {limit} bytes, policy=stop); apply stopped: free space or raise the limit"
+    )]
+    RetentionFull { used: u64, limit: u64 },
+    #[error("journal stopped after an I/O failure ({0}); fix the disk and restart the MT")]
+    Failed(String),
+    #[error("{0} is not a Tern journal (no journal.state); create it first")]
+    NotAJournal(PathBuf),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> JournalError {
+    let what = what.into();
+    move |source| JournalError::Io { what, source }
+}
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// A new segment is started once the active one passes this size.
+    pub segment_bytes: u64,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Records newly made durable.
+    Applied(usize),
+    /// Every record was already in the journal (a resent chunk).
+    AlreadyApplied,
+}
+
+struct Segment {
+    file: Arc<dyn BlockFile>,
+    path: PathBuf,
+    first_seq: u64,
+    last_seq: u64,
+    bytes: u64,
+}
+
+struct Active {
+    segno: u64,
+    file: Arc<dyn BlockFile>,
+    len: u64,
+    entries: Vec<IndexEntry>,
+}
+
+struct Inner {
+    state: State,
+    last_seq: u64,
+    last_ts_us: u64,
+    index: Index,
+    /// (seq, monotonic time) of every record after base, ascending.
+    times: VecDeque<(u64, u64)>,
+    bookmarks: BTreeMap<u64, Bookmark>,
+    segments: BTreeMap<u64, Segment>,
+    pins: BTreeMap<u64, u64>,
+    next_pin: u64,
+    failed: Option<String>,
+    /// Stop applying above this many journal bytes (policy `stop`).
+    stop_at_bytes: Option<u64>,
+}
+
+impl Inner {
+    fn total_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.bytes).sum()
+    }
+    /// The oldest point still offered (a pending checkpoint already hides older ones).
+    fn oldest(&self) -> Point {
+        match self.state.pending_base {
+            Some((seq, ts)) => Point { seq, ts_us: ts },
+            None => Point {
+                seq: self.state.base_seq,
+                ts_us: self.state.base_ts_us,
+            },
+        }
+    }
+    fn ts_of(&self, seq: u64) -> u64 {
+        if seq <= self.state.base_seq {
+            return self.state.base_ts_us;
+        }
+        let i = self.times.partition_point(|(s, _)| *s < seq);
+        self.times.get(i).map(|t| t.1).unwrap_or(self.last_ts_us)
+    }
+}
+
+/// The retention engine of one pair. Cheap to share (`Arc<Journal>`).
+pub struct Journal {
+    dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    replica: Arc<dyn BlockFile>,
+    volume_size: u64,
+    opts: JournalOptions,
+    /// Serialises appliers and owns the active segment.
+    active: Mutex<Option<Active>>,
+    inner: RwLock<Inner>,
+    /// One checkpoint at a time.
+    checkpoint_mu: Mutex<()>,
+}
+
+const STATE_FILE: &str = "journal.state";
+
+fn seg_name(segno: u64) -> String {
+    format!("seg-{segno:012}.tj")
+}
+fn idx_name(segno: u64) -> String {
+    format!("seg-{segno:012}.idx")
+}
+fn parse_seg_name(n: &str) -> Option<u64> {
+    n.strip_prefix("seg-")?.strip_suffix(".tj")?.parse().ok()
+}
+
+fn now_us() -> u64 {
+    crate::util::now_ms() * 1000
+}
+
+impl Journal {
+    /// Create a new journal in `dir` for a replica at `replica_path` of
+    /// `volume_size` bytes (a regular file is created or extended sparsely; a
+    /// device must be at least that large).
+    pub fn create(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        replica_path: &Path,
+        volume_size: u64,
+        opts: JournalOptions,
+    ) -> Result<Journal, JournalError> {
+        if volume_size == 0 || volume_size % 512 != 0 {
+            return Err(JournalError::BadRecord(format!(
+                "volume size {volume_size} must be a positive multiple of 512"
+            )));
+        }
+        storage
+            .create_dir_all(dir)
+            .map_err(io(format!("cannot create {}", dir.display())))?;
+        if storage.exists(&dir.join(STATE_FILE)) {
+            return Err(JournalError::Corrupt(format!(
+                "{} already holds a journal",
+                dir.display()
+            )));
+        }
+        let replica = storage.open(replica_path, true).map_err(io(format!(
+            "cannot open replica {}",
+            replica_path.display()
+        )))?;
+        let len = replica.len().map_err(io("replica size"))?;
+        if len < volume_size {
+            replica.set_len(volume_size).map_err(io(format!(
+                "cannot size replica {} to {volume_size} bytes",
+                replica_path.display()
+            )))?;
+            replica.sync().map_err(io("replica sync"))?;
+        }
+        let state = State {
+            journal_id: rand::random(),
+            volume_size,
+            base_seq: 0,
+            // The initial replica is the image "since forever" until records come.
+            base_ts_us: 0,
+            pending_base: None,
+            resets: 0,
+        };
+        storage
+            .write_atomic(&dir.join(STATE_FILE), &state.encode())
+            .map_err(io("cannot write journal.state"))?;
+        Self::open(storage, dir, replica_path, opts)
+    }
+
+    /// Open an existing journal, recovering from any crash.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        replica_path: &Path,
+        opts: JournalOptions,
+    ) -> Result<Journal, JournalError> {
+        let state_path = dir.join(STATE_FILE);
+        if !storage.exists(&state_path) {
+            return Err(JournalError::NotAJournal(dir.to_owned()));
+        }
+        let sf = storage
+            .open(&state_path, false)
+            .map_err(io("journal.state"))?;
+        let mut sb = vec![0u8; sf.len().map_err(io("journal.state"))? as usize];
+        sf.read_at(&mut sb, 0).map_err(io("journal.state"))?;
+        let state = State::decode(&sb)
+            .map_err(|e| JournalError::Corrupt(format!("{}: {e}", state_path.display())))?;
+        let replica = storage.open(replica_path, false).map_err(io(format!(
+            "cannot open replica {}",
+            replica_path.display()
+        )))?;
+        if replica.len().map_err(io("replica size"))? < state.volume_size {
+            return Err(JournalError::Corrupt(format!(
+                "replica {} is smaller than the volume ({} bytes)",
+                replica_path.display(),
+                state.volume_size
+            )));
+        }
+
+        let mut segnos: Vec<u64> = storage
+            .list(dir)
+            .map_err(io(format!("cannot list {}", dir.display())))?
+            .iter()
+            .filter_map(|n| parse_seg_name(n))
+            .collect();
+        segnos.sort_unstable();
+
+        let mut inner = Inner {
+            state,
+            last_seq: state.base_seq,
+            last_ts_us: state.base_ts_us,
+            index: Index::default(),
+            times: VecDeque::new(),
+            bookmarks: BTreeMap::new(),
+            segments: BTreeMap::new(),
+            pins: BTreeMap::new(),
+            next_pin: 1,
+            failed: None,
+            stop_at_bytes: None,
+        };
+        let mut active = None;
+        let floor = state.base_seq;
+        for (i, &segno) in segnos.iter().enumerate() {
+            let is_last = i + 1 == segnos.len();
+            let path = dir.join(seg_name(segno));
+            let file = storage
+                .open(&path, false)
+                .map_err(io(path.display().to_string()))?;
+            let (entries, good_len) = load_segment(&*storage, dir, segno, &file, state, is_last)?;
+            let Some(good_len) = good_len else {
+                // A segment torn at creation (no valid header): it held nothing.
+                storage.remove(&path).map_err(io("remove torn segment"))?;
+                continue;
+            };
+            let mut first = None;
+            for e in &entries {
+                if e.seq <= floor || e.kind == Kind::Commit {
+                    continue;
+                }
+                if e.seq != inner.last_seq + 1 {
+                    return Err(JournalError::Corrupt(format!(
+                        "segment {segno}: expected seq {}, found {} (a segment is missing)",
+                        inner.last_seq + 1,
+                        e.seq
+                    )));
+                }
+                first.get_or_insert(e.seq);
+                inner.last_seq = e.seq;
+                let ts = e.ts_us.max(inner.last_ts_us);
+                inner.last_ts_us = ts;
+                match e.kind {
+                    Kind::Write | Kind::Zero => {
+                        inner.index.insert(
+                            e.seq,
+                            RecMeta {
+                                kind: e.kind,
+                                segno,
+                                pos: e.pos,
+                                offset: e.offset,
+                                len: e.len,
+                            },
+                        );
+                        inner.times.push_back((e.seq, ts));
+                    }
+                    Kind::Bookmark => {
+                        let (kind, name) = read_bookmark(&file, e)?;
+                        inner.bookmarks.insert(
+                            e.seq,
+                            Bookmark {
+                                seq: e.seq,
+                                ts_us: ts,
+                                kind,
+                                name,
+                            },
+                        );
+                        inner.times.push_back((e.seq, ts));
+                    }
+                    Kind::Commit => {}
+                }
+            }
+            let last_in_seg = entries.last().map(|e| e.seq).unwrap_or(0);
+            inner.segments.insert(
+                segno,
+                Segment {
+                    file: file.clone(),
+                    path: path.clone(),
+                    first_seq: entries.first().map(|e| e.seq).unwrap_or(0),
+                    last_seq: last_in_seg,
+                    bytes: good_len,
+                },
+            );
+            if is_last {
+                active = Some(Active {
+                    segno,
+                    file,
+                    len: good_len,
+                    entries,
+                });
+            }
+        }
+        if inner.last_seq < floor {
+            inner.last_seq = floor;
+        }
+        let j = Journal {
+            dir: dir.to_owned(),
+            storage,
+            replica,
+            volume_size: state.volume_size,
+            opts,
+            active: Mutex::new(active),
+            inner: RwLock::new(inner),
+            checkpoint_mu: Mutex::new(()),
+        };
+        if let Some((seq, ts)) = state.pending_base {
+            // A checkpoint was interrupted: finish it before anything reads the replica.
+            j.finish_checkpoint(seq, ts)?;
+        }
+        Ok(j)
+    }
+
+    pub fn volume_size(&self) -> u64 {
+        self.volume_size
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.inner.read().unwrap().last_seq
+    }
+
+    /// Apply policy `stop`: refuse chunks once the journal holds this many bytes.
+    pub fn set_stop_at_bytes(&self, limit: Option<u64>) {
+        self.inner.write().unwrap().stop_at_bytes = limit;
+    }
+
+    fn check_failed(&self) -> Result<(), JournalError> {
+        match &self.inner.read().unwrap().failed {
+            Some(f) => Err(JournalError::Failed(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, e: JournalError) -> JournalError {
+        let msg = e.to_string();
+        tracing::error!(journal = %self.dir.display(), error = %msg, "journal stopped");
+        self.inner.write().unwrap().failed = Some(msg);
+        e
+    }
+
+    /// Apply one chunk: all of it becomes durable and visible, or none of it.
+    pub fn apply(&self, records: &[Record]) -> Result<ApplyOutcome, JournalError> {
+        let mut active = self.active.lock().unwrap();
+        self.check_failed()?;
+        let (last_seq, stop_at, used) = {
+            let i = self.inner.read().unwrap();
+            (i.last_seq, i.stop_at_bytes, i.total_bytes())
+        };
+        let Some(first) = records.first() else {
+            return Ok(ApplyOutcome::AlreadyApplied);
+        };
+        for w in records.windows(2) {
+            if w[1].seq != w[0].seq + 1 {
+                return Err(JournalError::BadRecord(format!(
+                    "sequence numbers in a chunk must be consecutive ({} then {})",
+                    w[0].seq, w[1].seq
+                )));
+            }
+        }
+        if first.seq > last_seq + 1 {
+            return Err(JournalError::Gap {
+                last: last_seq,
+                first: first.seq,
+            });
+        }
+        let new: &[Record] = &records[(last_seq + 1 - first.seq) as usize..];
+        if new.is_empty() {
+            return Ok(ApplyOutcome::AlreadyApplied);
+        }
+        for r in new {
+            self.validate(r)?;
+        }
+        // Encode the chunk: records, then the commit that seals them.
+        let mut buf = Vec::with_capacity(
+            new.iter()
+                .map(|r| match &r.body {
+                    RecordBody::Write { data, .. } => data.len() + 64 + data.len() / 1024,
+                    _ => 320,
+                })
+                .sum::<usize>()
+                + 80,
+        );
+        let mut entries = Vec::with_capacity(new.len() + 1);
+        for r in new {
+            let (kind, offset, len, payload): (Kind, u64, u32, std::borrow::Cow<[u8]>) = match &r
+                .body
+            {
+                RecordBody::Write { offset, data } => (
+                    Kind::Write,
+                    *offset,
+                    data.len() as u32,
+                    data.as_slice().into(),
+                ),
+                RecordBody::Zero { offset, len } => (Kind::Zero, *offset, *len, (&[][..]).into()),
+                RecordBody::Bookmark { kind, name } => {
+                    let p = format::encode_bookmark(*kind, name);
+                    (Kind::Bookmark, 0, p.len() as u32, p.into())
+                }
+            };
+            let h = RecordHeader {
+                kind,
+                seq: r.seq,
+                ts_us: r.ts_us,
+                offset,
+                len,
+            };
+            entries.push(IndexEntry {
+                kind,
+                len,
+                seq: r.seq,
+                ts_us: r.ts_us,
+                offset,
+                pos: buf.len() as u64,
+            });
+            format::encode_record(&mut buf, &h, &payload);
+        }
+        let chunk_crc = crc32c::crc32c(&buf);
+        let last = new.last().unwrap();
+        let commit = format::encode_commit(new[0].seq, new.len() as u32, chunk_crc);
+        let ch = RecordHeader {
+            kind: Kind::Commit,
+            seq: last.seq,
+            ts_us: last.ts_us,
+            offset: 0,
+            len: commit.len() as u32,
+        };
+        entries.push(IndexEntry {
+            kind: Kind::Commit,
+            len: ch.len,
+            seq: last.seq,
+            ts_us: last.ts_us,
+            offset: 0,
+            pos: buf.len() as u64,
+        });
+        format::encode_record(&mut buf, &ch, &commit);
+
+        if let Some(limit) = stop_at
+            && used + buf.len() as u64 > limit
+        {
+            return Err(JournalError::RetentionFull { used, limit });
+        }
+
+        // Roll to a new segment when the active one is full.
+        let need_new = match &*active {
+            None => true,
+            Some(a) => {
+                a.len > SEGMENT_HEADER_LEN as u64
+                    && a.len + buf.len() as u64 > self.opts.segment_bytes
+            }
+        };
+        if need_new {
+            let next = self.roll(&mut active).map_err(|e| self.fail(e))?;
+            *active = Some(next);
+        }
+        let a = active.as_mut().unwrap();
+        let base_pos = a.len;
+        a.file
+            .write_at(&buf, base_pos)
+            .map_err(io(format!("journal write (segment {})", a.segno)))
+            .map_err(|e| self.fail(e))?;
+        a.file
+            .sync()
+            .map_err(io(format!("journal fsync (segment {})", a.segno)))
+            .map_err(|e| self.fail(e))?;
+        a.len += buf.len() as u64;
+        for e in &mut entries {
+            e.pos += base_pos;
+        }
+        a.entries.extend_from_slice(&entries);
+
+        // Durable: now make it visible.
+        let segno = a.segno;
+        let mut i = self.inner.write().unwrap();
+        for (r, e) in new.iter().zip(&entries) {
+            let ts = r.ts_us.max(i.last_ts_us);
+            i.last_ts_us = ts;
+            i.last_seq = r.seq;
+            i.times.push_back((r.seq, ts));
+            match &r.body {
+                RecordBody::Write { .. } | RecordBody::Zero { .. } => i.index.insert(
+                    r.seq,
+                    RecMeta {
+                        kind: e.kind,
+                        segno,
+                        pos: e.pos,
+                        offset: e.offset,
+                        len: e.len,
+                    },
+                ),
+                RecordBody::Bookmark { kind, name } => {
+                    i.bookmarks.insert(
+                        r.seq,
+                        Bookmark {
+                            seq: r.seq,
+                            ts_us: ts,
+                            kind: *kind,
+                            name: name.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        let seg = i
+            .segments
+            .get_mut(&segno)
+            .expect("active segment registered");
+        if seg.first_seq == 0 {
+            seg.first_seq = new[0].seq;
+        }
+        seg.last_seq = last.seq;
+        seg.bytes = base_pos + buf.len() as u64;
+        Ok(ApplyOutcome::Applied(new.len()))
+    }
+
+    fn validate(&self, r: &Record) -> Result<(), JournalError> {
+        let check_range = |offset: u64, len: u64| {
+            if len == 0 || len > format::MAX_RECORD_PAYLOAD as u64 {
+                return Err(JournalError::BadRecord(format!(
+                    "seq {}: length {len} must be 1 to {} bytes",
+                    r.seq,
+                    format::MAX_RECORD_PAYLOAD
+                )));
+            }
+            if offset.checked_add(len).is_none_or(|e| e > self.volume_size) {
+                return Err(JournalError::BadRecord(format!(
+                    "seq {}: write at {offset}+{len} goes past the end of the {}-byte volume",
+                    r.seq, self.volume_size
+                )));
+            }
+            Ok(())
+        };
+        match &r.body {
+            RecordBody::Write { offset, data } => check_range(*offset, data.len() as u64),
+            RecordBody::Zero { offset, len } => check_range(*offset, *len as u64),
+            RecordBody::Bookmark { name, .. } => {
+                if name.is_empty() || name.len() > format::MAX_BOOKMARK_NAME {
+                    return Err(JournalError::BadRecord(format!(
+                        "seq {}: bookmark name must be 1 to {} bytes",
+                        r.seq,
+                        format::MAX_BOOKMARK_NAME
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Seal the active segment (write its index) and start the next one.
+    fn roll(&self, active: &mut Option<Active>) -> Result<Active, JournalError> {
+        let state = self.inner.read().unwrap().state;
+        let next_segno = match active.take() {
+            Some(a) => {
+                let idx = format::encode_index(a.segno, state.journal_id, a.len, &a.entries);
+                self.storage
+                    .write_atomic(&self.dir.join(idx_name(a.segno)), &idx)
+                    .map_err(io(format!("cannot seal segment {}", a.segno)))?;
+                a.segno + 1
+            }
+            None => self
+                .inner
+                .read()
+                .unwrap()
+                .segments
+                .keys()
+                .next_back()
+                .map(|s| s + 1)
+                .unwrap_or(1),
+        };
+        let path = self.dir.join(seg_name(next_segno));
+        let file = self
+            .storage
+            .open(&path, true)
+            .map_err(io(path.display().to_string()))?;
+        let hdr = SegmentHeader {
+            segno: next_segno,
+            journal_id: state.journal_id,
+            volume_size: self.volume_size,
+            created_us: now_us(),
+        };
+        file.set_len(0).map_err(io("new segment"))?;
+        file.write_at(&hdr.encode(), 0)
+            .map_err(io("new segment header"))?;
+        file.sync().map_err(io("new segment fsync"))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(io("journal directory fsync"))?;
+        self.inner.write().unwrap().segments.insert(
+            next_segno,
+            Segment {
+                file: file.clone(),
+                path,
+                first_seq: 0,
+                last_seq: 0,
+                bytes: SEGMENT_HEADER_LEN as u64,
+            },
+        );
+        Ok(Active {
+            segno: next_segno,
+            file,
+            len: SEGMENT_HEADER_LEN as u64,
+            entries: Vec::new(),
+        })
+    }
+
+    // --- points -----------------------------------------------------------
+
+    pub fn window(&self) -> (Point, Point) {
+        let i = self.inner.read().unwrap();
+        (
+            i.oldest(),
+            Point {
+                seq: i.last_seq,
+                ts_us: i.last_ts_us,
+            },
+        )
+    }
+
+    /// Bookmarks inside the window, oldest first.
+    pub fn bookmarks(&self) -> Vec<Bookmark> {
+        let i = self.inner.read().unwrap();
+        let oldest = i.oldest().seq;
+        i.bookmarks
+            .range(oldest..)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    /// Turn a point spec into a point inside the window, or say why not.
+    pub fn resolve(&self, spec: &PointSpec) -> Result<Point, JournalError> {
+        let i = self.inner.read().unwrap();
+        let oldest = i.oldest();
+        let latest = Point {
+            seq: i.last_seq,
+            ts_us: i.last_ts_us,
+        };
+        let outside = |what: String| {
+            JournalError::OutsideWindow(format!(
+                "{what} is outside the retention window (seq {}..{}, {} .. {})",
+                oldest.seq,
+                latest.seq,
+                crate::util::rfc3339_ms(oldest.ts_us / 1000),
+                crate::util::rfc3339_ms(latest.ts_us / 1000)
+            ))
+        };
+        match spec {
+            PointSpec::Latest => Ok(latest),
+            PointSpec::Oldest => Ok(oldest),
+            PointSpec::Seq(s) => {
+                if *s < oldest.seq || *s > latest.seq {
+                    return Err(outside(format!("seq {s}")));
+                }
+                Ok(Point {
+                    seq: *s,
+                    ts_us: i.ts_of(*s),
+                })
+            }
+            PointSpec::Time(t) => {
+                if *t < oldest.ts_us {
+                    return Err(outside(format!(
+                        "time {}",
+                        crate::util::rfc3339_ms(t / 1000)
+                    )));
+                }
+                let n = i.times.partition_point(|(_, ts)| ts <= t);
+                let seq = if n == 0 {
+                    oldest.seq
+                } else {
+                    i.times[n - 1].0.max(oldest.seq)
+                };
+                Ok(Point {
+                    seq,
+                    ts_us: i.ts_of(seq),
+                })
+            }
+            PointSpec::Bookmark(name) => i
+                .bookmarks
+                .range(oldest.seq..)
+                .rev()
+                .find(|(_, b)| &b.name == name)
+                .map(|(s, b)| Point {
+                    seq: *s,
+                    ts_us: b.ts_us,
+                })
+                .ok_or_else(|| JournalError::NoSuchBookmark(name.clone())),
+        }
+    }
+
+    /// Hold `point` recoverable until the returned pin is dropped.
+    pub fn pin(self: &Arc<Self>, spec: &PointSpec) -> Result<Pin, JournalError> {
+        let p = self.resolve(spec)?;
+        let mut i = self.inner.write().unwrap();
+        if p.seq < i.oldest().seq {
+            return Err(JournalError::OutsideWindow(format!(
+                "seq {} was just pruned",
+                p.seq
+            )));
+        }
+        let id = i.next_pin;
+        i.next_pin += 1;
+        i.pins.insert(id, p.seq);
+        Ok(Pin {
+            journal: self.clone(),
+            id,
+            point: p,
+        })
+    }
+
+    // --- reads ------------------------------------------------------------
+
+    /// Read `buf.len()` bytes at `off` of the image at `seq`. The caller must
+    /// hold a [`Pin`] at or before `seq` (use [`Pin::read_at`]).
+    fn read_image(&self, seq: u64, off: u64, buf: &mut [u8]) -> Result<(), JournalError> {
+        if off
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.volume_size)
+        {
+            return Err(JournalError::BadRecord(format!(
+                "read at {off}+{} goes past the end of the {}-byte volume",
+                buf.len(),
+                self.volume_size
+            )));
+        }
+        let (pieces, files) = {
+            let i = self.inner.read().unwrap();
+            let base = i.state.base_seq;
+            let pieces = i.index.plan(base, seq, off, buf.len() as u64);
+            let mut files = Vec::new();
+            for p in &pieces {
+                if let Source::Record(s) = p.src {
+                    let m = *i.index.get(s).expect("planned record exists");
+                    let f = i
+                        .segments
+                        .get(&m.segno)
+                        .expect("segment of a live record")
+                        .file
+                        .clone();
+                    files.push((m, f));
+                }
+            }
+            (pieces, files)
+        };
+        let mut files = files.into_iter();
+        for p in pieces {
+            let dst = &mut buf[(p.off - off) as usize..(p.off - off + p.len) as usize];
+            match p.src {
+                Source::Replica => self
+                    .replica
+                    .read_at(dst, p.off)
+                    .map_err(io("replica read"))?,
+                Source::Zeros => dst.fill(0),
+                Source::Record(seq) => {
+                    let (m, f) = files.next().expect("one file per record piece");
+                    read_payload(&*f, &m, seq, p.off - m.offset, dst)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // --- checkpoint / prune -------------------------------------------------
+
+    /// Move the oldest point to `seq`: write the newest version of every byte
+    /// written up to `seq` into the replica, then drop those records.
+    /// Points before `seq` are gone afterwards. Used by pruning and rollback.
+    pub fn checkpoint(&self, seq: u64) -> Result<(), JournalError> {
+        let _g = self.checkpoint_mu.lock().unwrap();
+        self.check_failed()?;
+        let ts = {
+            let mut i = self.inner.write().unwrap();
+            let oldest = i.oldest().seq;
+            if seq <= oldest {
+                return Ok(());
+            }
+            if seq > i.last_seq {
+                return Err(JournalError::OutsideWindow(format!(
+                    "cannot checkpoint to seq {seq}: the journal ends at {}",
+                    i.last_seq
+                )));
+            }
+            if let Some(&pinned) = i.pins.values().min()
+                && pinned < seq
+            {
+                return Err(JournalError::Pinned { pinned });
+            }
+            let ts = i.ts_of(seq);
+            let mut st = i.state;
+            st.pending_base = Some((seq, ts));
+            self.storage
+                .write_atomic(&self.dir.join(STATE_FILE), &st.encode())
+                .map_err(io("journal.state"))
+                .map_err(|e| self.fail(e))?;
+            i.state = st;
+            ts
+        };
+        self.finish_checkpoint(seq, ts)
+    }
+
+    fn finish_checkpoint(&self, seq: u64, ts: u64) -> Result<(), JournalError> {
+        let (extents, files) = {
+            let i = self.inner.read().unwrap();
+            let ext = i.index.top_extents(i.state.base_seq, seq);
+            let mut files = Vec::new();
+            for p in &ext {
+                if let Source::Record(s) = p.src {
+                    let m = *i.index.get(s).expect("record exists");
+                    files.push((m, i.segments[&m.segno].file.clone()));
+                }
+            }
+            (ext, files)
+        };
+        let mut files = files.into_iter();
+        let mut buf = Vec::new();
+        for p in &extents {
+            // Bounded buffer: large extents are copied in 4 MiB steps.
+            let mut done = 0u64;
+            let rec = if let Source::Record(_) = p.src {
+                files.next()
+            } else {
+                None
+            };
+            while done < p.len {
+                let n = (p.len - done).min(4 << 20) as usize;
+                buf.resize(n, 0);
+                match (&p.src, &rec) {
+                    (Source::Zeros, _) => buf.fill(0),
+                    (Source::Record(s), Some((m, f))) => {
+                        read_payload(&**f, m, *s, p.off + done - m.offset, &mut buf)?
+                    }
+                    _ => unreachable!("top extents are records or zeros"),
+                }
+                self.replica
+                    .write_at(&buf, p.off + done)
+                    .map_err(io("replica write"))
+                    .map_err(|e| self.fail(e))?;
+                done += n as u64;
+            }
+        }
+        self.replica
+            .sync()
+            .map_err(io("replica fsync"))
+            .map_err(|e| self.fail(e))?;
+        let mut i = self.inner.write().unwrap();
+        let mut st = i.state;
+        st.base_seq = seq;
+        st.base_ts_us = ts;
+        st.pending_base = None;
+        self.storage
+            .write_atomic(&self.dir.join(STATE_FILE), &st.encode())
+            .map_err(io("journal.state"))
+            .map_err(|e| self.fail(e))?;
+        i.state = st;
+        i.index.remove_upto(seq);
+        let n = i.times.partition_point(|(s, _)| *s <= seq);
+        i.times.drain(..n);
+        i.bookmarks = i.bookmarks.split_off(&seq);
+        if i.last_seq < seq {
+            i.last_seq = seq;
+        }
+        // Drop segments wholly inside the replica now (never the active one).
+        let active_segno = i.segments.keys().next_back().copied();
+        let dead: Vec<u64> = i
+            .segments
+            .iter()
+            .filter(|(n, s)| Some(**n) != active_segno && s.last_seq <= seq)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in dead {
+            let s = i.segments.remove(&n).unwrap();
+            let _ = self.storage.remove(&self.dir.join(idx_name(n)));
+            self.storage
+                .remove(&s.path)
+                .map_err(io("remove pruned segment"))?;
+        }
+        drop(i);
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(io("journal directory fsync"))?;
+        Ok(())
+    }
+
+    /// Make the replica itself equal to `point` (recovery). Points after it
+    /// stay recoverable; points before it are consumed (use a vsnap to recover
+    /// without giving up earlier points).
+    pub fn rollback(&self, spec: &PointSpec) -> Result<Point, JournalError> {
+        let p = self.resolve(spec)?;
+        self.checkpoint(p.seq)?;
+        Ok(p)
+    }
+
+    /// Seal the active segment so a space-based prune can release it.
+    pub fn seal_active(&self) -> Result<(), JournalError> {
+        let mut active = self.active.lock().unwrap();
+        if active.as_ref().is_some_and(|a| !a.entries.is_empty()) {
+            let next = self.roll(&mut active).map_err(|e| self.fail(e))?;
+            *active = Some(next);
+        }
+        Ok(())
+    }
+
+    /// Facts for reports and pruning decisions.
+    pub fn stats(&self) -> JournalStats {
+        let i = self.inner.read().unwrap();
+        let oldest = i.oldest();
+        JournalStats {
+            oldest,
+            latest: Point {
+                seq: i.last_seq,
+                ts_us: i.last_ts_us,
+            },
+            bytes: i.total_bytes(),
+            records: i.index.len() as u64,
+            bookmarks: i.bookmarks.range(oldest.seq..).count() as u64,
+            segments: i
+                .segments
+                .values()
+                .map(|s| SegmentStats {
+                    first_seq: s.first_seq,
+                    last_seq: s.last_seq,
+                    bytes: s.bytes,
+                })
+                .collect(),
+            min_pin: i.pins.values().min().copied(),
+            resets: i.state.resets,
+            failed: i.failed.clone(),
+        }
+    }
+
+    /// Time (µs) of the record at `seq` (monotonic view).
+    pub fn ts_of(&self, seq: u64) -> u64 {
+        self.inner.read().unwrap().ts_of(seq)
+    }
+
+    /// Latest recoverable point whose source time is at or before `ts_us`.
+    pub fn seq_at_or_before(&self, ts_us: u64) -> Option<u64> {
+        let i = self.inner.read().unwrap();
+        if ts_us < i.oldest().ts_us {
+            return None;
+        }
+        let n = i.times.partition_point(|(_, t)| *t <= ts_us);
+        Some(if n == 0 {
+            i.oldest().seq
+        } else {
+            i.times[n - 1].0.max(i.oldest().seq)
+        })
+    }
+
+    pub(crate) fn note_reset(&self) -> Result<(), JournalError> {
+        let mut i = self.inner.write().unwrap();
+        let mut st = i.state;
+        st.resets += 1;
+        self.storage
+            .write_atomic(&self.dir.join(STATE_FILE), &st.encode())
+            .map_err(io("journal.state"))?;
+        i.state = st;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentStats {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JournalStats {
+    pub oldest: Point,
+    pub latest: Point,
+    pub bytes: u64,
+    pub records: u64,
+    pub bookmarks: u64,
+    pub segments: Vec<SegmentStats>,
+    pub min_pin: Option<u64>,
+    pub resets: u64,
+    pub failed: Option<String>,
+}
+
+/// Keeps a point recoverable (pruning stops before it) while held.
+pub struct Pin {
+    journal: Arc<Journal>,
+    id: u64,
+    pub point: Point,
+}
+
+impl Pin {
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+    /// Read the pinned image.
+    pub fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<(), JournalError> {
+        self.journal.read_image(self.point.seq, off, buf)
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.journal.inner.write().unwrap().pins.remove(&self.id);
+    }
+}
+
+/// Read part of a Write record's payload, verifying the CRC of every 4 KiB
+/// block it touches.
+fn read_payload(
+    f: &dyn BlockFile,
+    m: &RecMeta,
+    seq: u64,
+    payload_off: u64,
+    dst: &mut [u8],
+) -> Result<(), JournalError> {
+    let ncrc = (m.len as usize).div_ceil(format::CRC_BLOCK);
+    let b0 = payload_off as usize / format::CRC_BLOCK;
+    let b1 = (payload_off as usize + dst.len()).div_ceil(format::CRC_BLOCK);
+    let crc_pos = m.pos + RECORD_HEADER_LEN as u64 + 4 * b0 as u64;
+    let data_start = b0 * format::CRC_BLOCK;
+    let data_end = (b1 * format::CRC_BLOCK).min(m.len as usize);
+    let payload_pos = m.pos + RECORD_HEADER_LEN as u64 + 4 * ncrc as u64;
+    // One read when the CRCs and the data are close together, two otherwise.
+    let span_end = payload_pos + data_end as u64;
+    let one: Vec<u8>;
+    let crc_buf: Vec<u8>;
+    let data_buf: Vec<u8>;
+    let (crcs, data): (&[u8], &[u8]) = if span_end - crc_pos <= 256 << 10 {
+        let mut b = vec![0u8; (span_end - crc_pos) as usize];
+        f.read_at(&mut b, crc_pos).map_err(io("journal read"))?;
+        one = b;
+        let c = 4 * (b1 - b0);
+        let d0 = (payload_pos + data_start as u64 - crc_pos) as usize;
+        (&one[..c], &one[d0..])
+    } else {
+        let mut c = vec![0u8; 4 * (b1 - b0)];
+        f.read_at(&mut c, crc_pos).map_err(io("journal read"))?;
+        let mut d = vec![0u8; data_end - data_start];
+        f.read_at(&mut d, payload_pos + data_start as u64)
+            .map_err(io("journal read"))?;
+        crc_buf = c;
+        data_buf = d;
+        (&crc_buf[..], &data_buf[..])
+    };
+    format::verify_blocks(crcs, data, b0).map_err(|e| {
+        JournalError::Corrupt(format!(
+            "segment {} record seq {seq} at offset {}: {e}",
+            m.segno, m.pos
+        ))
+    })?;
+    let s = payload_off as usize - data_start;
+    dst.copy_from_slice(&data[s..s + dst.len()]);
+    Ok(())
+}
+
+fn read_bookmark(
+    f: &Arc<dyn BlockFile>,
+    e: &IndexEntry,
+) -> Result<(BookmarkKind, String), JournalError> {
+    let h = RecordHeader {
+        kind: Kind::Bookmark,
+        seq: e.seq,
+        ts_us: e.ts_us,
+        offset: 0,
+        len: e.len,
+    };
+    let mut b = vec![0u8; h.total_len()];
+    f.read_at(&mut b, e.pos).map_err(io("journal read"))?;
+    let (_, payload, _) = format::decode_record(&b)
+        .map_err(|x| JournalError::Corrupt(format!("bookmark seq {}: {x}", e.seq)))?;
+    format::decode_bookmark(payload)
+        .map_err(|x| JournalError::Corrupt(format!("bookmark seq {}: {x}", e.seq)))
+}
+
+/// Load a segment's entries: from its sealed index if valid, else by scanning.
+/// Returns `None` for the length when the segment has no valid header (torn
+/// at creation; only possible for the last one).
+fn load_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    segno: u64,
+    file: &Arc<dyn BlockFile>,
+    state: State,
+    is_last: bool,
+) -> Result<(Vec<IndexEntry>, Option<u64>), JournalError> {
+    let len = file.len().map_err(io("segment size"))?;
+    let idx_path = dir.join(idx_name(segno));
+    if !is_last && storage.exists(&idx_path) {
+        let f = storage
+            .open(&idx_path, false)
+            .map_err(io("segment index"))?;
+        let mut b = vec![0u8; f.len().map_err(io("segment index"))? as usize];
+        f.read_at(&mut b, 0).map_err(io("segment index"))?;
+        match format::decode_index(&b) {
+            Ok((n, jid, slen, entries)) if n == segno && jid == state.journal_id && slen == len => {
+                return Ok((entries, Some(len)));
+            }
+            _ => tracing::warn!(
+                segment = segno,
+                "segment index invalid; rescanning the segment"
+            ),
+        }
+    }
+    let mut hb = [0u8; SEGMENT_HEADER_LEN];
+    if len < SEGMENT_HEADER_LEN as u64 {
+        if is_last {
+            return Ok((Vec::new(), None));
+        }
+        return Err(JournalError::Corrupt(format!(
+            "segment {segno} is shorter than its header"
+        )));
+    }
+    file.read_at(&mut hb, 0).map_err(io("segment header"))?;
+    match SegmentHeader::decode(&hb) {
+        Ok(h) if h.journal_id == state.journal_id && h.segno == segno => {}
+        Ok(_) => {
+            return Err(JournalError::Corrupt(format!(
+                "segment {segno} belongs to another journal"
+            )));
+        }
+        Err(_) if is_last => return Ok((Vec::new(), None)),
+        Err(e) => {
+            return Err(JournalError::Corrupt(format!(
+                "segment {segno} header: {e}"
+            )));
+        }
+    }
+    // Scan, in bounded reads, keeping only chunks sealed by a valid commit.
+    let mut entries = Vec::new();
+    let mut pending: Vec<IndexEntry> = Vec::new();
+    let mut chunk_crc = crc32c::crc32c(&[]);
+    let mut pos = SEGMENT_HEADER_LEN as u64;
+    let mut good = pos;
+    let mut hdr = [0u8; RECORD_HEADER_LEN];
+    loop {
+        if pos + RECORD_HEADER_LEN as u64 > len {
+            break;
+        }
+        file.read_at(&mut hdr, pos).map_err(io("segment scan"))?;
+        let Ok(h) = RecordHeader::decode(&hdr) else {
+            break;
+        };
+        let total = h.total_len() as u64;
+        if pos + total > len {
+            break;
+        }
+        let mut rec = vec![0u8; total as usize];
+        file.read_at(&mut rec, pos).map_err(io("segment scan"))?;
+        let Ok((h, payload, _)) = format::decode_record(&rec) else {
+            break;
+        };
+        if h.kind == Kind::Commit {
+            let Ok((first, count, crc)) = format::decode_commit(payload) else {
+                break;
+            };
+            let ok = count as usize == pending.len()
+                && pending.first().is_some_and(|e| e.seq == first)
+                && pending.last().is_some_and(|e| e.seq == h.seq)
+                && crc == chunk_crc;
+            if !ok {
+                break;
+            }
+            entries.append(&mut pending);
+            entries.push(IndexEntry {
+                kind: Kind::Commit,
+                len: h.len,
+                seq: h.seq,
+                ts_us: h.ts_us,
+                offset: 0,
+                pos,
+            });
+            pos += total;
+            good = pos;
+            chunk_crc = crc32c::crc32c(&[]);
+            continue;
+        }
+        pending.push(IndexEntry {
+            kind: h.kind,
+            len: h.len,
+            seq: h.seq,
+            ts_us: h.ts_us,
+            offset: h.offset,
+            pos,
+        });
+        chunk_crc = crc32c::crc32c_append(chunk_crc, &rec);
+        pos += total;
+    }
+    if good < len {
+        if !is_last {
+            return Err(JournalError::Corrupt(format!(
+                "sealed segment {segno} is damaged at offset {good} (of {len}); restore it or resync the pair"
+            )));
+        }
+        tracing::warn!(
+            segment = segno,
+            kept = good,
+            discarded = len - good,
+            "discarding an uncommitted journal tail"
+        );
+        file.set_len(good).map_err(io("truncate segment"))?;
+        file.sync().map_err(io("truncate segment"))?;
+    }
+    Ok((entries, Some(good)))
+}
+
+impl From<DecodeError> for JournalError {
+    fn from(e: DecodeError) -> Self {
+        JournalError::Corrupt(e.to_string())
+    }
+}
+
+#[allow(dead_code)]
+fn assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<Journal>();
+}

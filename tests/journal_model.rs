@@ -1,0 +1,333 @@
+//! Issue 3 acceptance 1 and 3: model-based checks of the retention engine on
+//! real files: random writes (512 B to 1 MiB, overlapping) and bookmarks on a
+//! 64 MiB volume; images at random points, times and bookmarks equal the model.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tern::engine::journal::policy::{self, OnFull, RetentionPolicy};
+use tern::engine::journal::storage::FsStorage;
+use tern::engine::journal::testkit::{Model, Workload, image_hash};
+use tern::engine::journal::{Journal, JournalError, JournalOptions, PointSpec, RecordBody};
+
+const VOL: u64 = 64 << 20;
+
+fn open_new(dir: &std::path::Path, seg: u64) -> Arc<Journal> {
+    Arc::new(
+        Journal::create(
+            Arc::new(FsStorage),
+            &dir.join("journal"),
+            &dir.join("replica.img"),
+            VOL,
+            JournalOptions { segment_bytes: seg },
+        )
+        .unwrap(),
+    )
+}
+
+fn engine_hash(j: &Arc<Journal>, at: &PointSpec) -> blake3::Hash {
+    let pin = j.pin(at).unwrap();
+    image_hash(j.volume_size(), |o, b| pin.read_at(o, b)).unwrap()
+}
+
+#[test]
+fn images_at_random_points_times_and_bookmarks_equal_the_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open_new(tmp.path(), 16 << 20);
+    let w = Workload::new(7, VOL);
+    let chunks = 120u64;
+    let last = chunks * w.records_per_chunk;
+    let mut rng = StdRng::seed_from_u64(99);
+
+    // Points to check: random seqs, random times, every 5th bookmark.
+    let mut want: BTreeMap<u64, Vec<PointSpec>> = BTreeMap::new();
+    for _ in 0..12 {
+        let s = rng.random_range(0..=last);
+        want.entry(s).or_default().push(PointSpec::Seq(s));
+    }
+    for _ in 0..6 {
+        // A time between two records resolves to the earlier one.
+        let s = rng.random_range(1..=last);
+        want.entry(s)
+            .or_default()
+            .push(PointSpec::Time(w.ts_of(s) + 500));
+    }
+    let mut bookmarks = 0;
+    let mut model = Model::new(VOL);
+    let mut hashes = BTreeMap::new();
+    hashes.insert(0, model.hash());
+    for i in 0..chunks {
+        let c = w.chunk(i);
+        j.apply(&c).unwrap();
+        // Applying the same chunk again changes nothing.
+        assert_eq!(
+            j.apply(&c).unwrap(),
+            tern::engine::journal::ApplyOutcome::AlreadyApplied
+        );
+        for r in &c {
+            model.apply(r);
+            if let RecordBody::Bookmark { name, .. } = &r.body {
+                bookmarks += 1;
+                if bookmarks % 5 == 0 {
+                    want.entry(r.seq)
+                        .or_default()
+                        .push(PointSpec::Bookmark(name.clone()));
+                }
+            }
+            if want.contains_key(&r.seq) {
+                hashes.insert(r.seq, model.hash());
+            }
+        }
+    }
+    want.entry(last).or_default().push(PointSpec::Latest);
+    hashes.insert(last, model.hash());
+    let n_points: usize = want.values().map(|v| v.len()).sum();
+    assert!(n_points >= 20, "only {n_points} points");
+    for (seq, specs) in &want {
+        for spec in specs {
+            let p = j.resolve(spec).unwrap();
+            assert_eq!(p.seq, *seq, "{spec:?} resolves to the right record");
+            assert_eq!(
+                engine_hash(&j, spec),
+                hashes[seq],
+                "image at {spec:?} (seq {seq})"
+            );
+        }
+    }
+    assert_eq!(j.bookmarks().len(), bookmarks);
+
+    // Prune half the window: later points are unchanged, earlier ones refused.
+    let mid = last / 2;
+    j.checkpoint(mid).unwrap();
+    for (seq, specs) in want.range(mid..) {
+        assert_eq!(
+            engine_hash(&j, &specs[0]),
+            hashes[seq],
+            "after checkpoint, seq {seq}"
+        );
+    }
+    if let Some((seq, _)) = want.range(..mid).next() {
+        assert!(matches!(
+            j.resolve(&PointSpec::Seq(*seq)),
+            Err(JournalError::OutsideWindow(_))
+        ));
+    }
+    // Reopen: the same answers from disk.
+    drop(j);
+    let j = Arc::new(
+        Journal::open(
+            Arc::new(FsStorage),
+            &tmp.path().join("journal"),
+            &tmp.path().join("replica.img"),
+            JournalOptions {
+                segment_bytes: 16 << 20,
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(j.last_seq(), last);
+    for (seq, specs) in want.range(mid..) {
+        assert_eq!(
+            engine_hash(&j, &specs[0]),
+            hashes[seq],
+            "after reopen, seq {seq}"
+        );
+    }
+    // Rollback to the latest makes the replica file itself the latest image.
+    j.rollback(&PointSpec::Latest).unwrap();
+    let replica = std::fs::read(tmp.path().join("replica.img")).unwrap();
+    assert_eq!(blake3::hash(&replica), hashes[&last]);
+}
+
+#[test]
+fn space_policy_prunes_whole_segments_and_counts_resets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open_new(tmp.path(), 4 << 20);
+    let mut w = Workload::new(3, VOL);
+    w.max_write = 64 << 10;
+    let mut model = Model::new(VOL);
+    let p = RetentionPolicy {
+        window: Some(std::time::Duration::from_secs(365 * 86400)),
+        max_bytes: Some(12 << 20),
+        on_full: OnFull::Prune,
+    };
+    let now = w.ts_of(10_000_000);
+    let mut checkpoints = Vec::new();
+    for i in 0..600 {
+        let c = w.chunk(i);
+        j.apply(&c).unwrap();
+        c.iter().for_each(|r| model.apply(r));
+        let before = j.stats();
+        policy::prune_all(&j, &p, now).unwrap();
+        let after = j.stats();
+        assert!(
+            after.bytes <= (12 << 20) + (4 << 20) + (1 << 20),
+            "space bounded: {}",
+            after.bytes
+        );
+        if after.oldest.seq != before.oldest.seq {
+            // Exactly whole segments went, and the new oldest is a segment end.
+            assert!(
+                before
+                    .segments
+                    .iter()
+                    .any(|s| s.last_seq == after.oldest.seq)
+            );
+            checkpoints.push(after.oldest.seq);
+        }
+    }
+    assert!(
+        !checkpoints.is_empty(),
+        "the space limit was exceeded, so pruning happened"
+    );
+    let r = policy::report(&j, &p, now);
+    assert!(
+        r.retention_log_resets > 0,
+        "space pruning inside the time window is a reset"
+    );
+    assert!(r.window_shortfall);
+    assert_eq!(engine_hash(&j, &PointSpec::Latest), model.hash());
+    assert_eq!(engine_hash(&j, &PointSpec::Oldest), {
+        // Rebuild the model at the oldest point.
+        let mut m = Model::new(VOL);
+        let oldest = j.stats().oldest.seq;
+        for i in 0..600 {
+            for r in w.chunk(i) {
+                if r.seq <= oldest {
+                    m.apply(&r);
+                }
+            }
+        }
+        m.hash()
+    });
+}
+
+#[test]
+fn time_policy_prunes_exactly_the_points_older_than_the_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open_new(tmp.path(), 1 << 20);
+    let mut w = Workload::new(5, VOL);
+    w.max_write = 16 << 10;
+    for i in 0..100 {
+        j.apply(&w.chunk(i)).unwrap();
+    }
+    // Window 300 ms, "now" at record 800's time: keep records whose time >= now - 300 ms.
+    let p = RetentionPolicy {
+        window: Some(std::time::Duration::from_millis(300)),
+        max_bytes: None,
+        on_full: OnFull::Prune,
+    };
+    let now = w.ts_of(800);
+    policy::prune_all(&j, &p, now).unwrap();
+    let st = j.stats();
+    // The oldest point is the last record at or before the cutoff: seq 500.
+    assert_eq!(st.oldest.seq, 500);
+    assert!(j.resolve(&PointSpec::Seq(499)).is_err());
+    assert!(j.resolve(&PointSpec::Seq(500)).is_ok());
+    assert!(j.bookmarks().iter().all(|b| b.seq >= 500));
+}
+
+#[test]
+fn stop_policy_refuses_chunks_without_touching_the_replica() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open_new(tmp.path(), 1 << 20);
+    let mut w = Workload::new(11, VOL);
+    w.max_write = 64 << 10;
+    let p = RetentionPolicy {
+        window: None,
+        max_bytes: Some(2 << 20),
+        on_full: OnFull::Stop,
+    };
+    let mut model = Model::new(VOL);
+    let mut refused = None;
+    for i in 0..200 {
+        policy::prune_all(&j, &p, 0).unwrap();
+        let c = w.chunk(i);
+        match j.apply(&c) {
+            Ok(_) => c.iter().for_each(|r| model.apply(r)),
+            Err(e @ JournalError::RetentionFull { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("policy=stop") && msg.contains("raise the limit"),
+                    "{msg}"
+                );
+                refused = Some(i);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let i = refused.expect("the limit is reached");
+    let replica_before = std::fs::read(tmp.path().join("replica.img")).unwrap();
+    assert!(
+        replica_before.iter().all(|b| *b == 0),
+        "apply never writes the replica"
+    );
+    // Still refusing, still intact, and the latest image is what was accepted.
+    assert!(j.apply(&w.chunk(i)).is_err());
+    assert_eq!(engine_hash(&j, &PointSpec::Latest), model.hash());
+    // Raising the limit resumes exactly where it stopped.
+    let p2 = RetentionPolicy {
+        max_bytes: Some(1 << 30),
+        ..p
+    };
+    policy::prune_all(&j, &p2, 0).unwrap();
+    let c = w.chunk(i);
+    j.apply(&c).unwrap();
+    c.iter().for_each(|r| model.apply(r));
+    assert_eq!(engine_hash(&j, &PointSpec::Latest), model.hash());
+}
+
+#[test]
+fn a_pinned_point_holds_pruning_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open_new(tmp.path(), 1 << 20);
+    let mut w = Workload::new(13, VOL);
+    w.max_write = 16 << 10;
+    for i in 0..50 {
+        j.apply(&w.chunk(i)).unwrap();
+    }
+    let pin = j.pin(&PointSpec::Seq(100)).unwrap();
+    let h = image_hash(VOL, |o, b| pin.read_at(o, b)).unwrap();
+    assert!(matches!(
+        j.checkpoint(300),
+        Err(JournalError::Pinned { pinned: 100 })
+    ));
+    let p = RetentionPolicy {
+        window: Some(std::time::Duration::from_millis(1)),
+        max_bytes: None,
+        on_full: OnFull::Prune,
+    };
+    assert_eq!(policy::prune_all(&j, &p, w.ts_of(400)).unwrap(), Some(100));
+    assert_eq!(j.stats().oldest.seq, 100);
+    assert_eq!(
+        image_hash(VOL, |o, b| pin.read_at(o, b)).unwrap(),
+        h,
+        "the pinned image is intact"
+    );
+    drop(pin);
+    policy::prune_all(&j, &p, w.ts_of(400)).unwrap();
+    assert_eq!(j.stats().oldest.seq, 399);
+}
+
+#[test]
+fn gaps_and_bad_records_are_refused_and_nothing_is_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open_new(tmp.path(), 1 << 20);
+    let w = Workload::new(1, VOL);
+    j.apply(&w.chunk(0)).unwrap();
+    let e = j.apply(&w.chunk(2)).unwrap_err();
+    assert!(e.to_string().contains("needs a resync"), "{e}");
+    let mut bad = w.chunk(1);
+    bad[3].body = RecordBody::Write {
+        offset: VOL - 512,
+        data: vec![1; 1024],
+    };
+    let e = j.apply(&bad).unwrap_err();
+    assert!(e.to_string().contains("past the end"), "{e}");
+    assert_eq!(j.last_seq(), 8, "a refused chunk applies nothing");
+    j.apply(&w.chunk(1)).unwrap();
+    assert_eq!(j.last_seq(), 16);
+}
