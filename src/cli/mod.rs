@@ -5,6 +5,7 @@
 //! after the subcommand.
 
 pub mod client;
+pub mod debug;
 pub mod enroll;
 
 use std::path::{Path, PathBuf};
@@ -91,6 +92,9 @@ pub enum Command {
     Host(HostCmd),
     /// Health of the CX (no login needed).
     Health,
+    /// Test helpers (hidden).
+    #[command(subcommand, hide = true)]
+    Debug(debug::DebugCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -293,6 +297,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             print_table(&rows);
             Ok(())
         }),
+        Command::Debug(cmd) => debug::run(cmd),
         Command::Health => runtime()?.block_on(async {
             let api = Api::resolve(g.cx.as_deref(), g.data.as_deref())?;
             let v = api.get("/api/v1/health").await?;

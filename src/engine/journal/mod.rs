@@ -287,7 +287,7 @@ impl Journal {
         volume_size: u64,
         opts: JournalOptions,
     ) -> Result<Journal, JournalError> {
-        if volume_size == 0 || volume_size % 512 != 0 {
+        if volume_size == 0 || !volume_size.is_multiple_of(512) {
             return Err(JournalError::BadRecord(format!(
                 "volume size {volume_size} must be a positive multiple of 512"
             )));
@@ -503,11 +503,9 @@ impl Journal {
         }
     }
 
+    /// Stop the journal after an I/O failure (must not be called with `inner` held).
     fn fail(&self, e: JournalError) -> JournalError {
-        let msg = e.to_string();
-        tracing::error!(journal = %self.dir.display(), error = %msg, "journal stopped");
-        self.inner.write().unwrap().failed = Some(msg);
-        e
+        fail_locked(&mut self.inner.write().unwrap(), &self.dir, e)
     }
 
     /// Apply one chunk: all of it becomes durable and visible, or none of it.
@@ -957,10 +955,12 @@ impl Journal {
             let ts = i.ts_of(seq);
             let mut st = i.state;
             st.pending_base = Some((seq, ts));
-            self.storage
+            if let Err(e) = self
+                .storage
                 .write_atomic(&self.dir.join(STATE_FILE), &st.encode())
-                .map_err(io("journal.state"))
-                .map_err(|e| self.fail(e))?;
+            {
+                return Err(fail_locked(&mut i, &self.dir, io("journal.state")(e)));
+            }
             i.state = st;
             ts
         };
@@ -1016,10 +1016,12 @@ impl Journal {
         st.base_seq = seq;
         st.base_ts_us = ts;
         st.pending_base = None;
-        self.storage
+        if let Err(e) = self
+            .storage
             .write_atomic(&self.dir.join(STATE_FILE), &st.encode())
-            .map_err(io("journal.state"))
-            .map_err(|e| self.fail(e))?;
+        {
+            return Err(fail_locked(&mut i, &self.dir, io("journal.state")(e)));
+        }
         i.state = st;
         i.index.remove_upto(seq);
         let n = i.times.partition_point(|(s, _)| *s <= seq);
@@ -1120,9 +1122,12 @@ impl Journal {
         let mut i = self.inner.write().unwrap();
         let mut st = i.state;
         st.resets += 1;
-        self.storage
+        if let Err(e) = self
+            .storage
             .write_atomic(&self.dir.join(STATE_FILE), &st.encode())
-            .map_err(io("journal.state"))?;
+        {
+            return Err(fail_locked(&mut i, &self.dir, io("journal.state")(e)));
+        }
         i.state = st;
         Ok(())
     }
@@ -1169,6 +1174,13 @@ impl Drop for Pin {
     fn drop(&mut self) {
         self.journal.inner.write().unwrap().pins.remove(&self.id);
     }
+}
+
+fn fail_locked(i: &mut Inner, dir: &Path, e: JournalError) -> JournalError {
+    let msg = e.to_string();
+    tracing::error!(journal = %dir.display(), error = %msg, "journal stopped");
+    i.failed = Some(msg);
+    e
 }
 
 /// Read part of a Write record's payload, verifying the CRC of every 4 KiB

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// One open file.
+#[allow(clippy::len_without_is_empty)]
 pub trait BlockFile: Send + Sync {
     /// Fill `buf` from `off`; reading past the end is an error.
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
