@@ -7,6 +7,7 @@
 pub mod client;
 pub mod debug;
 pub mod enroll;
+pub mod mt;
 
 use std::path::{Path, PathBuf};
 
@@ -92,6 +93,9 @@ pub enum Command {
     Host(HostCmd),
     /// Health of the CX (no login needed).
     Health,
+    /// Master target: replica pairs, bookmarks, images, vsnaps, retention.
+    #[command(subcommand)]
+    Mt(mt::MtCmd),
     /// Test helpers (hidden).
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCmd),
@@ -298,6 +302,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Debug(cmd) => debug::run(cmd),
+        Command::Mt(cmd) => mt::run(cmd, &g),
         Command::Health => runtime()?.block_on(async {
             let api = Api::resolve(g.cx.as_deref(), g.data.as_deref())?;
             let v = api.get("/api/v1/health").await?;
@@ -419,7 +424,7 @@ fn print_banner(data_dir: &Path, node: &crate::roles::RunningNode, roles: &[Role
     println!("Stop with Ctrl-C (or SIGTERM).");
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");

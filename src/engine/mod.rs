@@ -3,6 +3,7 @@
 pub mod enroll;
 pub mod fsutil;
 pub mod journal;
+pub mod nbd;
 pub mod pki;
 pub mod shutdown;
 pub mod store;

@@ -6,6 +6,7 @@
 //! trigger. Roles depend on engines, never on each other.
 
 pub mod cx;
+pub mod mt;
 pub mod node;
 
 pub use node::{RunningNode, run, start};

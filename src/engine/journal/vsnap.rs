@@ -195,3 +195,23 @@ impl Drop for Vsnap {
         }
     }
 }
+
+/// A vsnap served over NBD: reads and (when writable) writes go to the vsnap;
+/// flush is a no-op because the overlay is discarded with the vsnap.
+impl crate::engine::nbd::Export for Vsnap {
+    fn size(&self) -> u64 {
+        Vsnap::size(self)
+    }
+    fn read_only(&self) -> bool {
+        !self.writable()
+    }
+    fn read(&self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read_at(off, buf).map_err(std::io::Error::other)
+    }
+    fn write(&self, off: u64, data: &[u8], _fua: bool) -> std::io::Result<()> {
+        self.write_at(off, data).map_err(std::io::Error::other)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

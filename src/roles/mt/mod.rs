@@ -1,0 +1,171 @@
+//! The master target's replica pairs on disk.
+//!
+//! `DATA/mt/pairs/PAIR/` holds `pair.json` (the pair's volume size, replica
+//! path and retention policy), `journal/` (the retention engine's segments
+//! and state) and, unless the replica is a device elsewhere, `replica.img`.
+//! A pair is opened by one process at a time: `lock` is held with `flock`
+//! while it is open, so the CLI cannot write a pair the running MT is applying to.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::journal::policy::RetentionPolicy;
+use crate::engine::journal::storage::FsStorage;
+use crate::engine::journal::{Journal, JournalOptions};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairConfig {
+    /// Pair name (letters, digits, `-`, `_`, `.`).
+    pub pair: String,
+    pub volume_size: u64,
+    /// The replica volume: a regular file or a block device.
+    pub replica: PathBuf,
+    pub policy: RetentionPolicy,
+    pub created_ms: u64,
+}
+
+pub fn pairs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("mt").join("pairs")
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// An open pair: its config, journal, and the lock that makes it ours.
+pub struct ReplicaPair {
+    pub config: PairConfig,
+    pub dir: PathBuf,
+    pub journal: Arc<Journal>,
+    _lock: std::fs::File,
+}
+
+fn lock(dir: &Path, pair: &str) -> anyhow::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .with_context(|| format!("pair {pair}: cannot open its lock file"))?;
+    // SAFETY: flock on a valid open descriptor.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        bail!(
+            "pair {pair} is in use by another process (the running MT?); stop it or go through the CX"
+        );
+    }
+    Ok(f)
+}
+
+impl ReplicaPair {
+    pub fn create(
+        data_dir: &Path,
+        pair: &str,
+        volume_size: u64,
+        replica: Option<PathBuf>,
+        policy: RetentionPolicy,
+    ) -> anyhow::Result<ReplicaPair> {
+        if !valid_name(pair) {
+            bail!("pair name `{pair}` must be 1-64 letters, digits, `-`, `_` or `.`");
+        }
+        let dir = pairs_dir(data_dir).join(pair);
+        if dir.join("pair.json").exists() {
+            bail!("pair {pair} already exists in {}", dir.display());
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let l = lock(&dir, pair)?;
+        let replica = replica.unwrap_or_else(|| dir.join("replica.img"));
+        let journal = Journal::create(
+            Arc::new(FsStorage),
+            &dir.join("journal"),
+            &replica,
+            volume_size,
+            JournalOptions::default(),
+        )
+        .with_context(|| format!("pair {pair}"))?;
+        let config = PairConfig {
+            pair: pair.to_owned(),
+            volume_size,
+            replica,
+            policy,
+            created_ms: crate::util::now_ms(),
+        };
+        crate::engine::fsutil::write_durable(
+            &dir.join("pair.json"),
+            &serde_json::to_vec_pretty(&config)?,
+            0o644,
+        )?;
+        Ok(ReplicaPair {
+            config,
+            dir,
+            journal: Arc::new(journal),
+            _lock: l,
+        })
+    }
+
+    pub fn open(data_dir: &Path, pair: &str) -> anyhow::Result<ReplicaPair> {
+        let dir = pairs_dir(data_dir).join(pair);
+        let cfg_path = dir.join("pair.json");
+        if !valid_name(pair) || !cfg_path.exists() {
+            bail!(
+                "no pair `{pair}` on this MT ({}); `tern mt pairs --data {}` lists them",
+                pairs_dir(data_dir).display(),
+                data_dir.display()
+            );
+        }
+        let l = lock(&dir, pair)?;
+        // Overlays of vsnaps whose process died: nobody else can hold them now.
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with("vsnap-") && n.ends_with(".overlay") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let config: PairConfig = serde_json::from_slice(&std::fs::read(&cfg_path)?)
+            .with_context(|| format!("{}", cfg_path.display()))?;
+        let journal = Journal::open(
+            Arc::new(FsStorage),
+            &dir.join("journal"),
+            &config.replica,
+            JournalOptions::default(),
+        )
+        .with_context(|| format!("pair {pair}"))?;
+        Ok(ReplicaPair {
+            config,
+            dir,
+            journal: Arc::new(journal),
+            _lock: l,
+        })
+    }
+
+    pub fn list(data_dir: &Path) -> anyhow::Result<Vec<PairConfig>> {
+        let d = pairs_dir(data_dir);
+        let mut v = Vec::new();
+        if !d.exists() {
+            return Ok(v);
+        }
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path().join("pair.json");
+            if p.exists() {
+                v.push(
+                    serde_json::from_slice(&std::fs::read(&p)?)
+                        .with_context(|| p.display().to_string())?,
+                );
+            }
+        }
+        v.sort_by(|a: &PairConfig, b| a.pair.cmp(&b.pair));
+        Ok(v)
+    }
+}
