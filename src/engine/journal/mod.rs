@@ -1393,3 +1393,28 @@ fn assert_send_sync() {
     fn f<T: Send + Sync>() {}
     f::<Journal>();
 }
+
+/// Recovery across the volumes of one host or plan: the newest bookmark name
+/// (optionally of one type) present in every journal's window. A plan-wide
+/// bookmark is issued with the same name on every pair.
+pub fn latest_common_bookmark(journals: &[&Journal], kind: Option<BookmarkKind>) -> Option<String> {
+    let mut lists = journals.iter().map(|j| j.bookmarks());
+    let first = lists.next()?;
+    let others: Vec<std::collections::HashSet<String>> = lists
+        .map(|l| l.into_iter().filter(|b| kind.is_none_or(|k| b.kind == k)).map(|b| b.name).collect())
+        .collect();
+    first
+        .into_iter()
+        .rev()
+        .filter(|b| kind.is_none_or(|k| b.kind == k))
+        .find(|b| others.iter().all(|o| o.contains(&b.name)))
+        .map(|b| b.name)
+}
+
+/// The latest time every journal has reached (µs), if that time lies inside
+/// every journal's window.
+pub fn latest_common_time(journals: &[&Journal]) -> Option<u64> {
+    let windows: Vec<(Point, Point)> = journals.iter().map(|j| j.window()).collect();
+    let t = windows.iter().map(|(_, l)| l.ts_us).min()?;
+    windows.iter().all(|(o, _)| o.ts_us <= t).then_some(t)
+}
