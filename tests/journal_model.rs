@@ -339,15 +339,46 @@ fn latest_common_bookmark_and_time_across_pairs() {
     let tmp = tempfile::tempdir().unwrap();
     let a = open_new(&tmp.path().join("a"), 1 << 20);
     let b = open_new(&tmp.path().join("b"), 1 << 20);
-    let rec = |seq: u64, ts: u64, body: RecordBody| Record { seq, ts_us: ts, body };
-    let w = |o: u64| RecordBody::Write { offset: o, data: vec![1; 512] };
-    let bm = |k: BookmarkKind, n: &str| RecordBody::Bookmark { kind: k, name: n.into() };
-    a.apply(&[rec(1, 10, w(0)), rec(2, 20, bm(BookmarkKind::App, "t1")), rec(3, 30, bm(BookmarkKind::Fs, "t2")), rec(4, 40, w(512))]).unwrap();
-    b.apply(&[rec(1, 12, bm(BookmarkKind::App, "t1")), rec(2, 25, bm(BookmarkKind::Fs, "t2")), rec(3, 35, w(0))]).unwrap();
-    assert_eq!(latest_common_bookmark(&[&a, &b], None).as_deref(), Some("t2"));
-    assert_eq!(latest_common_bookmark(&[&a, &b], Some(BookmarkKind::App)).as_deref(), Some("t1"));
-    b.apply(&[rec(4, 50, bm(BookmarkKind::User, "only-b"))]).unwrap();
-    assert_eq!(latest_common_bookmark(&[&a, &b], None).as_deref(), Some("t2"));
+    let rec = |seq: u64, ts: u64, body: RecordBody| Record {
+        seq,
+        ts_us: ts,
+        body,
+    };
+    let w = |o: u64| RecordBody::Write {
+        offset: o,
+        data: vec![1; 512],
+    };
+    let bm = |k: BookmarkKind, n: &str| RecordBody::Bookmark {
+        kind: k,
+        name: n.into(),
+    };
+    a.apply(&[
+        rec(1, 10, w(0)),
+        rec(2, 20, bm(BookmarkKind::App, "t1")),
+        rec(3, 30, bm(BookmarkKind::Fs, "t2")),
+        rec(4, 40, w(512)),
+    ])
+    .unwrap();
+    b.apply(&[
+        rec(1, 12, bm(BookmarkKind::App, "t1")),
+        rec(2, 25, bm(BookmarkKind::Fs, "t2")),
+        rec(3, 35, w(0)),
+    ])
+    .unwrap();
+    assert_eq!(
+        latest_common_bookmark(&[&a, &b], None).as_deref(),
+        Some("t2")
+    );
+    assert_eq!(
+        latest_common_bookmark(&[&a, &b], Some(BookmarkKind::App)).as_deref(),
+        Some("t1")
+    );
+    b.apply(&[rec(4, 50, bm(BookmarkKind::User, "only-b"))])
+        .unwrap();
+    assert_eq!(
+        latest_common_bookmark(&[&a, &b], None).as_deref(),
+        Some("t2")
+    );
     assert_eq!(latest_common_time(&[&a, &b]), Some(40));
     // Each pair resolves that time to its own last write at or before it.
     assert_eq!(a.resolve(&PointSpec::Time(40)).unwrap().seq, 4);

@@ -552,10 +552,42 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut rec = Vec::new();
-        encode_record(&mut rec, &RecordHeader { kind: Kind::Write, seq: 3, ts_us: 4, offset: 512, len: 9000 }, &[3u8; 9000]);
+        encode_record(
+            &mut rec,
+            &RecordHeader {
+                kind: Kind::Write,
+                seq: 3,
+                ts_us: 4,
+                offset: 512,
+                len: 9000,
+            },
+            &[3u8; 9000],
+        );
         let bm = encode_bookmark(BookmarkKind::App, "x");
-        encode_record(&mut rec, &RecordHeader { kind: Kind::Bookmark, seq: 4, ts_us: 4, offset: 0, len: bm.len() as u32 }, &bm);
-        let idx = encode_index(1, 2, 3, &[IndexEntry { kind: Kind::Write, len: 1, seq: 2, ts_us: 3, offset: 4, pos: 5 }]);
+        encode_record(
+            &mut rec,
+            &RecordHeader {
+                kind: Kind::Bookmark,
+                seq: 4,
+                ts_us: 4,
+                offset: 0,
+                len: bm.len() as u32,
+            },
+            &bm,
+        );
+        let idx = encode_index(
+            1,
+            2,
+            3,
+            &[IndexEntry {
+                kind: Kind::Write,
+                len: 1,
+                seq: 2,
+                ts_us: 3,
+                offset: 4,
+                pos: 5,
+            }],
+        );
         for _ in 0..20_000 {
             for base in [&rec, &idx] {
                 let mut m = base.clone();

@@ -1401,7 +1401,12 @@ pub fn latest_common_bookmark(journals: &[&Journal], kind: Option<BookmarkKind>)
     let mut lists = journals.iter().map(|j| j.bookmarks());
     let first = lists.next()?;
     let others: Vec<std::collections::HashSet<String>> = lists
-        .map(|l| l.into_iter().filter(|b| kind.is_none_or(|k| b.kind == k)).map(|b| b.name).collect())
+        .map(|l| {
+            l.into_iter()
+                .filter(|b| kind.is_none_or(|k| b.kind == k))
+                .map(|b| b.name)
+                .collect()
+        })
         .collect();
     first
         .into_iter()
