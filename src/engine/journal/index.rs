@@ -1,7 +1,11 @@
 //! In-memory index of the journal: which records touch which 64 KiB block,
 //! and the read plan for a range of a point-in-time image.
 //!
-//! Invariant: for every block, the seq list is ascending and holds exactly the
+//! Records are keyed by `(seq, sub)`: `sub` is 0 for a source record and
+//! numbers the extents of a compacted interval, which all carry the seq of
+//! the interval's end (they are disjoint, so their order does not matter).
+//!
+//! Invariant: for every block, the key list is ascending and holds exactly the
 //! Write/Zero records with `base_seq < seq` that overlap the block.
 
 use std::collections::{BTreeMap, HashMap};
@@ -9,6 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use super::format::Kind;
 
 pub const BLOCK_SHIFT: u32 = 16;
+
+/// `(seq, sub)`.
+pub type Key = (u64, u32);
 
 #[derive(Debug, Clone, Copy)]
 pub struct RecMeta {
@@ -29,8 +36,8 @@ impl RecMeta {
 /// Where the bytes of one piece of an image come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// From the record with this seq (Write payload).
-    Record(u64),
+    /// From the record with this key (Write payload).
+    Record(Key),
     Zeros,
     Replica,
 }
@@ -44,8 +51,8 @@ pub struct Piece {
 
 #[derive(Default)]
 pub struct Index {
-    blocks: HashMap<u64, Vec<u64>>,
-    recs: BTreeMap<u64, RecMeta>,
+    blocks: HashMap<u64, Vec<Key>>,
+    recs: BTreeMap<Key, RecMeta>,
 }
 
 fn blocks_of(off: u64, len: u64) -> std::ops::RangeInclusive<u64> {
@@ -53,18 +60,21 @@ fn blocks_of(off: u64, len: u64) -> std::ops::RangeInclusive<u64> {
 }
 
 impl Index {
-    pub fn insert(&mut self, seq: u64, m: RecMeta) {
+    /// Insert; keys must come in ascending order (appends and compaction installs do).
+    pub fn insert(&mut self, key: Key, m: RecMeta) {
         if m.len == 0 {
             return;
         }
         for b in blocks_of(m.offset, m.len as u64) {
-            self.blocks.entry(b).or_default().push(seq);
+            let v = self.blocks.entry(b).or_default();
+            let at = v.partition_point(|k| *k < key);
+            v.insert(at, key);
         }
-        self.recs.insert(seq, m);
+        self.recs.insert(key, m);
     }
 
-    pub fn get(&self, seq: u64) -> Option<&RecMeta> {
-        self.recs.get(&seq)
+    pub fn get(&self, key: Key) -> Option<&RecMeta> {
+        self.recs.get(&key)
     }
 
     pub fn len(&self) -> usize {
@@ -76,40 +86,37 @@ impl Index {
     }
 
     /// Records with `from < seq <= to`, ascending.
-    pub fn range(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, &RecMeta)> {
-        self.recs
-            .range((
-                std::ops::Bound::Excluded(from),
-                std::ops::Bound::Included(to),
-            ))
-            .map(|(s, m)| (*s, m))
+    pub fn range(&self, from: u64, to: u64) -> impl Iterator<Item = (Key, &RecMeta)> {
+        let lo = (from.saturating_add(1), 0);
+        let hi = (to, u32::MAX);
+        let r = if lo <= hi {
+            Some(self.recs.range(lo..=hi))
+        } else {
+            None
+        };
+        r.into_iter().flatten().map(|(k, m)| (*k, m))
     }
 
     /// Forget every record with `seq <= upto` (they are in the replica now).
     pub fn remove_upto(&mut self, upto: u64) {
-        let keep = self.recs.split_off(&(upto + 1));
-        let gone = std::mem::replace(&mut self.recs, keep);
-        for (_, m) in gone {
-            for b in blocks_of(m.offset, m.len as u64) {
-                if let Some(v) = self.blocks.get_mut(&b) {
-                    let n = v.partition_point(|s| *s <= upto);
-                    v.drain(..n);
-                    if v.is_empty() {
-                        self.blocks.remove(&b);
-                    }
-                }
-            }
-        }
+        self.remove_range(0, upto);
     }
 
-    /// Forget every record with `seq > after` (a discarded tail).
-    pub fn remove_after(&mut self, after: u64) {
-        let gone = self.recs.split_off(&(after + 1));
-        for (_, m) in gone {
+    /// Forget every record with `from <= seq <= to`.
+    pub fn remove_range(&mut self, from: u64, to: u64) {
+        if from > to {
+            return;
+        }
+        let mut mid = self.recs.split_off(&(from, 0));
+        let mut after = match to.checked_add(1) {
+            Some(n) => mid.split_off(&(n, 0)),
+            None => BTreeMap::new(),
+        };
+        self.recs.append(&mut after);
+        for (_, m) in mid {
             for b in blocks_of(m.offset, m.len as u64) {
                 if let Some(v) = self.blocks.get_mut(&b) {
-                    let n = v.partition_point(|s| *s <= after);
-                    v.truncate(n);
+                    v.retain(|k| k.0 < from || k.0 > to);
                     if v.is_empty() {
                         self.blocks.remove(&b);
                     }
@@ -134,12 +141,12 @@ impl Index {
             unfilled.clear();
             unfilled.push((bs, be));
             if let Some(seqs) = self.blocks.get(&b) {
-                let top = seqs.partition_point(|s| *s <= at);
-                for &seq in seqs[..top].iter().rev() {
-                    if seq <= base || unfilled.is_empty() {
+                let top = seqs.partition_point(|k| k.0 <= at);
+                for &key in seqs[..top].iter().rev() {
+                    if key.0 <= base || unfilled.is_empty() {
                         break;
                     }
-                    let Some(m) = self.recs.get(&seq) else {
+                    let Some(m) = self.recs.get(&key) else {
                         continue;
                     };
                     let (ra, rb) = (m.offset.max(bs), m.end().min(be));
@@ -148,7 +155,7 @@ impl Index {
                     }
                     let src = match m.kind {
                         Kind::Zero => Source::Zeros,
-                        _ => Source::Record(seq),
+                        _ => Source::Record(key),
                     };
                     let mut next = Vec::with_capacity(unfilled.len() + 1);
                     for &(ua, ub) in &unfilled {
@@ -201,14 +208,14 @@ impl Index {
     pub fn top_extents(&self, from: u64, to: u64) -> Vec<Piece> {
         // Paint in ascending seq order; later records overwrite earlier ones.
         let mut map: BTreeMap<u64, (u64, Source)> = BTreeMap::new(); // start -> (end, src)
-        for (seq, m) in self.range(from, to) {
+        for (key, m) in self.range(from, to) {
             let (a, b) = (m.offset, m.end());
             if a >= b {
                 continue;
             }
             let src = match m.kind {
                 Kind::Zero => Source::Zeros,
-                _ => Source::Record(seq),
+                _ => Source::Record(key),
             };
             // Cut existing extents that overlap [a, b).
             let mut overlapping: Vec<(u64, (u64, Source))> = Vec::new();
@@ -256,10 +263,10 @@ mod tests {
     #[test]
     fn plan_takes_newest_version_at_the_point() {
         let mut ix = Index::default();
-        ix.insert(1, w(0, 0, 8192));
-        ix.insert(2, w(0, 4096, 100));
+        ix.insert((1, 0), w(0, 0, 8192));
+        ix.insert((2, 0), w(0, 4096, 100));
         ix.insert(
-            3,
+            (3, 0),
             RecMeta {
                 kind: Kind::Zero,
                 ..w(0, 0, 10)
@@ -272,17 +279,17 @@ mod tests {
                 Piece {
                     off: 0,
                     len: 4096,
-                    src: Source::Record(1)
+                    src: Source::Record((1, 0))
                 },
                 Piece {
                     off: 4096,
                     len: 100,
-                    src: Source::Record(2)
+                    src: Source::Record((2, 0))
                 },
                 Piece {
                     off: 4196,
                     len: 3996,
-                    src: Source::Record(1)
+                    src: Source::Record((1, 0))
                 },
             ]
         );
@@ -300,7 +307,7 @@ mod tests {
             Piece {
                 off: 10,
                 len: 10,
-                src: Source::Record(1)
+                src: Source::Record((1, 0))
             }
         );
         // Before any record, and beyond them, it is the replica.
@@ -325,9 +332,9 @@ mod tests {
     #[test]
     fn top_extents_keep_only_the_newest_bytes() {
         let mut ix = Index::default();
-        ix.insert(1, w(0, 0, 100));
-        ix.insert(2, w(0, 50, 100));
-        ix.insert(3, w(0, 60, 10));
+        ix.insert((1, 0), w(0, 0, 100));
+        ix.insert((2, 0), w(0, 50, 100));
+        ix.insert((3, 0), w(0, 60, 10));
         let t = ix.top_extents(0, 3);
         assert_eq!(
             t,
@@ -335,22 +342,22 @@ mod tests {
                 Piece {
                     off: 0,
                     len: 50,
-                    src: Source::Record(1)
+                    src: Source::Record((1, 0))
                 },
                 Piece {
                     off: 50,
                     len: 10,
-                    src: Source::Record(2)
+                    src: Source::Record((2, 0))
                 },
                 Piece {
                     off: 60,
                     len: 10,
-                    src: Source::Record(3)
+                    src: Source::Record((3, 0))
                 },
                 Piece {
                     off: 70,
                     len: 80,
-                    src: Source::Record(2)
+                    src: Source::Record((2, 0))
                 },
             ]
         );

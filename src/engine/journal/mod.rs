@@ -412,7 +412,7 @@ impl Journal {
                 match e.kind {
                     Kind::Write | Kind::Zero => {
                         inner.index.insert(
-                            e.seq,
+                            (e.seq, 0),
                             RecMeta {
                                 kind: e.kind,
                                 segno,
@@ -648,7 +648,7 @@ impl Journal {
             i.times.push_back((r.seq, ts));
             match &r.body {
                 RecordBody::Write { .. } | RecordBody::Zero { .. } => i.index.insert(
-                    r.seq,
+                    (r.seq, 0),
                     RecMeta {
                         kind: e.kind,
                         segno,
@@ -918,9 +918,9 @@ impl Journal {
                     .read_at(dst, p.off)
                     .map_err(io("replica read"))?,
                 Source::Zeros => dst.fill(0),
-                Source::Record(seq) => {
+                Source::Record(key) => {
                     let (m, f) = files.next().expect("one file per record piece");
-                    read_payload(&*f, &m, seq, p.off - m.offset, dst)?;
+                    read_payload(&*f, &m, key.0, p.off - m.offset, dst)?;
                 }
             }
         }
@@ -996,7 +996,7 @@ impl Journal {
                 match (&p.src, &rec) {
                     (Source::Zeros, _) => buf.fill(0),
                     (Source::Record(s), Some((m, f))) => {
-                        read_payload(&**f, m, *s, p.off + done - m.offset, &mut buf)?
+                        read_payload(&**f, m, s.0, p.off + done - m.offset, &mut buf)?
                     }
                     _ => unreachable!("top extents are records or zeros"),
                 }
