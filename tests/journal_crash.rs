@@ -88,6 +88,19 @@ fn simulated_power_loss_at_every_kind_of_fsync_keeps_acknowledged_data() {
         window: None,
         max_bytes: Some(1 << 20),
         on_full: OnFull::Prune,
+        // Sparse tiers too, so crashes also land inside segment compaction.
+        tiers: vec![
+            policy::SparseTier {
+                after: Duration::from_millis(60),
+                every: Some(Duration::from_millis(20)),
+                bookmarks: None,
+            },
+            policy::SparseTier {
+                after: Duration::from_millis(200),
+                every: None,
+                bookmarks: Some("any".into()),
+            },
+        ],
     };
     let mut rng = StdRng::seed_from_u64(5);
     let mut storage = SimStorage::new();
@@ -96,6 +109,7 @@ fn simulated_power_loss_at_every_kind_of_fsync_keeps_acknowledged_data() {
     let mut acked = 0u64;
     let mut crashes = 0;
     let mut failed_ops = std::collections::BTreeMap::<&str, u32>::new();
+    let mut compactions = 0;
     for round in 0..300 {
         let j = Arc::new(
             Journal::open(
@@ -131,7 +145,11 @@ fn simulated_power_loss_at_every_kind_of_fsync_keeps_acknowledged_data() {
                     break;
                 }
             }
-            if let Err(e) = policy::prune_step(&j, &policy, 0) {
+            let r = policy::prune_step(&j, &policy, w.ts_of(j.last_seq()));
+            if let Ok(policy::PruneOutcome::Compacted { .. }) = r {
+                compactions += 1;
+            }
+            if let Err(e) = r {
                 *failed_ops.entry("prune").or_default() += 1;
                 assert!(
                     e.to_string().contains("fsync") || e.to_string().contains("journal stopped"),
@@ -149,6 +167,7 @@ fn simulated_power_loss_at_every_kind_of_fsync_keeps_acknowledged_data() {
         failed_ops.len() == 2,
         "crashes hit both apply and prune: {failed_ops:?}"
     );
+    assert!(compactions > 0, "segments were compacted between crashes");
 }
 
 #[test]

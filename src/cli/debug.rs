@@ -56,6 +56,7 @@ pub fn run(cmd: DebugCmd) -> anyhow::Result<()> {
                 window: None,
                 max_bytes: Some(max_bytes),
                 on_full: OnFull::Prune,
+                tiers: Vec::new(),
             };
             let mut out = std::io::stdout().lock();
             loop {

@@ -38,6 +38,10 @@ pub enum MtCmd {
         /// When the space budget is reached: prune (drop oldest) or stop (stop applying).
         #[arg(long, default_value = "prune", value_parser = parse_on_full)]
         on_full: OnFull,
+        /// Sparse tier, repeatable: `24h:every=4h` (one point per 4 h once
+        /// older than 24 h) or `48h:bookmarks=app` (only app bookmarks; any|app|fs|user).
+        #[arg(long, value_parser = parse_tier)]
+        tier: Vec<policy::SparseTier>,
     },
     /// List the pairs on this MT.
     Pairs,
@@ -85,6 +89,32 @@ pub enum MtCmd {
     },
 }
 
+fn parse_tier(s: &str) -> Result<policy::SparseTier, String> {
+    let bad = || format!("`{s}`: use AFTER:every=DURATION or AFTER:bookmarks=any|app|fs|user");
+    let (after, rule) = s.split_once(':').ok_or_else(bad)?;
+    let after = humantime::parse_duration(after).map_err(|e| format!("{}: {e}", bad()))?;
+    let (k, v) = rule.split_once('=').ok_or_else(bad)?;
+    let t = match k {
+        "every" => policy::SparseTier {
+            after,
+            every: Some(humantime::parse_duration(v).map_err(|e| format!("{}: {e}", bad()))?),
+            bookmarks: None,
+        },
+        "bookmarks" => policy::SparseTier {
+            after,
+            every: None,
+            bookmarks: Some(v.to_owned()),
+        },
+        _ => return Err(bad()),
+    };
+    RetentionPolicy {
+        tiers: vec![t.clone()],
+        ..Default::default()
+    }
+    .validate()?;
+    Ok(t)
+}
+
 fn parse_on_full(s: &str) -> Result<OnFull, String> {
     match s {
         "prune" => Ok(OnFull::Prune),
@@ -113,18 +143,18 @@ pub fn run(cmd: MtCmd, g: &Global) -> anyhow::Result<()> {
             retention,
             max_bytes,
             on_full,
+            tier,
         } => {
-            let p = ReplicaPair::create(
-                &data,
-                &pair,
-                size,
-                replica,
-                RetentionPolicy {
+            let p = ReplicaPair::create(&data, &pair, size, replica, {
+                let p = RetentionPolicy {
                     window: retention,
                     max_bytes,
                     on_full,
-                },
-            )?;
+                    tiers: tier,
+                };
+                p.validate().map_err(anyhow::Error::msg)?;
+                p
+            })?;
             println!(
                 "pair {pair}: {} bytes, replica {}",
                 size,

@@ -36,6 +36,8 @@ pub enum Kind {
     Bookmark = 3,
     /// Seals a chunk: payload is [`CommitPayload`].
     Commit = 4,
+    /// In a compacted segment: a point that the sparse policy kept. No payload.
+    Point = 5,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             2 => Kind::Zero,
             3 => Kind::Bookmark,
             4 => Kind::Commit,
+            5 => Kind::Point,
             _ => return None,
         })
     }
@@ -95,6 +98,8 @@ pub struct SegmentHeader {
     pub journal_id: u64,
     pub volume_size: u64,
     pub created_us: u64,
+    /// 0: as written by apply; k: compacted by sparse tier k.
+    pub level: u8,
 }
 
 impl SegmentHeader {
@@ -102,6 +107,7 @@ impl SegmentHeader {
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
         b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[10] = self.level;
         b[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.segno.to_le_bytes());
         b[24..32].copy_from_slice(&self.journal_id.to_le_bytes());
@@ -129,6 +135,7 @@ impl SegmentHeader {
             journal_id: u64_at(b, 24),
             volume_size: u64_at(b, 32),
             created_us: u64_at(b, 40),
+            level: b[10],
         })
     }
 }
@@ -151,7 +158,7 @@ impl RecordHeader {
     /// Bytes of payload that follow the CRC array.
     pub fn payload_len(&self) -> usize {
         match self.kind {
-            Kind::Zero => 0,
+            Kind::Zero | Kind::Point => 0,
             _ => self.len as usize,
         }
     }
@@ -643,8 +650,10 @@ mod tests {
             journal_id: 0xabc,
             volume_size: 1 << 30,
             created_us: 5,
+            level: 2,
         };
         let b = s.encode();
+        assert_eq!(b[10], 2);
         assert_eq!(&b[0..8], b"TERNJSEG");
         assert_eq!(u16_at(&b, 8), 1);
         assert_eq!(u64_at(&b, 16), 3);

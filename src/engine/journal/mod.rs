@@ -195,9 +195,12 @@ pub enum ApplyOutcome {
 struct Segment {
     file: Arc<dyn BlockFile>,
     path: PathBuf,
+    /// First and last original seq this segment stands for.
     first_seq: u64,
     last_seq: u64,
     bytes: u64,
+    /// 0 as applied; k once compacted by sparse tier k.
+    level: u8,
 }
 
 struct Active {
@@ -221,6 +224,10 @@ struct Inner {
     failed: Option<String>,
     /// Stop applying above this many journal bytes (policy `stop`).
     stop_at_bytes: Option<u64>,
+    /// Seq ranges thinned by sparse retention (from → to, inclusive): inside
+    /// them only the seqs in `retained` are points.
+    thinned: BTreeMap<u64, u64>,
+    retained: std::collections::BTreeSet<u64>,
 }
 
 impl Inner {
@@ -378,6 +385,8 @@ impl Journal {
             next_pin: 1,
             failed: None,
             stop_at_bytes: None,
+            thinned: BTreeMap::new(),
+            retained: Default::default(),
         };
         let mut active = None;
         let floor = state.base_seq;
@@ -387,15 +396,100 @@ impl Journal {
             let file = storage
                 .open(&path, false)
                 .map_err(io(path.display().to_string()))?;
-            let (entries, good_len) = load_segment(&*storage, dir, segno, &file, state, is_last)?;
+            let (level, entries, good_len) =
+                load_segment(&*storage, dir, segno, &file, state, is_last)?;
             let Some(good_len) = good_len else {
                 // A segment torn at creation (no valid header): it held nothing.
                 storage.remove(&path).map_err(io("remove torn segment"))?;
                 continue;
             };
-            let mut first = None;
+            // What original seqs this segment stands for.
+            let covers = match (level, entries.last()) {
+                (0, _) => (
+                    entries.first().map(|e| e.seq).unwrap_or(0),
+                    entries.last().map(|e| e.seq).unwrap_or(0),
+                ),
+                (_, Some(c)) if c.kind == Kind::Commit => (c.offset, c.seq),
+                _ => {
+                    return Err(JournalError::Corrupt(format!(
+                        "compacted segment {segno} has no commit"
+                    )));
+                }
+            };
+            // A segment wholly covered by an earlier compacted one is what a
+            // merge left behind when it was interrupted: drop it.
+            if covers.1 > floor
+                && covers.1 <= inner.last_seq
+                && inner.last_seq > floor
+                && covers.0 <= inner.last_seq
+            {
+                tracing::info!(
+                    segment = segno,
+                    "removing a segment superseded by a compacted one"
+                );
+                let _ = storage.remove(&dir.join(idx_name(segno)));
+                storage
+                    .remove(&path)
+                    .map_err(io("remove superseded segment"))?;
+                continue;
+            }
+            if level > 0 && covers.1 > floor {
+                if covers.0 > floor && covers.0 != inner.last_seq + 1 {
+                    return Err(JournalError::Corrupt(format!(
+                        "segment {segno}: expected seq {}, found {} (a segment is missing)",
+                        inner.last_seq + 1,
+                        covers.0
+                    )));
+                }
+                let lo = covers.0.max(floor + 1);
+                let (mut prev, mut sub) = (0, 0u32);
+                for e in entries
+                    .iter()
+                    .filter(|e| e.seq > floor && e.kind != Kind::Commit)
+                {
+                    if e.seq != prev {
+                        (prev, sub) = (e.seq, 0);
+                    }
+                    let ts = e.ts_us.max(inner.last_ts_us);
+                    inner.last_ts_us = ts;
+                    match e.kind {
+                        Kind::Write | Kind::Zero => {
+                            let m = RecMeta {
+                                kind: e.kind,
+                                segno,
+                                pos: e.pos,
+                                offset: e.offset,
+                                len: e.len,
+                            };
+                            inner.index.insert((e.seq, sub), m);
+                            sub += 1;
+                        }
+                        Kind::Point => {
+                            inner.times.push_back((e.seq, ts));
+                            inner.retained.insert(e.seq);
+                        }
+                        Kind::Bookmark => {
+                            let (kind, name) = read_bookmark(&file, e)?;
+                            inner.bookmarks.insert(
+                                e.seq,
+                                Bookmark {
+                                    seq: e.seq,
+                                    ts_us: ts,
+                                    kind,
+                                    name,
+                                },
+                            );
+                            inner.times.push_back((e.seq, ts));
+                            inner.retained.insert(e.seq);
+                        }
+                        Kind::Commit => {}
+                    }
+                }
+                inner.last_seq = covers.1;
+                inner.thinned.insert(lo, covers.1);
+            }
             for e in &entries {
-                if e.seq <= floor || e.kind == Kind::Commit {
+                if level > 0 || e.seq <= floor || e.kind == Kind::Commit {
                     continue;
                 }
                 if e.seq != inner.last_seq + 1 {
@@ -405,22 +499,19 @@ impl Journal {
                         e.seq
                     )));
                 }
-                first.get_or_insert(e.seq);
                 inner.last_seq = e.seq;
                 let ts = e.ts_us.max(inner.last_ts_us);
                 inner.last_ts_us = ts;
                 match e.kind {
                     Kind::Write | Kind::Zero => {
-                        inner.index.insert(
-                            (e.seq, 0),
-                            RecMeta {
-                                kind: e.kind,
-                                segno,
-                                pos: e.pos,
-                                offset: e.offset,
-                                len: e.len,
-                            },
-                        );
+                        let m = RecMeta {
+                            kind: e.kind,
+                            segno,
+                            pos: e.pos,
+                            offset: e.offset,
+                            len: e.len,
+                        };
+                        inner.index.insert((e.seq, 0), m);
                         inner.times.push_back((e.seq, ts));
                     }
                     Kind::Bookmark => {
@@ -436,18 +527,23 @@ impl Journal {
                         );
                         inner.times.push_back((e.seq, ts));
                     }
+                    Kind::Point => {
+                        return Err(JournalError::Corrupt(format!(
+                            "segment {segno}: point marker outside a compacted segment"
+                        )));
+                    }
                     Kind::Commit => {}
                 }
             }
-            let last_in_seg = entries.last().map(|e| e.seq).unwrap_or(0);
             inner.segments.insert(
                 segno,
                 Segment {
                     file: file.clone(),
                     path: path.clone(),
-                    first_seq: entries.first().map(|e| e.seq).unwrap_or(0),
-                    last_seq: last_in_seg,
+                    first_seq: covers.0,
+                    last_seq: covers.1,
                     bytes: good_len,
+                    level,
                 },
             );
             if is_last {
@@ -477,6 +573,10 @@ impl Journal {
             j.finish_checkpoint(seq, ts)?;
         }
         Ok(j)
+    }
+
+    pub fn segment_bytes(&self) -> u64 {
+        self.opts.segment_bytes
     }
 
     pub fn volume_size(&self) -> u64 {
@@ -599,7 +699,7 @@ impl Journal {
             len: ch.len,
             seq: last.seq,
             ts_us: last.ts_us,
-            offset: 0,
+            offset: new[0].seq,
             pos: buf.len() as u64,
         });
         format::encode_record(&mut buf, &ch, &commit);
@@ -746,6 +846,7 @@ impl Journal {
             journal_id: state.journal_id,
             volume_size: self.volume_size,
             created_us: now_us(),
+            level: 0,
         };
         file.set_len(0).map_err(io("new segment"))?;
         file.write_at(&hdr.encode(), 0)
@@ -762,6 +863,7 @@ impl Journal {
                 first_seq: 0,
                 last_seq: 0,
                 bytes: SEGMENT_HEADER_LEN as u64,
+                level: 0,
             },
         );
         Ok(Active {
@@ -818,6 +920,27 @@ impl Journal {
             PointSpec::Seq(s) => {
                 if *s < oldest.seq || *s > latest.seq {
                     return Err(outside(format!("seq {s}")));
+                }
+                if *s != oldest.seq
+                    && let Some((_, &to)) = i.thinned.range(..=*s).next_back()
+                    && *s <= to
+                    && !i.retained.contains(s)
+                {
+                    let before = i
+                        .retained
+                        .range(..*s)
+                        .next_back()
+                        .copied()
+                        .unwrap_or(oldest.seq);
+                    let after = i
+                        .retained
+                        .range(*s..)
+                        .next()
+                        .map(|n| format!("seq {n}"))
+                        .unwrap_or_else(|| "none".into());
+                    return Err(JournalError::OutsideWindow(format!(
+                        "seq {s} was thinned by the sparse retention policy; the nearest kept points are seq {before} and {after}"
+                    )));
                 }
                 Ok(Point {
                     seq: *s,
@@ -1086,11 +1209,13 @@ impl Journal {
             bookmarks: i.bookmarks.range(oldest.seq..).count() as u64,
             segments: i
                 .segments
-                .values()
-                .map(|s| SegmentStats {
+                .iter()
+                .map(|(n, s)| SegmentStats {
+                    segno: *n,
                     first_seq: s.first_seq,
                     last_seq: s.last_seq,
                     bytes: s.bytes,
+                    level: s.level,
                 })
                 .collect(),
             min_pin: i.pins.values().min().copied(),
@@ -1135,6 +1260,9 @@ impl Journal {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SegmentStats {
+    pub segno: u64,
+    /// 0 as applied, k once compacted by sparse tier k.
+    pub level: u8,
     pub first_seq: u64,
     pub last_seq: u64,
     pub bytes: u64,
@@ -1261,8 +1389,32 @@ fn load_segment(
     file: &Arc<dyn BlockFile>,
     state: State,
     is_last: bool,
-) -> Result<(Vec<IndexEntry>, Option<u64>), JournalError> {
+) -> Result<(u8, Vec<IndexEntry>, Option<u64>), JournalError> {
     let len = file.len().map_err(io("segment size"))?;
+    let mut hb = [0u8; SEGMENT_HEADER_LEN];
+    if len < SEGMENT_HEADER_LEN as u64 {
+        if is_last {
+            return Ok((0, Vec::new(), None));
+        }
+        return Err(JournalError::Corrupt(format!(
+            "segment {segno} is shorter than its header"
+        )));
+    }
+    file.read_at(&mut hb, 0).map_err(io("segment header"))?;
+    let level = match SegmentHeader::decode(&hb) {
+        Ok(h) if h.journal_id == state.journal_id && h.segno == segno => h.level,
+        Ok(_) => {
+            return Err(JournalError::Corrupt(format!(
+                "segment {segno} belongs to another journal"
+            )));
+        }
+        Err(_) if is_last => return Ok((0, Vec::new(), None)),
+        Err(e) => {
+            return Err(JournalError::Corrupt(format!(
+                "segment {segno} header: {e}"
+            )));
+        }
+    };
     let idx_path = dir.join(idx_name(segno));
     if !is_last && storage.exists(&idx_path) {
         let f = storage
@@ -1272,36 +1424,12 @@ fn load_segment(
         f.read_at(&mut b, 0).map_err(io("segment index"))?;
         match format::decode_index(&b) {
             Ok((n, jid, slen, entries)) if n == segno && jid == state.journal_id && slen == len => {
-                return Ok((entries, Some(len)));
+                return Ok((level, entries, Some(len)));
             }
             _ => tracing::warn!(
                 segment = segno,
                 "segment index invalid; rescanning the segment"
             ),
-        }
-    }
-    let mut hb = [0u8; SEGMENT_HEADER_LEN];
-    if len < SEGMENT_HEADER_LEN as u64 {
-        if is_last {
-            return Ok((Vec::new(), None));
-        }
-        return Err(JournalError::Corrupt(format!(
-            "segment {segno} is shorter than its header"
-        )));
-    }
-    file.read_at(&mut hb, 0).map_err(io("segment header"))?;
-    match SegmentHeader::decode(&hb) {
-        Ok(h) if h.journal_id == state.journal_id && h.segno == segno => {}
-        Ok(_) => {
-            return Err(JournalError::Corrupt(format!(
-                "segment {segno} belongs to another journal"
-            )));
-        }
-        Err(_) if is_last => return Ok((Vec::new(), None)),
-        Err(e) => {
-            return Err(JournalError::Corrupt(format!(
-                "segment {segno} header: {e}"
-            )));
         }
     }
     // Scan, in bounded reads, keeping only chunks sealed by a valid commit.
@@ -1332,10 +1460,15 @@ fn load_segment(
             let Ok((first, count, crc)) = format::decode_commit(payload) else {
                 break;
             };
-            let ok = count as usize == pending.len()
-                && pending.first().is_some_and(|e| e.seq == first)
-                && pending.last().is_some_and(|e| e.seq == h.seq)
-                && crc == chunk_crc;
+            // A compacted segment is one chunk whose records carry the seqs of
+            // the intervals they stand for; an applied chunk is consecutive.
+            let seqs_ok = if level > 0 {
+                pending.iter().all(|e| e.seq >= first && e.seq <= h.seq)
+            } else {
+                pending.first().is_some_and(|e| e.seq == first)
+                    && pending.last().is_some_and(|e| e.seq == h.seq)
+            };
+            let ok = count as usize == pending.len() && seqs_ok && crc == chunk_crc;
             if !ok {
                 break;
             }
@@ -1345,7 +1478,8 @@ fn load_segment(
                 len: h.len,
                 seq: h.seq,
                 ts_us: h.ts_us,
-                offset: 0,
+                // For commits the index keeps the chunk's first seq here.
+                offset: first,
                 pos,
             });
             pos += total;
@@ -1379,7 +1513,7 @@ fn load_segment(
         file.set_len(good).map_err(io("truncate segment"))?;
         file.sync().map_err(io("truncate segment"))?;
     }
-    Ok((entries, Some(good)))
+    Ok((level, entries, Some(good)))
 }
 
 impl From<DecodeError> for JournalError {
@@ -1423,3 +1557,334 @@ pub fn latest_common_time(journals: &[&Journal]) -> Option<u64> {
     let t = windows.iter().map(|(_, l)| l.ts_us).min()?;
     windows.iter().all(|(o, _)| o.ts_us <= t).then_some(t)
 }
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactOutcome {
+    Compacted {
+        segno: u64,
+        points_kept: usize,
+        points_dropped: usize,
+        bytes_before: u64,
+        bytes_after: u64,
+    },
+    /// An open snapshot holds a point the compaction would drop.
+    Held { pinned: u64 },
+    /// Nothing to do (already compacted at this level, active, or pruned).
+    Skipped,
+}
+
+/// A point as a sparse rule sees it.
+pub struct PointInfo<'a> {
+    pub seq: u64,
+    pub ts_us: u64,
+    /// Time of the next point (None if this is the newest).
+    pub next_ts_us: Option<u64>,
+    pub bookmark: Option<&'a Bookmark>,
+}
+
+impl Journal {
+    /// Thin one sealed segment: keep only the points `keep` accepts, and for
+    /// each interval between kept points only the newest version of each byte.
+    /// The segment is rewritten whole and replaces the old one atomically.
+    ///
+    /// `segnos` are consecutive sealed segments; they are merged into one
+    /// segment numbered like the first, so intervals between kept points that
+    /// span segments fold too. Crash safety: the merged segment replaces the
+    /// first atomically; the others, now covered by it, are deleted after it
+    /// (and on open if a crash came first).
+    pub fn compact_segments(
+        &self,
+        segnos: &[u64],
+        level: u8,
+        keep: impl Fn(&PointInfo) -> bool,
+    ) -> Result<CompactOutcome, JournalError> {
+        let _g = self.checkpoint_mu.lock().unwrap();
+        self.check_failed()?;
+        let state;
+        let Some(&segno) = segnos.first() else {
+            return Ok(CompactOutcome::Skipped);
+        };
+        let (lo, hi, kept, dropped, plan, bytes_before) = {
+            let i = self.inner.read().unwrap();
+            state = i.state;
+            let active = i.segments.keys().next_back().copied();
+            let floor = i.oldest().seq;
+            let mut segs = Vec::new();
+            for n in segnos {
+                match i.segments.get(n) {
+                    Some(seg) if Some(*n) != active && seg.first_seq != 0 => segs.push(seg),
+                    _ => return Ok(CompactOutcome::Skipped),
+                }
+            }
+            for w in segs.windows(2) {
+                if w[1].first_seq != w[0].last_seq + 1 {
+                    return Ok(CompactOutcome::Skipped);
+                }
+            }
+            let last = segs.last().unwrap();
+            if last.last_seq <= floor || segs.iter().all(|s| s.level >= level) && segs.len() == 1 {
+                return Ok(CompactOutcome::Skipped);
+            }
+            let (lo, hi) = (segs[0].first_seq.max(floor + 1), last.last_seq);
+            let bytes_before: u64 = segs.iter().map(|s| s.bytes).sum();
+            // Current points in [lo, hi] and the rule's verdict on each.
+            let a = i.times.partition_point(|(s, _)| *s < lo);
+            let b = i.times.partition_point(|(s, _)| *s <= hi);
+            let mut kept = Vec::new();
+            let mut dropped = 0;
+            for k in a..b {
+                let (seq, ts) = i.times[k];
+                let info = PointInfo {
+                    seq,
+                    ts_us: ts,
+                    next_ts_us: i.times.get(k + 1).map(|t| t.1),
+                    bookmark: i.bookmarks.get(&seq),
+                };
+                if keep(&info) {
+                    kept.push((seq, ts, info.bookmark.cloned()));
+                } else {
+                    dropped += 1;
+                }
+            }
+            if let Some(&p) = i
+                .pins
+                .values()
+                .find(|p| **p >= lo && **p <= hi && !kept.iter().any(|k| k.0 == **p))
+            {
+                return Ok(CompactOutcome::Held { pinned: p });
+            }
+            // Intervals end at every kept point and at `hi`.
+            let mut ends: Vec<u64> = kept.iter().map(|k| k.0).collect();
+            if ends.last() != Some(&hi) {
+                ends.push(hi);
+            }
+            let mut plan = Vec::new();
+            let mut start = lo - 1;
+            for e in ends {
+                let ext: Vec<(index::Piece, Option<RecordSource>)> = i
+                    .index
+                    .top_extents(start, e)
+                    .into_iter()
+                    .map(|p| {
+                        let src = match p.src {
+                            Source::Record(k) => {
+                                let m = *i.index.get(k).expect("record exists");
+                                Some((m, i.segments[&m.segno].file.clone()))
+                            }
+                            _ => None,
+                        };
+                        (p, src)
+                    })
+                    .collect();
+                plan.push((e, i.ts_of(e), ext));
+                start = e;
+            }
+            (lo, hi, kept, dropped, plan, bytes_before)
+        };
+
+        // Build the new segment: one chunk, sealed by a commit covering [lo, hi].
+        let hdr = SegmentHeader {
+            segno,
+            journal_id: state.journal_id,
+            volume_size: self.volume_size,
+            created_us: now_us(),
+            level,
+        };
+        let mut buf = hdr.encode().to_vec();
+        let mut entries = Vec::new();
+        let chunk_start = buf.len();
+        let kept_set: std::collections::BTreeMap<u64, Option<Bookmark>> =
+            kept.iter().map(|k| (k.0, k.2.clone())).collect();
+        let mut data = Vec::new();
+        for (end, ts, ext) in &plan {
+            for (p, src) in ext {
+                let pos = buf.len() as u64;
+                let (kind, len) = match src {
+                    None => (Kind::Zero, p.len as u32),
+                    Some((m, f)) => {
+                        data.resize(p.len as usize, 0);
+                        read_payload(&**f, m, *end, p.off - m.offset, &mut data)?;
+                        (Kind::Write, p.len as u32)
+                    }
+                };
+                let h = RecordHeader {
+                    kind,
+                    seq: *end,
+                    ts_us: *ts,
+                    offset: p.off,
+                    len,
+                };
+                let payload: &[u8] = if kind == Kind::Write { &data } else { &[] };
+                format::encode_record(&mut buf, &h, payload);
+                entries.push(IndexEntry {
+                    kind,
+                    len,
+                    seq: *end,
+                    ts_us: *ts,
+                    offset: p.off,
+                    pos,
+                });
+            }
+            if let Some(bm) = kept_set.get(end) {
+                let pos = buf.len() as u64;
+                let (kind, payload) = match bm {
+                    Some(b) => (Kind::Bookmark, format::encode_bookmark(b.kind, &b.name)),
+                    None => (Kind::Point, Vec::new()),
+                };
+                let len = payload.len() as u32;
+                format::encode_record(
+                    &mut buf,
+                    &RecordHeader {
+                        kind,
+                        seq: *end,
+                        ts_us: *ts,
+                        offset: 0,
+                        len,
+                    },
+                    &payload,
+                );
+                entries.push(IndexEntry {
+                    kind,
+                    len,
+                    seq: *end,
+                    ts_us: *ts,
+                    offset: 0,
+                    pos,
+                });
+            }
+        }
+        let chunk_crc = crc32c::crc32c(&buf[chunk_start..]);
+        let commit = format::encode_commit(lo, entries.len() as u32, chunk_crc);
+        let hi_ts = plan.last().map(|p| p.1).unwrap_or(0);
+        let pos = buf.len() as u64;
+        format::encode_record(
+            &mut buf,
+            &RecordHeader {
+                kind: Kind::Commit,
+                seq: hi,
+                ts_us: hi_ts,
+                offset: 0,
+                len: commit.len() as u32,
+            },
+            &commit,
+        );
+        entries.push(IndexEntry {
+            kind: Kind::Commit,
+            len: commit.len() as u32,
+            seq: hi,
+            ts_us: hi_ts,
+            offset: lo,
+            pos,
+        });
+
+        // Install: stale index out, new segment in atomically, new index.
+        let path = self.dir.join(seg_name(segno));
+        let idx = self.dir.join(idx_name(segno));
+        let fail = |e| self.fail(e);
+        if self.storage.exists(&idx) {
+            self.storage
+                .remove(&idx)
+                .map_err(io("remove segment index"))
+                .map_err(fail)?;
+            self.storage
+                .sync_dir(&self.dir)
+                .map_err(io("journal directory fsync"))
+                .map_err(fail)?;
+        }
+        self.storage
+            .write_atomic(&path, &buf)
+            .map_err(io(format!("rewrite segment {segno}")))
+            .map_err(fail)?;
+        self.storage
+            .write_atomic(
+                &idx,
+                &format::encode_index(segno, state.journal_id, buf.len() as u64, &entries),
+            )
+            .map_err(io("segment index"))
+            .map_err(fail)?;
+        let file = self
+            .storage
+            .open(&path, false)
+            .map_err(io("reopen segment"))
+            .map_err(fail)?;
+        for n in &segnos[1..] {
+            let _ = self.storage.remove(&self.dir.join(idx_name(*n)));
+            self.storage
+                .remove(&self.dir.join(seg_name(*n)))
+                .map_err(io("remove merged segment"))
+                .map_err(fail)?;
+        }
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(io("journal directory fsync"))
+            .map_err(fail)?;
+
+        let mut i = self.inner.write().unwrap();
+        for n in &segnos[1..] {
+            i.segments.remove(n);
+        }
+        i.index.remove_range(lo, hi);
+        let (mut prev, mut sub) = (0, 0u32);
+        for e in entries
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::Write | Kind::Zero))
+        {
+            if e.seq != prev {
+                (prev, sub) = (e.seq, 0);
+            }
+            i.index.insert(
+                (e.seq, sub),
+                RecMeta {
+                    kind: e.kind,
+                    segno,
+                    pos: e.pos,
+                    offset: e.offset,
+                    len: e.len,
+                },
+            );
+            sub += 1;
+        }
+        let a = i.times.partition_point(|(s, _)| *s < lo);
+        let b = i.times.partition_point(|(s, _)| *s <= hi);
+        let tail: Vec<(u64, u64)> = i.times.drain(a..).skip(b - a).collect();
+        for (seq, ts, _) in &kept {
+            i.times.push_back((*seq, *ts));
+        }
+        i.times.extend(tail);
+        let gone: Vec<u64> = i
+            .bookmarks
+            .range(lo..=hi)
+            .map(|(s, _)| *s)
+            .filter(|s| !kept_set.contains_key(s))
+            .collect();
+        for s in gone {
+            i.bookmarks.remove(&s);
+        }
+        let stale: Vec<u64> = i.retained.range(lo..=hi).copied().collect();
+        for s in stale {
+            i.retained.remove(&s);
+        }
+        i.retained.extend(kept.iter().map(|k| k.0));
+        i.thinned.insert(lo, hi);
+        let seg = i.segments.get_mut(&segno).expect("segment still there");
+        *seg = Segment {
+            file,
+            path,
+            first_seq: lo,
+            last_seq: hi,
+            bytes: buf.len() as u64,
+            level,
+        };
+        Ok(CompactOutcome::Compacted {
+            segno,
+            points_kept: kept.len(),
+            points_dropped: dropped,
+            bytes_before,
+            bytes_after: buf.len() as u64,
+        })
+    }
+}
+
+/// A record and the segment file holding it.
+type RecordSource = (RecMeta, Arc<dyn BlockFile>);

@@ -36,6 +36,69 @@ pub struct RetentionPolicy {
     pub max_bytes: Option<u64>,
     #[serde(default)]
     pub on_full: OnFull,
+    /// Sparse retention: older points are thinned tier by tier (seed line 1252:
+    /// all writes for 24 h, one point every 4 h up to 48 h, then only
+    /// application bookmarks, nothing after `window`).
+    #[serde(default)]
+    pub tiers: Vec<SparseTier>,
+}
+
+/// Points older than `after` keep only one point per `every` (the last in
+/// each aligned interval), or only bookmarks (`"any"`, `"app"`, `"fs"`, `"user"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparseTier {
+    #[serde(with = "req_dur")]
+    pub after: Duration,
+    #[serde(default, with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    pub every: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bookmarks: Option<String>,
+}
+
+impl SparseTier {
+    fn keeps(&self, p: &super::PointInfo) -> bool {
+        if let Some(d) = self.every {
+            let d = d.as_micros().max(1) as u64;
+            return p.next_ts_us.is_none_or(|n| n / d != p.ts_us / d);
+        }
+        match (&self.bookmarks, p.bookmark) {
+            (Some(k), Some(b)) => {
+                k == "any" || k.parse::<super::BookmarkKind>().is_ok_and(|k| k == b.kind)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl RetentionPolicy {
+    /// Rules serde cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        for t in &self.tiers {
+            match (&t.every, &t.bookmarks) {
+                (Some(_), None) => {}
+                (None, Some(k)) if k == "any" || k.parse::<super::BookmarkKind>().is_ok() => {}
+                _ => {
+                    return Err(format!(
+                        "sparse tier after {:?}: give exactly one of `every` or `bookmarks` (any, app, fs, user)",
+                        t.after
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+mod req_dur {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        humantime::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 mod opt_dur {
@@ -62,6 +125,8 @@ pub enum PruneOutcome {
     Advanced { to: u64, reset: bool },
     /// Pruning is due but an open snapshot holds this seq.
     Held { pinned: u64 },
+    /// A segment was thinned by a sparse tier.
+    Compacted { segno: u64 },
 }
 
 /// Where the policy wants the oldest point to be now; `reset` when space
@@ -112,7 +177,7 @@ pub fn prune_step(
     }
     let (mut to, reset) = target(j, p, &st, now_us);
     if to <= st.oldest.seq {
-        return Ok(PruneOutcome::Idle);
+        return compact_step(j, p, &st, now_us);
     }
     // Bound the step to the end of the oldest live segment.
     if let Some(s) = st.segments.iter().find(|s| s.last_seq > st.oldest.seq) {
@@ -134,18 +199,81 @@ pub fn prune_step(
     Ok(PruneOutcome::Advanced { to, reset })
 }
 
-/// Prune until the policy holds (or a pin stops it).
+/// Thin the oldest segment that a sparse tier has become due for. Segments
+/// held by an open snapshot are skipped (and reported if nothing else was done).
+fn compact_step(
+    j: &Journal,
+    p: &RetentionPolicy,
+    st: &JournalStats,
+    now_us: u64,
+) -> Result<PruneOutcome, JournalError> {
+    if p.tiers.is_empty() {
+        return Ok(PruneOutcome::Idle);
+    }
+    let mut tiers = p.tiers.clone();
+    tiers.sort_by_key(|t| t.after);
+    let active = st.segments.last().map(|s| s.segno);
+    let target = |seg: &super::SegmentStats| -> Option<usize> {
+        if Some(seg.segno) == active || seg.last_seq <= st.oldest.seq || seg.first_seq == 0 {
+            return None;
+        }
+        let newest = j.ts_of(seg.last_seq);
+        tiers
+            .iter()
+            .rposition(|t| newest < now_us.saturating_sub(t.after.as_micros() as u64))
+    };
+    // Bound the work of one step: merge at most this many input bytes.
+    let budget = 4 * j.segment_bytes();
+    let mut held = None;
+    let segs = &st.segments;
+    let mut i = 0;
+    while i < segs.len() {
+        let Some(k) = target(&segs[i]) else {
+            i += 1;
+            continue;
+        };
+        let level = (k + 1) as u8;
+        if segs[i].level >= level {
+            i += 1;
+            continue;
+        }
+        // A run: this segment and the following ones due for the same tier.
+        let mut run = vec![segs[i].segno];
+        let mut bytes = segs[i].bytes;
+        let mut n = i + 1;
+        while n < segs.len() && target(&segs[n]) == Some(k) && bytes + segs[n].bytes <= budget {
+            run.push(segs[n].segno);
+            bytes += segs[n].bytes;
+            n += 1;
+        }
+        // A tier also keeps what every later tier keeps (bookmarks survive "every 4 h").
+        let rules = &tiers[k..];
+        match j.compact_segments(&run, level, |pt| rules.iter().any(|t| t.keeps(pt)))? {
+            super::CompactOutcome::Compacted { segno, .. } => {
+                return Ok(PruneOutcome::Compacted { segno });
+            }
+            super::CompactOutcome::Held { pinned } => held = Some(pinned),
+            super::CompactOutcome::Skipped => {}
+        }
+        i = n;
+    }
+    Ok(match held {
+        Some(pinned) => PruneOutcome::Held { pinned },
+        None => PruneOutcome::Idle,
+    })
+}
+
+/// Prune until the policy holds (or a pin stops it); returns the pin that held it.
 pub fn prune_all(
     j: &Journal,
     p: &RetentionPolicy,
     now_us: u64,
 ) -> Result<Option<u64>, JournalError> {
-    let mut held = None;
     loop {
         match prune_step(j, p, now_us)? {
-            PruneOutcome::Idle => return Ok(held),
+            PruneOutcome::Idle => return Ok(None),
             PruneOutcome::Held { pinned } => return Ok(Some(pinned)),
-            PruneOutcome::Advanced { .. } => held = None,
+            PruneOutcome::Advanced { .. } | PruneOutcome::Compacted { .. } => {}
         }
     }
 }
