@@ -91,6 +91,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub log: LogConfig,
     pub cx: CxConfig,
+    pub mt: MtConfig,
 }
 
 impl Default for Config {
@@ -101,6 +102,25 @@ impl Default for Config {
             node: NodeConfig::default(),
             log: LogConfig::default(),
             cx: CxConfig::default(),
+            mt: MtConfig::default(),
+        }
+    }
+}
+
+/// The master target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtConfig {
+    /// How often the background pruner enforces each pair's retention policy
+    /// (time and space limits, sparse tiers). A pass takes each pair's lock
+    /// briefly and skips pairs that another process (a vsnap) holds.
+    pub prune_interval: Dur,
+}
+
+impl Default for MtConfig {
+    fn default() -> Self {
+        MtConfig {
+            prune_interval: Dur(Duration::from_secs(60)),
         }
     }
 }

@@ -302,3 +302,59 @@ fn a_tracking_vsnap_replays_its_writes_onto_another_vsnap() {
     a.read_at(100, &mut x).unwrap();
     assert_eq!(x, [7, 7, 8, 8, 8, 7, 7, 7]);
 }
+
+#[test]
+fn the_running_mt_prunes_pairs_in_the_background() {
+    use tern::engine::journal::policy::RetentionPolicy;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let w = Workload::new(3, VOL);
+    let latest = {
+        // Records from 2023 under a one-hour window: all but the last point are due.
+        let policy = RetentionPolicy {
+            window: Some(std::time::Duration::from_secs(3600)),
+            ..Default::default()
+        };
+        let p = ReplicaPair::create(&data, "p1", VOL, None, policy).unwrap();
+        for i in 0..20 {
+            p.journal.apply(&w.chunk(i)).unwrap();
+        }
+        assert_eq!(p.journal.window().0.seq, 0);
+        p.journal.last_seq()
+    };
+    let cfg = dir.join("up.toml");
+    write(&cfg, "[mt]\nprune_interval = \"200ms\"\n");
+    let mut up = Daemon::spawn(
+        dir,
+        "up",
+        &[
+            "up",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--api-listen",
+            "127.0.0.1:0",
+            "--data-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    wait_for(30, "the pruner to move the oldest point", || {
+        // The pruner holds the pair only briefly; retry when it is busy.
+        let p = ReplicaPair::open(&data, "p1").ok()?;
+        (p.journal.window().0.seq == latest).then_some(())
+    });
+    up.terminate();
+    assert!(up.log().contains("retention pruned"), "{}", up.log());
+    // The image is still the latest one, now entirely in the replica.
+    let p = ReplicaPair::open(&data, "p1").unwrap();
+    let mut model = Model::new(VOL);
+    for i in 0..20 {
+        w.chunk(i).iter().for_each(|r| model.apply(r));
+    }
+    assert_eq!(
+        blake3::hash(&std::fs::read(&p.config.replica).unwrap()),
+        model.hash()
+    );
+}

@@ -138,6 +138,14 @@ pub async fn start(
         ));
         data_addr = Some(addr);
     }
+    if roles.contains(&Role::Mt) {
+        tracing::info!(role = "mt", pairs = %crate::roles::mt::pairs_dir(&cfg.data_dir).display(), interval = ?cfg.mt.prune_interval.0, "retention pruner started");
+        tasks.spawn(crate::roles::mt::pruner(
+            cfg.data_dir.clone(),
+            cfg.mt.prune_interval.0,
+            trigger.subscribe(),
+        ));
+    }
     for r in &roles {
         if *r != Role::Cx {
             tracing::info!(role = %r, host_id = %identity.info.host_id, "role started");
