@@ -433,76 +433,37 @@ impl Journal {
                     .map_err(io("remove superseded segment"))?;
                 continue;
             }
-            if level > 0 && covers.1 > floor {
-                if covers.0 > floor && covers.0 != inner.last_seq + 1 {
-                    return Err(JournalError::Corrupt(format!(
-                        "segment {segno}: expected seq {}, found {} (a segment is missing)",
-                        inner.last_seq + 1,
-                        covers.0
-                    )));
-                }
-                let lo = covers.0.max(floor + 1);
-                let (mut prev, mut sub) = (0, 0u32);
-                for e in entries
-                    .iter()
-                    .filter(|e| e.seq > floor && e.kind != Kind::Commit)
-                {
-                    if e.seq != prev {
-                        (prev, sub) = (e.seq, 0);
-                    }
-                    let ts = e.ts_us.max(inner.last_ts_us);
-                    inner.last_ts_us = ts;
-                    match e.kind {
-                        Kind::Write | Kind::Zero => {
-                            let m = RecMeta {
-                                kind: e.kind,
-                                segno,
-                                pos: e.pos,
-                                offset: e.offset,
-                                len: e.len,
-                            };
-                            inner.index.insert((e.seq, sub), m);
-                            sub += 1;
-                        }
-                        Kind::Point => {
-                            inner.times.push_back((e.seq, ts));
-                            inner.retained.insert(e.seq);
-                        }
-                        Kind::Bookmark => {
-                            let (kind, name) = read_bookmark(&file, e)?;
-                            inner.bookmarks.insert(
-                                e.seq,
-                                Bookmark {
-                                    seq: e.seq,
-                                    ts_us: ts,
-                                    kind,
-                                    name,
-                                },
-                            );
-                            inner.times.push_back((e.seq, ts));
-                            inner.retained.insert(e.seq);
-                        }
-                        Kind::Commit => {}
-                    }
-                }
-                inner.last_seq = covers.1;
-                inner.thinned.insert(lo, covers.1);
+            if level > 0 && covers.1 > floor && covers.0 > floor && covers.0 != inner.last_seq + 1 {
+                return Err(JournalError::Corrupt(format!(
+                    "segment {segno}: expected seq {}, found {} (a segment is missing)",
+                    inner.last_seq + 1,
+                    covers.0
+                )));
             }
-            for e in &entries {
-                if level > 0 || e.seq <= floor || e.kind == Kind::Commit {
-                    continue;
+            // Applied segments hold consecutive seqs; a compacted one holds
+            // extents numbered (seq, sub) by the interval they close, and the
+            // points it kept (Point or Bookmark records).
+            let (mut prev, mut sub) = (0, 0u32);
+            for e in entries
+                .iter()
+                .filter(|e| e.seq > floor && e.kind != Kind::Commit)
+            {
+                if level == 0 {
+                    if e.seq != inner.last_seq + 1 {
+                        return Err(JournalError::Corrupt(format!(
+                            "segment {segno}: expected seq {}, found {} (a segment is missing)",
+                            inner.last_seq + 1,
+                            e.seq
+                        )));
+                    }
+                    inner.last_seq = e.seq;
                 }
-                if e.seq != inner.last_seq + 1 {
-                    return Err(JournalError::Corrupt(format!(
-                        "segment {segno}: expected seq {}, found {} (a segment is missing)",
-                        inner.last_seq + 1,
-                        e.seq
-                    )));
+                if e.seq != prev {
+                    (prev, sub) = (e.seq, 0);
                 }
-                inner.last_seq = e.seq;
                 let ts = e.ts_us.max(inner.last_ts_us);
                 inner.last_ts_us = ts;
-                match e.kind {
+                let is_point = match e.kind {
                     Kind::Write | Kind::Zero => {
                         let m = RecMeta {
                             kind: e.kind,
@@ -511,8 +472,9 @@ impl Journal {
                             offset: e.offset,
                             len: e.len,
                         };
-                        inner.index.insert((e.seq, 0), m);
-                        inner.times.push_back((e.seq, ts));
+                        inner.index.insert((e.seq, sub), m);
+                        sub += 1;
+                        level == 0
                     }
                     Kind::Bookmark => {
                         let (kind, name) = read_bookmark(&file, e)?;
@@ -525,15 +487,26 @@ impl Journal {
                                 name,
                             },
                         );
-                        inner.times.push_back((e.seq, ts));
+                        true
                     }
+                    Kind::Point if level > 0 => true,
                     Kind::Point => {
                         return Err(JournalError::Corrupt(format!(
                             "segment {segno}: point marker outside a compacted segment"
                         )));
                     }
-                    Kind::Commit => {}
+                    Kind::Commit => false,
+                };
+                if is_point {
+                    inner.times.push_back((e.seq, ts));
+                    if level > 0 {
+                        inner.retained.insert(e.seq);
+                    }
                 }
+            }
+            if level > 0 && covers.1 > floor {
+                inner.last_seq = covers.1;
+                inner.thinned.insert(covers.0.max(floor + 1), covers.1);
             }
             inner.segments.insert(
                 segno,
