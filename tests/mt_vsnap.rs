@@ -137,6 +137,27 @@ fn vsnaps_over_nbd_and_images_equal_the_model_and_never_touch_the_pair() {
     );
     let info = qemu("qemu-img", &["info", "--output=json", &v.url]);
     assert!(info.contains(&format!("\"virtual-size\": {VOL}")), "{info}");
+    // A read-only vsnap refuses writes.
+    let o = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 1 0 4k", &v.url])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !o.status.success()
+            || text.contains("denied")
+            || text.contains("read-only")
+            || text.contains("failed"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("wrote 4096/4096"),
+        "a read-only vsnap took a write: {text}"
+    );
     // While the vsnap is open, the pair is locked for other writers.
     let o = tern(dir, &["mt", "prune", "p1", "--data", data]);
     assert!(

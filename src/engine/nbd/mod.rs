@@ -309,53 +309,23 @@ async fn handle(sock: TcpStream, exports: Exports) -> io::Result<()> {
                 }
                 let mut data = vec![0u8; len as usize];
                 r.read_exact(&mut data).await?;
-                let err = if export.read_only() {
-                    EPERM
-                } else if !in_range {
-                    ENOSPC
-                } else {
-                    let e = export.clone();
-                    match tokio::task::spawn_blocking(move || e.write(off, &data, fua))
-                        .await
-                        .map_err(io::Error::other)?
-                    {
-                        Ok(()) => 0,
-                        Err(e) => errno_of(&e),
-                    }
+                let err = match writable(&*export, in_range) {
+                    0 => blocking(&export, move |e| e.write(off, &data, fua)).await?,
+                    err => err,
                 };
                 reply(&mut w, handle, err, &[]).await?;
             }
             CMD_FLUSH => {
-                let e = export.clone();
-                let err = match tokio::task::spawn_blocking(move || e.flush())
-                    .await
-                    .map_err(io::Error::other)?
-                {
-                    Ok(()) => 0,
-                    Err(e) => errno_of(&e),
-                };
+                let err = blocking(&export, |e| e.flush()).await?;
                 reply(&mut w, handle, err, &[]).await?;
             }
             CMD_TRIM | CMD_WRITE_ZEROES => {
-                let err = if export.read_only() {
-                    EPERM
-                } else if !in_range {
-                    ENOSPC
-                } else {
-                    let e = export.clone();
-                    let res = tokio::task::spawn_blocking(move || {
-                        if cmd == CMD_TRIM {
-                            e.trim(off, len as u64)
-                        } else {
-                            e.write_zeroes(off, len as u64, fua)
-                        }
-                    })
-                    .await
-                    .map_err(io::Error::other)?;
-                    match res {
-                        Ok(()) => 0,
-                        Err(e) => errno_of(&e),
+                let err = match writable(&*export, in_range) {
+                    0 if cmd == CMD_TRIM => {
+                        blocking(&export, move |e| e.trim(off, len as u64)).await?
                     }
+                    0 => blocking(&export, move |e| e.write_zeroes(off, len as u64, fua)).await?,
+                    err => err,
                 };
                 reply(&mut w, handle, err, &[]).await?;
             }
@@ -363,6 +333,29 @@ async fn handle(sock: TcpStream, exports: Exports) -> io::Result<()> {
             _ => reply(&mut w, handle, EINVAL, &[]).await?,
         }
     }
+}
+
+/// 0 if a modifying request may proceed, else the errno to answer.
+fn writable(e: &dyn Export, in_range: bool) -> u32 {
+    if e.read_only() {
+        EPERM
+    } else if !in_range {
+        ENOSPC
+    } else {
+        0
+    }
+}
+
+/// Run a blocking export call off the reactor; its result as an NBD errno.
+async fn blocking(
+    e: &Arc<dyn Export>,
+    f: impl FnOnce(&dyn Export) -> io::Result<()> + Send + 'static,
+) -> io::Result<u32> {
+    let e = e.clone();
+    let r = tokio::task::spawn_blocking(move || f(&*e))
+        .await
+        .map_err(io::Error::other)?;
+    Ok(r.err().map_or(0, |e| errno_of(&e)))
 }
 
 fn lookup(exports: &Exports, name: &str) -> Option<Arc<dyn Export>> {
