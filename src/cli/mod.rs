@@ -362,26 +362,13 @@ fn serve(mut cfg: Config, roles: Vec<Role>, g: &Global, banner: bool) -> anyhow:
             t.fire();
         });
         let data_dir = cfg.data_dir.clone();
-        let (node, mut tasks) = crate::roles::start(cfg, roles.clone(), &trigger)
+        let (node, tasks) = crate::roles::start(cfg, roles.clone(), &trigger)
             .await
             .context("cannot start")?;
         if banner {
             print_banner(&data_dir, &node, &roles);
         }
-        let mut sd = trigger.subscribe();
-        sd.wait().await;
-        tracing::info!("shutdown requested");
-        // Ordered and bounded: a stuck task cannot hold the process forever.
-        let drained = tokio::time::timeout(std::time::Duration::from_secs(4), async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!("some tasks did not stop within 4s; exiting anyway");
-        }
-        for r in roles.iter().rev() {
-            tracing::info!(role = %r, "role stopped");
-        }
+        crate::roles::node::wait_and_stop(&trigger, tasks, &roles).await;
         tracing::info!("tern stopped");
         Ok::<_, anyhow::Error>(())
     })?;

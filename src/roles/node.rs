@@ -179,17 +179,24 @@ pub async fn start(
     ))
 }
 
-/// Run until the trigger fires, then stop everything in order.
-pub async fn run(cfg: Config, roles: Vec<Role>, trigger: ShutdownTrigger) -> anyhow::Result<()> {
-    let (_node, mut tasks) = start(cfg, roles.clone(), &trigger).await?;
-    let mut sd = trigger.subscribe();
-    sd.wait().await;
+/// How long the tasks of a stopping process get before it exits anyway.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(4);
+
+/// Wait for the trigger, then stop everything in order: a stuck task cannot
+/// hold the process past [`STOP_DEADLINE`].
+pub async fn wait_and_stop(trigger: &ShutdownTrigger, mut tasks: JoinSet<()>, roles: &[Role]) {
+    trigger.subscribe().wait().await;
     tracing::info!("shutdown requested");
-    while tasks.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(STOP_DEADLINE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some tasks did not stop within {STOP_DEADLINE:?}; exiting anyway");
+    }
     for r in roles.iter().rev() {
         tracing::info!(role = %r, "role stopped");
     }
-    Ok(())
 }
 
 /// A wildcard bind is reached through loopback on this host.
