@@ -272,12 +272,6 @@ impl Identity {
         let info = serde_json::to_vec_pretty(&self.info).expect("NodeInfo serializes");
         w("node.json", &info, 0o644)
     }
-
-    pub fn ca_fingerprint(&self) -> String {
-        pem_to_der(&self.ca_pem)
-            .map(|d| fingerprint(&d))
-            .unwrap_or_default()
-    }
 }
 
 /// The SANs a node asks for: configured names plus this host's name and loopback.

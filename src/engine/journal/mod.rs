@@ -47,8 +47,6 @@ use index::{Index, RecMeta, Source};
 use serde::Serialize;
 use storage::{BlockFile, Storage};
 
-pub use format::BookmarkKind as BookmarkType;
-
 /// One change from the source, in the pair's sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

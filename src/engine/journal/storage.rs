@@ -165,10 +165,6 @@ impl SimStorage {
         self.inner.lock().unwrap().fail_sync_in = Some(n);
     }
 
-    pub fn syncs(&self) -> u64 {
-        self.inner.lock().unwrap().syncs
-    }
-
     /// What a disk would hold after power loss now: for each file, its durable
     /// bytes plus a prefix of its unsynced writes, the last one possibly torn.
     /// `rand` picks the prefix lengths. Returns a fresh storage (the old one

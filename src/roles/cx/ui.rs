@@ -45,8 +45,3 @@ pub fn routes() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clo
         .and_then(|t: warp::path::Tail| async move { asset(t.as_str()) });
     index.or(files)
 }
-
-/// Used by tests to check the embedded copy is complete.
-pub fn embedded_files() -> Vec<String> {
-    Assets::iter().map(|s| s.into_owned()).collect()
-}
