@@ -90,6 +90,35 @@ fn need(b: &[u8], n: usize) -> Result<(), DecodeError> {
     }
 }
 
+/// Check the common prefix of every fixed header: magic at 0..8, version at
+/// 8..10, and a CRC of bytes `0..crc_at` stored at `crc_at`.
+fn check_header(b: &[u8], magic: &[u8; 8], crc_at: usize) -> Result<(), DecodeError> {
+    need(b, crc_at + 4)?;
+    if b[0..8] != *magic {
+        return Err(DecodeError::BadMagic);
+    }
+    if crc32c::crc32c(&b[0..crc_at]) != u32_at(b, crc_at) {
+        return Err(DecodeError::HeaderChecksum);
+    }
+    let v = u16_at(b, 8);
+    if v != FORMAT_VERSION {
+        return Err(DecodeError::Version(v));
+    }
+    Ok(())
+}
+
+/// Write the magic and version of a fixed header.
+fn start_header(b: &mut [u8], magic: &[u8; 8]) {
+    b[0..8].copy_from_slice(magic);
+    b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+}
+
+/// Store the CRC of bytes `0..crc_at` at `crc_at` (call once the rest is written).
+fn seal_header(b: &mut [u8], crc_at: usize) {
+    let c = crc32c::crc32c(&b[0..crc_at]);
+    b[crc_at..crc_at + 4].copy_from_slice(&c.to_le_bytes());
+}
+
 // --- segment header --------------------------------------------------------
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,31 +134,19 @@ pub struct SegmentHeader {
 impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut b = [0u8; SEGMENT_HEADER_LEN];
-        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        start_header(&mut b, &SEGMENT_MAGIC);
         b[10] = self.level;
         b[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.segno.to_le_bytes());
         b[24..32].copy_from_slice(&self.journal_id.to_le_bytes());
         b[32..40].copy_from_slice(&self.volume_size.to_le_bytes());
         b[40..48].copy_from_slice(&self.created_us.to_le_bytes());
-        let c = crc32c::crc32c(&b[0..60]);
-        b[60..64].copy_from_slice(&c.to_le_bytes());
+        seal_header(&mut b, 60);
         b
     }
 
     pub fn decode(b: &[u8]) -> Result<SegmentHeader, DecodeError> {
-        need(b, SEGMENT_HEADER_LEN)?;
-        if b[0..8] != SEGMENT_MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        if crc32c::crc32c(&b[0..60]) != u32_at(b, 60) {
-            return Err(DecodeError::HeaderChecksum);
-        }
-        let v = u16_at(b, 8);
-        if v != FORMAT_VERSION {
-            return Err(DecodeError::Version(v));
-        }
+        check_header(b, &SEGMENT_MAGIC, 60)?;
         Ok(SegmentHeader {
             segno: u64_at(b, 16),
             journal_id: u64_at(b, 24),
@@ -183,8 +200,7 @@ impl RecordHeader {
         b[24..32].copy_from_slice(&self.offset.to_le_bytes());
         b[32..36].copy_from_slice(&self.len.to_le_bytes());
         b[36..40].copy_from_slice(&(self.ncrc() as u32).to_le_bytes());
-        let c = crc32c::crc32c(&b[0..44]);
-        b[44..48].copy_from_slice(&c.to_le_bytes());
+        seal_header(&mut b, 44);
         b
     }
 
@@ -369,14 +385,12 @@ pub fn encode_index(
     entries: &[IndexEntry],
 ) -> Vec<u8> {
     let mut b = vec![0u8; INDEX_HEADER_LEN];
-    b[0..8].copy_from_slice(&INDEX_MAGIC);
-    b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    start_header(&mut b, &INDEX_MAGIC);
     b[12..16].copy_from_slice(&(entries.len() as u32).to_le_bytes());
     b[16..24].copy_from_slice(&segno.to_le_bytes());
     b[24..32].copy_from_slice(&journal_id.to_le_bytes());
     b[32..40].copy_from_slice(&segment_len.to_le_bytes());
-    let c = crc32c::crc32c(&b[0..60]);
-    b[60..64].copy_from_slice(&c.to_le_bytes());
+    seal_header(&mut b, 60);
     let start = b.len();
     for e in entries {
         let mut x = [0u8; INDEX_ENTRY_LEN];
@@ -395,17 +409,7 @@ pub fn encode_index(
 
 /// Returns (segno, journal_id, segment_len, entries).
 pub fn decode_index(b: &[u8]) -> Result<(u64, u64, u64, Vec<IndexEntry>), DecodeError> {
-    need(b, INDEX_HEADER_LEN)?;
-    if b[0..8] != INDEX_MAGIC {
-        return Err(DecodeError::BadMagic);
-    }
-    if crc32c::crc32c(&b[0..60]) != u32_at(b, 60) {
-        return Err(DecodeError::HeaderChecksum);
-    }
-    let v = u16_at(b, 8);
-    if v != FORMAT_VERSION {
-        return Err(DecodeError::Version(v));
-    }
+    check_header(b, &INDEX_MAGIC, 60)?;
     if b[10..12] != [0; 2] || b[40..60] != [0; 20] {
         return Err(DecodeError::Invalid("reserved bytes must be zero"));
     }
@@ -459,8 +463,7 @@ pub struct State {
 impl State {
     pub fn encode(&self) -> [u8; STATE_LEN] {
         let mut b = [0u8; STATE_LEN];
-        b[0..8].copy_from_slice(&STATE_MAGIC);
-        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        start_header(&mut b, &STATE_MAGIC);
         b[16..24].copy_from_slice(&self.journal_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.volume_size.to_le_bytes());
         b[32..40].copy_from_slice(&self.base_seq.to_le_bytes());
@@ -469,23 +472,12 @@ impl State {
         b[48..56].copy_from_slice(&ps.to_le_bytes());
         b[56..64].copy_from_slice(&pt.to_le_bytes());
         b[64..72].copy_from_slice(&self.resets.to_le_bytes());
-        let c = crc32c::crc32c(&b[0..92]);
-        b[92..96].copy_from_slice(&c.to_le_bytes());
+        seal_header(&mut b, 92);
         b
     }
 
     pub fn decode(b: &[u8]) -> Result<State, DecodeError> {
-        need(b, STATE_LEN)?;
-        if b[0..8] != STATE_MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        if crc32c::crc32c(&b[0..92]) != u32_at(b, 92) {
-            return Err(DecodeError::HeaderChecksum);
-        }
-        let v = u16_at(b, 8);
-        if v != FORMAT_VERSION {
-            return Err(DecodeError::Version(v));
-        }
+        check_header(b, &STATE_MAGIC, 92)?;
         let ps = u64_at(b, 48);
         Ok(State {
             journal_id: u64_at(b, 16),
