@@ -28,6 +28,17 @@ pub struct RecMeta {
 }
 
 impl RecMeta {
+    /// The index's view of a record listed in segment `segno`.
+    pub fn of(segno: u64, e: &super::format::IndexEntry) -> RecMeta {
+        RecMeta {
+            kind: e.kind,
+            segno,
+            pos: e.pos,
+            offset: e.offset,
+            len: e.len,
+        }
+    }
+
     pub fn end(&self) -> u64 {
         self.offset + self.len as u64
     }

@@ -463,13 +463,7 @@ impl Journal {
                 inner.last_ts_us = ts;
                 let is_point = match e.kind {
                     Kind::Write | Kind::Zero => {
-                        let m = RecMeta {
-                            kind: e.kind,
-                            segno,
-                            pos: e.pos,
-                            offset: e.offset,
-                            len: e.len,
-                        };
+                        let m = RecMeta::of(segno, e);
                         inner.index.insert((e.seq, sub), m);
                         sub += 1;
                         level == 0
@@ -718,16 +712,9 @@ impl Journal {
             i.last_seq = r.seq;
             i.times.push_back((r.seq, ts));
             match &r.body {
-                RecordBody::Write { .. } | RecordBody::Zero { .. } => i.index.insert(
-                    (r.seq, 0),
-                    RecMeta {
-                        kind: e.kind,
-                        segno,
-                        pos: e.pos,
-                        offset: e.offset,
-                        len: e.len,
-                    },
-                ),
+                RecordBody::Write { .. } | RecordBody::Zero { .. } => {
+                    i.index.insert((r.seq, 0), RecMeta::of(segno, e))
+                }
                 RecordBody::Bookmark { kind, name } => {
                     i.bookmarks.insert(
                         r.seq,
@@ -1804,16 +1791,7 @@ impl Journal {
             if e.seq != prev {
                 (prev, sub) = (e.seq, 0);
             }
-            i.index.insert(
-                (e.seq, sub),
-                RecMeta {
-                    kind: e.kind,
-                    segno,
-                    pos: e.pos,
-                    offset: e.offset,
-                    len: e.len,
-                },
-            );
+            i.index.insert((e.seq, sub), RecMeta::of(segno, e));
             sub += 1;
         }
         let a = i.times.partition_point(|(s, _)| *s < lo);

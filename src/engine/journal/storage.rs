@@ -141,7 +141,30 @@ struct SimInner {
     fail_sync_in: Option<u64>,
     /// Once a sync failed, every later sync fails too (as on Linux after EIO).
     poisoned: bool,
-    syncs: u64,
+}
+
+impl SimInner {
+    /// Every durability point (fsync, atomic replace) goes through here: it
+    /// fails on demand, and once failed keeps failing, as Linux does after EIO.
+    fn sync_point(&mut self) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::other(
+                "simulated fsync failure (device poisoned)",
+            ));
+        }
+        match self.fail_sync_in {
+            Some(0) => {
+                self.poisoned = true;
+                self.fail_sync_in = None;
+                Err(io::Error::other("simulated fsync failure"))
+            }
+            Some(n) => {
+                self.fail_sync_in = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// In-memory files with a volatile write cache; see the module docs.
@@ -231,20 +254,7 @@ impl BlockFile for SimFile {
     fn sync(&self) -> io::Result<()> {
         {
             let mut st = self.storage.inner.lock().unwrap();
-            st.syncs += 1;
-            if st.poisoned {
-                return Err(io::Error::other(
-                    "simulated fsync failure (device poisoned)",
-                ));
-            }
-            if let Some(n) = st.fail_sync_in {
-                if n == 0 {
-                    st.poisoned = true;
-                    st.fail_sync_in = None;
-                    return Err(io::Error::other("simulated fsync failure"));
-                }
-                st.fail_sync_in = Some(n - 1);
-            }
+            st.sync_point()?;
         }
         let mut s = self.state.lock().unwrap();
         let pending = std::mem::take(&mut s.pending);
@@ -315,20 +325,7 @@ impl Storage for SimStorage {
     }
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut inner = self.inner.lock().unwrap();
-        inner.syncs += 1;
-        if inner.poisoned {
-            return Err(io::Error::other(
-                "simulated fsync failure (device poisoned)",
-            ));
-        }
-        if let Some(n) = inner.fail_sync_in {
-            if n == 0 {
-                inner.poisoned = true;
-                inner.fail_sync_in = None;
-                return Err(io::Error::other("simulated fsync failure"));
-            }
-            inner.fail_sync_in = Some(n - 1);
-        }
+        inner.sync_point()?;
         inner.files.insert(
             path.to_owned(),
             Arc::new(Mutex::new(SimFileState {
