@@ -74,6 +74,23 @@ fn verify_points(
     model
 }
 
+/// After a crash: every acknowledged chunk is there, every offered point exact.
+fn verify_after_crash(
+    j: &Arc<Journal>,
+    acked: u64,
+    round: u32,
+    w: &Workload,
+    model: Model,
+    rng: &mut StdRng,
+) -> Model {
+    assert!(
+        j.last_seq() >= acked,
+        "round {round}: acknowledged seq {acked} lost (journal ends at {})",
+        j.last_seq()
+    );
+    verify_points(j, w, model, rng, 2)
+}
+
 #[test]
 fn simulated_power_loss_at_every_kind_of_fsync_keeps_acknowledged_data() {
     let vol = 8u64 << 20;
@@ -120,12 +137,7 @@ fn simulated_power_loss_at_every_kind_of_fsync_keeps_acknowledged_data() {
             )
             .unwrap(),
         );
-        assert!(
-            j.last_seq() >= acked,
-            "round {round}: acknowledged seq {acked} lost (journal ends at {})",
-            j.last_seq()
-        );
-        model = verify_points(&j, &w, model, &mut rng, 2);
+        model = verify_after_crash(&j, acked, round, &w, model, &mut rng);
         // Run until an injected fsync failure, then lose power.
         storage.fail_sync_after(rng.random_range(0..12));
         loop {
@@ -233,12 +245,7 @@ fn sigkill_under_load_fifty_times_leaves_every_listed_point_exact() {
             )
             .unwrap(),
         );
-        assert!(
-            j.last_seq() >= acked,
-            "round {round}: acknowledged seq {acked} lost (journal ends at {})",
-            j.last_seq()
-        );
-        model = verify_points(&j, &w, model, &mut rng, 2);
+        model = verify_after_crash(&j, acked, round, &w, model, &mut rng);
     }
     assert!(acked > 0);
 }

@@ -27,6 +27,18 @@ fn open_new(dir: &std::path::Path, seg: u64) -> Arc<Journal> {
     )
 }
 
+fn reopen(dir: &std::path::Path, seg: u64) -> Arc<Journal> {
+    Arc::new(
+        Journal::open(
+            Arc::new(FsStorage),
+            &dir.join("journal"),
+            &dir.join("replica.img"),
+            JournalOptions { segment_bytes: seg },
+        )
+        .unwrap(),
+    )
+}
+
 fn engine_hash(j: &Arc<Journal>, at: &PointSpec) -> blake3::Hash {
     let pin = j.pin(at).unwrap();
     image_hash(j.volume_size(), |o, b| pin.read_at(o, b)).unwrap()
@@ -116,17 +128,7 @@ fn images_at_random_points_times_and_bookmarks_equal_the_model() {
     }
     // Reopen: the same answers from disk.
     drop(j);
-    let j = Arc::new(
-        Journal::open(
-            Arc::new(FsStorage),
-            &tmp.path().join("journal"),
-            &tmp.path().join("replica.img"),
-            JournalOptions {
-                segment_bytes: 16 << 20,
-            },
-        )
-        .unwrap(),
-    );
+    let j = reopen(tmp.path(), 16 << 20);
     assert_eq!(j.last_seq(), last);
     for (seq, specs) in want.range(mid..) {
         assert_eq!(
@@ -538,17 +540,7 @@ fn sparse_tiers_keep_exactly_the_points_they_promise() {
     assert!(e.contains("thinned by the sparse retention policy"), "{e}");
     // And it all survives a reopen.
     drop(j);
-    let j = Arc::new(
-        Journal::open(
-            Arc::new(FsStorage),
-            &tmp.path().join("journal"),
-            &tmp.path().join("replica.img"),
-            JournalOptions {
-                segment_bytes: 64 << 10,
-            },
-        )
-        .unwrap(),
-    );
+    let j = reopen(tmp.path(), 64 << 10);
     check(&j);
     assert_eq!(engine_hash(&j, &PointSpec::Latest), model.hash());
 }
