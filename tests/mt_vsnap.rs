@@ -232,7 +232,6 @@ fn vsnaps_over_nbd_and_images_equal_the_model_and_never_touch_the_pair() {
                 .ends_with(".overlay")),
             "the overlay is gone"
         );
-        let _ = Arc::clone(&p.journal);
     }
 
     // A physical snapshot, sparse, with its hash printed.

@@ -320,7 +320,7 @@ async fn login(req: LoginRequest, s: Arc<CxState>) -> Result<impl Reply, Rejecti
     };
     let reply = warp::reply::json(&resp);
     Ok(if cookie.is_empty() {
-        warp::reply::with_header(reply, "x-tern", "login").into_response()
+        reply.into_response()
     } else {
         warp::reply::with_header(reply, "set-cookie", cookie).into_response()
     })
