@@ -544,3 +544,60 @@ fn sparse_tiers_keep_exactly_the_points_they_promise() {
     check(&j);
     assert_eq!(engine_hash(&j, &PointSpec::Latest), model.hash());
 }
+
+/// Points inside a resync are never offered, the marks survive a restart,
+/// and pruning folds the records before the first consistent point into the
+/// replica at once.
+#[test]
+fn points_inside_a_resync_are_never_offered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = open_new(tmp.path(), 1 << 20);
+    let w = Workload::new(11, VOL);
+    // The initial sync: the base (seq 0) and chunks 0..3 are inconsistent.
+    let n = w.records_per_chunk;
+    j.mark_unrecoverable(0, 0).unwrap();
+    assert!(
+        matches!(j.resolve(&PointSpec::Latest), Err(JournalError::OutsideWindow(m)) if m.contains("no consistent point yet"))
+    );
+    j.mark_unrecoverable(1, 3 * n).unwrap();
+    let mut model = Model::new(VOL);
+    let mut hashes = BTreeMap::new();
+    for i in 0..8 {
+        if i == 5 {
+            // A later resync (e.g. after an agent crash): chunk 5 only.
+            j.mark_unrecoverable(5 * n + 1, 6 * n).unwrap();
+        }
+        for r in w.chunk(i) {
+            model.apply(&r);
+            hashes.insert(r.seq, model.hash());
+        }
+        j.apply(&w.chunk(i)).unwrap();
+    }
+    let j = {
+        drop(j);
+        reopen(tmp.path(), 1 << 20)
+    };
+    assert_eq!(j.unrecoverable_range(0), Some((0, 3 * n)), "merged");
+    assert_eq!(j.resolve(&PointSpec::Oldest).unwrap().seq, 3 * n + 1);
+    let err = j.resolve(&PointSpec::Seq(5 * n + 3)).unwrap_err().to_string();
+    assert!(
+        err.contains("inside a resync")
+            && err.contains(&format!("seq {}", 5 * n))
+            && err.contains(&format!("seq {}", 6 * n + 1)),
+        "{err}"
+    );
+    assert_eq!(
+        j.resolve(&PointSpec::Time(w.ts_of(5 * n + 3))).unwrap().seq,
+        5 * n
+    );
+    let latest = j.resolve(&PointSpec::Latest).unwrap().seq;
+    assert_eq!(latest, 8 * n);
+    assert_eq!(engine_hash(&j, &PointSpec::Latest), hashes[&latest]);
+    // No time window: pruning still folds the initial sync away.
+    let p = RetentionPolicy::default();
+    policy::prune_all(&j, &p, u64::MAX / 2).unwrap();
+    assert!(j.window().0.seq >= 3 * n, "{:?}", j.window());
+    assert_eq!(j.resolve(&PointSpec::Oldest).unwrap().seq, 3 * n + 1);
+    let s = 4 * n;
+    assert_eq!(engine_hash(&j, &PointSpec::Seq(s)), hashes[&s]);
+}

@@ -490,9 +490,73 @@ impl State {
     }
 }
 
+/// `unrecoverable.state`: seq ranges whose points are not consistent images
+/// of the source (a resync or a bitmap drain was under way). Layout in
+/// docs/FORMATS.md: magic `TERNJUNR`, version, count, `count` pairs of
+/// (from, to) inclusive, CRC32C of everything before it.
+pub const UNREC_MAGIC: [u8; 8] = *b"TERNJUNR";
+
+pub fn encode_ranges(ranges: &std::collections::BTreeMap<u64, u64>) -> Vec<u8> {
+    let mut b = vec![0u8; 16 + 16 * ranges.len() + 4];
+    start_header(&mut b, &UNREC_MAGIC);
+    b[12..16].copy_from_slice(&(ranges.len() as u32).to_le_bytes());
+    for (i, (from, to)) in ranges.iter().enumerate() {
+        b[16 + 16 * i..24 + 16 * i].copy_from_slice(&from.to_le_bytes());
+        b[24 + 16 * i..32 + 16 * i].copy_from_slice(&to.to_le_bytes());
+    }
+    let crc_at = b.len() - 4;
+    seal_header(&mut b, crc_at);
+    b
+}
+
+pub fn decode_ranges(b: &[u8]) -> Result<std::collections::BTreeMap<u64, u64>, DecodeError> {
+    need(b, 20)?;
+    let count = u32_at(b, 12) as usize;
+    if count > (b.len() - 20) / 16 {
+        return Err(DecodeError::Invalid("range count larger than the file"));
+    }
+    let crc_at = 16 + 16 * count;
+    check_header(b, &UNREC_MAGIC, crc_at)?;
+    if b.len() != crc_at + 4 || b[10..12] != [0, 0] {
+        return Err(DecodeError::Invalid("trailing bytes or reserved bytes set"));
+    }
+    let mut m = std::collections::BTreeMap::new();
+    let mut prev_to: Option<u64> = None;
+    for i in 0..count {
+        let (from, to) = (u64_at(b, 16 + 16 * i), u64_at(b, 24 + 16 * i));
+        if from > to || prev_to.is_some_and(|p| from <= p.saturating_add(1)) {
+            return Err(DecodeError::Invalid("ranges must be ordered, disjoint and not adjacent"));
+        }
+        prev_to = Some(to);
+        m.insert(from, to);
+    }
+    Ok(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unrecoverable_ranges_layout_and_rejections() {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(0u64, 0u64);
+        m.insert(5, 9);
+        let b = encode_ranges(&m);
+        assert_eq!(&b[0..8], b"TERNJUNR");
+        assert_eq!(u16_at(&b, 8), 1);
+        assert_eq!(u32_at(&b, 12), 2);
+        assert_eq!((u64_at(&b, 32), u64_at(&b, 40)), (5, 9));
+        assert_eq!(b.len(), 16 + 32 + 4);
+        assert_eq!(u32_at(&b, 48), crc32c::crc32c(&b[..48]));
+        assert_eq!(decode_ranges(&b).unwrap(), m);
+        for i in 0..b.len() {
+            let mut c = b.clone();
+            c[i] ^= 0x10;
+            assert!(decode_ranges(&c).is_err(), "flip at byte {i} accepted");
+        }
+        assert!(decode_ranges(&b[..b.len() - 1]).is_err());
+    }
 
     #[test]
     fn record_layout_matches_formats_md() {

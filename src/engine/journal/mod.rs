@@ -226,6 +226,11 @@ struct Inner {
     /// them only the seqs in `retained` are points.
     thinned: BTreeMap<u64, u64>,
     retained: std::collections::BTreeSet<u64>,
+    /// Seq ranges (from → to, inclusive) whose points are not consistent
+    /// images of the source: a resync or bitmap drain was under way. Never
+    /// offered as recovery points. Persisted in `unrecoverable.state` before
+    /// the records they cover are applied.
+    unrec: BTreeMap<u64, u64>,
 }
 
 impl Inner {
@@ -241,6 +246,31 @@ impl Inner {
                 ts_us: self.state.base_ts_us,
             },
         }
+    }
+    /// The range holding `seq`, if its point is unrecoverable.
+    fn unrec_range(&self, seq: u64) -> Option<(u64, u64)> {
+        self.unrec
+            .range(..=seq)
+            .next_back()
+            .filter(|(_, to)| seq <= **to)
+            .map(|(a, b)| (*a, *b))
+    }
+    /// The newest recoverable point at or before `seq`, not below `floor`.
+    fn recoverable_at_or_before(&self, seq: u64, floor: u64) -> Option<u64> {
+        let s = match self.unrec_range(seq) {
+            None => seq,
+            Some((0, _)) => return None,
+            Some((a, _)) => a - 1,
+        };
+        (s >= floor).then_some(s)
+    }
+    /// The oldest recoverable point at or after `seq`, not above `ceil`.
+    fn recoverable_at_or_after(&self, seq: u64, ceil: u64) -> Option<u64> {
+        let s = match self.unrec_range(seq) {
+            None => seq,
+            Some((_, b)) => b.checked_add(1)?,
+        };
+        (s <= ceil).then_some(s)
     }
     fn ts_of(&self, seq: u64) -> u64 {
         if seq <= self.state.base_seq {
@@ -266,6 +296,7 @@ pub struct Journal {
 }
 
 const STATE_FILE: &str = "journal.state";
+const UNREC_FILE: &str = "unrecoverable.state";
 
 fn seg_name(segno: u64) -> String {
     format!("seg-{segno:012}.tj")
@@ -385,7 +416,16 @@ impl Journal {
             stop_at_bytes: None,
             thinned: BTreeMap::new(),
             retained: Default::default(),
+            unrec: BTreeMap::new(),
         };
+        let unrec_path = dir.join(UNREC_FILE);
+        if storage.exists(&unrec_path) {
+            let f = storage.open(&unrec_path, false).map_err(io(UNREC_FILE))?;
+            let mut b = vec![0u8; f.len().map_err(io(UNREC_FILE))? as usize];
+            f.read_at(&mut b, 0).map_err(io(UNREC_FILE))?;
+            inner.unrec = format::decode_ranges(&b)
+                .map_err(|e| JournalError::Corrupt(format!("{}: {e}", unrec_path.display())))?;
+        }
         let mut active = None;
         let floor = state.base_seq;
         for (i, &segno) in segnos.iter().enumerate() {
@@ -872,12 +912,42 @@ impl Journal {
                 crate::util::rfc3339_ms(latest.ts_us / 1000)
             ))
         };
+        let none_yet = || {
+            JournalError::OutsideWindow(
+                "no consistent point yet: every point in the window lies inside a resync \
+                 (step I/II or a bitmap drain); wait until the pair reaches differential sync"
+                    .into(),
+            )
+        };
+        let point = |seq: u64| Point {
+            seq,
+            ts_us: i.ts_of(seq),
+        };
         match spec {
-            PointSpec::Latest => Ok(latest),
-            PointSpec::Oldest => Ok(oldest),
+            PointSpec::Latest => i
+                .recoverable_at_or_before(latest.seq, oldest.seq)
+                .map(point)
+                .ok_or_else(none_yet),
+            PointSpec::Oldest => i
+                .recoverable_at_or_after(oldest.seq, latest.seq)
+                .map(point)
+                .ok_or_else(none_yet),
             PointSpec::Seq(s) => {
                 if *s < oldest.seq || *s > latest.seq {
                     return Err(outside(format!("seq {s}")));
+                }
+                if let Some((a, b)) = i.unrec_range(*s) {
+                    let before = i
+                        .recoverable_at_or_before(*s, oldest.seq)
+                        .map(|n| format!("seq {n}"))
+                        .unwrap_or_else(|| "none".into());
+                    let after = i
+                        .recoverable_at_or_after(*s, latest.seq)
+                        .map(|n| format!("seq {n}"))
+                        .unwrap_or_else(|| "none yet".into());
+                    return Err(JournalError::OutsideWindow(format!(
+                        "seq {s} lies inside a resync (seqs {a}..{b}) and is not a consistent image of the source; the nearest consistent points are {before} and {after}"
+                    )));
                 }
                 if *s != oldest.seq
                     && let Some((_, &to)) = i.thinned.range(..=*s).next_back()
@@ -918,16 +988,20 @@ impl Journal {
                 } else {
                     i.times[n - 1].0.max(oldest.seq)
                 };
-                Ok(Point {
-                    seq,
-                    ts_us: i.ts_of(seq),
-                })
+                i.recoverable_at_or_before(seq, oldest.seq)
+                    .map(point)
+                    .ok_or_else(|| {
+                        JournalError::OutsideWindow(format!(
+                            "no consistent point at or before {}: the pair was resyncing then",
+                            crate::util::rfc3339_ms(t / 1000)
+                        ))
+                    })
             }
             PointSpec::Bookmark(name) => i
                 .bookmarks
                 .range(oldest.seq..)
                 .rev()
-                .find(|(_, b)| &b.name == name)
+                .find(|(s, b)| &b.name == name && i.unrec_range(**s).is_none())
                 .map(|(s, b)| Point {
                     seq: *s,
                     ts_us: b.ts_us,
@@ -1199,6 +1273,48 @@ impl Journal {
         } else {
             i.times[n - 1].0.max(i.oldest().seq)
         })
+    }
+
+    /// Record, durably and before the records are applied, that the points
+    /// `from..=to` are not consistent images of the source. Idempotent;
+    /// adjacent and overlapping ranges merge.
+    pub fn mark_unrecoverable(&self, from: u64, to: u64) -> Result<(), JournalError> {
+        if from > to {
+            return Ok(());
+        }
+        let mut i = self.inner.write().unwrap();
+        if i.unrec_range(from).is_some_and(|(_, b)| b >= to) {
+            return Ok(());
+        }
+        let mut m = i.unrec.clone();
+        let (mut lo, mut hi) = (from, to);
+        let touching: Vec<(u64, u64)> = m
+            .range(..=hi.saturating_add(1))
+            .filter(|(_, b)| b.saturating_add(1) >= lo)
+            .map(|(a, b)| (*a, *b))
+            .collect();
+        for (a, b) in touching {
+            m.remove(&a);
+            lo = lo.min(a);
+            hi = hi.max(b);
+        }
+        m.insert(lo, hi);
+        // Ranges wholly before the oldest point no longer matter.
+        let base = i.state.base_seq;
+        m.retain(|_, b| *b >= base);
+        if let Err(e) = self
+            .storage
+            .write_atomic(&self.dir.join(UNREC_FILE), &format::encode_ranges(&m))
+        {
+            return Err(fail_locked(&mut i, &self.dir, io(UNREC_FILE)(e)));
+        }
+        i.unrec = m;
+        Ok(())
+    }
+
+    /// The unrecoverable range holding `seq`, if any.
+    pub fn unrecoverable_range(&self, seq: u64) -> Option<(u64, u64)> {
+        self.inner.read().unwrap().unrec_range(seq)
     }
 
     pub(crate) fn note_reset(&self) -> Result<(), JournalError> {

@@ -147,8 +147,15 @@ fn target(j: &Journal, p: &RetentionPolicy, st: &JournalStats, now_us: u64) -> (
             by_space = s.last_seq;
         }
     }
-    let t = by_time.max(by_space);
-    (t, by_space > by_time && t > oldest)
+    // Records before the first consistent point (an initial sync, a resync
+    // that started at the oldest point) can never be recovered to: fold
+    // them into the replica as soon as they are applied.
+    let by_resync = j
+        .unrecoverable_range(oldest)
+        .map(|(_, to)| to.min(st.latest.seq))
+        .unwrap_or(oldest);
+    let t = by_time.max(by_space).max(by_resync);
+    (t, by_space > by_time.max(by_resync) && t > oldest)
 }
 
 /// One bounded pruning step.
