@@ -1,5 +1,6 @@
 //! Shared engines: the machinery roles are built from.
 
+pub mod chunk;
 pub mod enroll;
 pub mod fsutil;
 pub mod journal;

@@ -1,0 +1,476 @@
+//! The replication chunk: the unit the agent sends, the PS caches and
+//! forwards, and the MT applies. Layout in docs/FORMATS.md ("Chunk").
+//!
+//! A chunk carries consecutive records of one pair (`first_seq..=last_seq`),
+//! optionally zstd-compressed. Two checksums: `payload_crc` (CRC-32C of the
+//! payload as sent) catches damage on one hop; `raw_hash` (BLAKE3 of the
+//! uncompressed records) is checked end to end, agent to MT, so a PS that
+//! recompresses cannot change the data unnoticed. The header names the pair
+//! by its UUID: a chunk cannot be applied to another pair, or to a pair that
+//! was deleted and re-created under the same name.
+//!
+//! Invariants: `decode` accepts only what `encode` produces (exact lengths,
+//! consecutive seqs, zero reserved bytes); nothing is returned from a chunk
+//! that fails a check.
+
+use crate::engine::journal::format::BookmarkKind;
+use crate::engine::journal::{Record, RecordBody};
+
+pub const MAGIC: [u8; 4] = *b"TCHK";
+pub const VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 112;
+const REC_HEADER_LEN: usize = 32;
+/// Largest uncompressed payload a chunk may carry.
+pub const MAX_RAW: usize = 64 << 20;
+
+const KIND_WRITE: u8 = 1;
+const KIND_ZERO: u8 = 2;
+const KIND_BOOKMARK: u8 = 3;
+const FLAG_INCONSISTENT: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    None,
+    Zstd(i32),
+}
+
+/// One record and whether the image after it is a consistent point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireRecord {
+    pub record: Record,
+    /// A resync or bitmap drain was under way: the image after this record
+    /// is not a point-in-time image of the source.
+    pub inconsistent: bool,
+}
+
+impl WireRecord {
+    pub fn data_len(&self) -> usize {
+        match &self.record.body {
+            RecordBody::Write { data, .. } => data.len(),
+            RecordBody::Zero { .. } => 0,
+            RecordBody::Bookmark { name, .. } => name.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHeader {
+    pub pair: [u8; 16],
+    pub compressed: bool,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub first_ts_us: u64,
+    pub last_ts_us: u64,
+    pub count: u32,
+    pub raw_len: u32,
+    pub payload_len: u32,
+    pub payload_crc: u32,
+    pub raw_hash: [u8; 32],
+}
+
+impl ChunkHeader {
+    /// Bytes on the wire.
+    pub fn wire_len(&self) -> usize {
+        HEADER_LEN + self.payload_len as usize
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChunkError {
+    #[error("not a Tern chunk (bad magic)")]
+    Magic,
+    #[error("chunk format version {0} is not supported by this Tern (expects {VERSION}); upgrade the older side")]
+    Version(u16),
+    #[error("chunk header checksum mismatch (damaged in transit)")]
+    HeaderCrc,
+    #[error("chunk truncated: {have} of {need} bytes")]
+    Truncated { need: usize, have: usize },
+    #[error("chunk payload checksum mismatch (damaged in transit)")]
+    PayloadCrc,
+    #[error("chunk content hash mismatch: the records differ from what the agent sent")]
+    RawHash,
+    #[error("chunk is for another pair")]
+    WrongPair,
+    #[error("chunk malformed: {0}")]
+    Malformed(String),
+}
+
+fn bad(m: impl Into<String>) -> ChunkError {
+    ChunkError::Malformed(m.into())
+}
+
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
+}
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+/// The uncompressed payload of `records` (which must be non-empty and consecutive).
+pub fn encode_raw(records: &[WireRecord]) -> Vec<u8> {
+    let n: usize = records
+        .iter()
+        .map(|r| REC_HEADER_LEN + r.data_len())
+        .sum();
+    let mut out = Vec::with_capacity(n);
+    for w in records {
+        let r = &w.record;
+        let (kind, len, off, data): (u8, u32, u64, &[u8]) = match &r.body {
+            RecordBody::Write { offset, data } => (KIND_WRITE, data.len() as u32, *offset, data),
+            RecordBody::Zero { offset, len } => (KIND_ZERO, *len, *offset, &[]),
+            RecordBody::Bookmark { kind, name } => (
+                KIND_BOOKMARK,
+                name.len() as u32,
+                kind.code() as u64,
+                name.as_bytes(),
+            ),
+        };
+        out.push(kind);
+        out.push(if w.inconsistent { FLAG_INCONSISTENT } else { 0 });
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&r.seq.to_le_bytes());
+        out.extend_from_slice(&r.ts_us.to_le_bytes());
+        out.extend_from_slice(&off.to_le_bytes());
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+/// Encode a chunk for `pair`. `records` must be non-empty, with consecutive seqs.
+pub fn encode(pair: [u8; 16], records: &[WireRecord], codec: Codec) -> Vec<u8> {
+    let raw = encode_raw(records);
+    let first = &records.first().expect("a chunk has records").record;
+    let last = &records.last().expect("a chunk has records").record;
+    let raw_hash = *blake3::hash(&raw).as_bytes();
+    seal(
+        pair,
+        (first.seq, last.seq),
+        (first.ts_us, last.ts_us),
+        records.len() as u32,
+        &raw,
+        raw_hash,
+        codec,
+    )
+}
+
+fn seal(
+    pair: [u8; 16],
+    seqs: (u64, u64),
+    ts: (u64, u64),
+    count: u32,
+    raw: &[u8],
+    raw_hash: [u8; 32],
+    codec: Codec,
+) -> Vec<u8> {
+    let compressed = match codec {
+        Codec::None => None,
+        Codec::Zstd(level) => {
+            // Incompressible data is sent as is: the receiver pays nothing.
+            let z = zstd::bulk::compress(raw, level).expect("in-memory zstd cannot fail");
+            (z.len() < raw.len()).then_some(z)
+        }
+    };
+    let payload: &[u8] = compressed.as_deref().unwrap_or(raw);
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.push(compressed.is_some() as u8);
+    out.push(0);
+    out.extend_from_slice(&pair);
+    out.extend_from_slice(&seqs.0.to_le_bytes());
+    out.extend_from_slice(&seqs.1.to_le_bytes());
+    out.extend_from_slice(&ts.0.to_le_bytes());
+    out.extend_from_slice(&ts.1.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(&raw_hash);
+    out.extend_from_slice(&[0; 4]);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(out.len(), HEADER_LEN);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Check and decode the fixed header (not the payload).
+pub fn decode_header(b: &[u8]) -> Result<ChunkHeader, ChunkError> {
+    if b.len() < HEADER_LEN {
+        return Err(ChunkError::Truncated {
+            need: HEADER_LEN,
+            have: b.len(),
+        });
+    }
+    if b[0..4] != MAGIC {
+        return Err(ChunkError::Magic);
+    }
+    if crc32c::crc32c(&b[0..108]) != u32_at(b, 108) {
+        return Err(ChunkError::HeaderCrc);
+    }
+    let v = u16_at(b, 4);
+    if v != VERSION {
+        return Err(ChunkError::Version(v));
+    }
+    if b[6] > 1 || b[7] != 0 || b[104..108] != [0; 4] {
+        return Err(bad("unknown codec or reserved bytes set"));
+    }
+    let h = ChunkHeader {
+        compressed: b[6] == 1,
+        pair: b[8..24].try_into().unwrap(),
+        first_seq: u64_at(b, 24),
+        last_seq: u64_at(b, 32),
+        first_ts_us: u64_at(b, 40),
+        last_ts_us: u64_at(b, 48),
+        count: u32_at(b, 56),
+        raw_len: u32_at(b, 60),
+        payload_len: u32_at(b, 64),
+        payload_crc: u32_at(b, 68),
+        raw_hash: b[72..104].try_into().unwrap(),
+    };
+    if h.count == 0
+        || h.first_seq == 0
+        || h.last_seq.checked_sub(h.first_seq) != Some(h.count as u64 - 1)
+    {
+        return Err(bad(format!(
+            "seqs {}..{} do not match {} records",
+            h.first_seq, h.last_seq, h.count
+        )));
+    }
+    if h.raw_len as usize > MAX_RAW || h.payload_len as usize > MAX_RAW {
+        return Err(bad(format!("payload of {} bytes is too large", h.raw_len)));
+    }
+    if h.last_ts_us < h.first_ts_us {
+        return Err(bad("times go backwards"));
+    }
+    Ok(h)
+}
+
+/// Check the header and payload CRC of a whole chunk; return the header and
+/// the uncompressed payload, its BLAKE3 verified.
+pub fn verify(b: &[u8]) -> Result<(ChunkHeader, std::borrow::Cow<'_, [u8]>), ChunkError> {
+    let h = decode_header(b)?;
+    if b.len() != h.wire_len() {
+        return Err(if b.len() < h.wire_len() {
+            ChunkError::Truncated {
+                need: h.wire_len(),
+                have: b.len(),
+            }
+        } else {
+            bad(format!(
+                "{} trailing bytes after the payload",
+                b.len() - h.wire_len()
+            ))
+        });
+    }
+    let payload = &b[HEADER_LEN..];
+    if crc32c::crc32c(payload) != h.payload_crc {
+        return Err(ChunkError::PayloadCrc);
+    }
+    let raw: std::borrow::Cow<[u8]> = if h.compressed {
+        let v = zstd::bulk::decompress(payload, h.raw_len as usize)
+            .map_err(|e| bad(format!("zstd: {e}")))?;
+        v.into()
+    } else {
+        payload.into()
+    };
+    if raw.len() != h.raw_len as usize {
+        return Err(bad("uncompressed length differs from the header"));
+    }
+    if *blake3::hash(&raw).as_bytes() != h.raw_hash {
+        return Err(ChunkError::RawHash);
+    }
+    Ok((h, raw))
+}
+
+/// Verify and decode a whole chunk for `pair`.
+pub fn decode(b: &[u8], pair: &[u8; 16]) -> Result<(ChunkHeader, Vec<WireRecord>), ChunkError> {
+    let (h, raw) = verify(b)?;
+    if &h.pair != pair {
+        return Err(ChunkError::WrongPair);
+    }
+    let mut out = Vec::with_capacity(h.count as usize);
+    let mut p = 0usize;
+    let mut prev_ts = h.first_ts_us;
+    for i in 0..h.count as u64 {
+        if raw.len() - p < REC_HEADER_LEN {
+            return Err(bad("record header past the end"));
+        }
+        let r = &raw[p..p + REC_HEADER_LEN];
+        let (kind, flags, len) = (r[0], r[1], u32_at(r, 4) as usize);
+        let (seq, ts_us, off) = (u64_at(r, 8), u64_at(r, 16), u64_at(r, 24));
+        if flags & !FLAG_INCONSISTENT != 0 || r[2..4] != [0, 0] {
+            return Err(bad("unknown record flags"));
+        }
+        if seq != h.first_seq + i {
+            return Err(bad(format!(
+                "record {i} has seq {seq}, expected {}",
+                h.first_seq + i
+            )));
+        }
+        if ts_us < prev_ts || ts_us > h.last_ts_us {
+            return Err(bad("record times out of order"));
+        }
+        prev_ts = ts_us;
+        p += REC_HEADER_LEN;
+        let data_len = if kind == KIND_ZERO { 0 } else { len };
+        if raw.len() - p < data_len {
+            return Err(bad("record data past the end"));
+        }
+        let data = &raw[p..p + data_len];
+        p += data_len;
+        let body = match kind {
+            KIND_WRITE if len > 0 => RecordBody::Write {
+                offset: off,
+                data: data.to_vec(),
+            },
+            KIND_ZERO if len > 0 => RecordBody::Zero {
+                offset: off,
+                len: len as u32,
+            },
+            KIND_BOOKMARK => RecordBody::Bookmark {
+                kind: u8::try_from(off)
+                    .ok()
+                    .and_then(BookmarkKind::from_code)
+                    .ok_or_else(|| bad("unknown bookmark type"))?,
+                name: String::from_utf8(data.to_vec())
+                    .map_err(|_| bad("bookmark name is not UTF-8"))?,
+            },
+            _ => return Err(bad(format!("unknown record kind {kind} or empty record"))),
+        };
+        out.push(WireRecord {
+            record: Record { seq, ts_us, body },
+            inconsistent: flags & FLAG_INCONSISTENT != 0,
+        });
+    }
+    if p != raw.len() {
+        return Err(bad("bytes left after the last record"));
+    }
+    if out.last().map(|r| r.record.ts_us) != Some(h.last_ts_us) {
+        return Err(bad("last record time differs from the header"));
+    }
+    Ok((h, out))
+}
+
+/// Re-encode a verified chunk with `codec` (the PS compressing for `ps`
+/// compression). The end-to-end hash is carried over unchanged.
+pub fn recode(b: &[u8], codec: Codec) -> Result<Vec<u8>, ChunkError> {
+    let (h, raw) = verify(b)?;
+    if h.compressed == matches!(codec, Codec::Zstd(_)) {
+        return Ok(b.to_vec());
+    }
+    Ok(seal(
+        h.pair,
+        (h.first_seq, h.last_seq),
+        (h.first_ts_us, h.last_ts_us),
+        h.count,
+        &raw,
+        h.raw_hash,
+        codec,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<WireRecord> {
+        vec![
+            WireRecord {
+                record: Record {
+                    seq: 7,
+                    ts_us: 1000,
+                    body: RecordBody::Write {
+                        offset: 4096,
+                        data: vec![0xAB; 5000],
+                    },
+                },
+                inconsistent: true,
+            },
+            WireRecord {
+                record: Record {
+                    seq: 8,
+                    ts_us: 1001,
+                    body: RecordBody::Zero {
+                        offset: 1 << 20,
+                        len: 8192,
+                    },
+                },
+                inconsistent: false,
+            },
+            WireRecord {
+                record: Record {
+                    seq: 9,
+                    ts_us: 1002,
+                    body: RecordBody::Bookmark {
+                        kind: BookmarkKind::Fs,
+                        name: "before-upgrade".into(),
+                    },
+                },
+                inconsistent: false,
+            },
+        ]
+    }
+
+    #[test]
+    fn layout_matches_formats_md() {
+        let pair = [5u8; 16];
+        let b = encode(pair, &sample(), Codec::None);
+        assert_eq!(&b[0..4], b"TCHK");
+        assert_eq!(u16_at(&b, 4), 1);
+        assert_eq!(b[6], 0);
+        assert_eq!(&b[8..24], &pair);
+        assert_eq!((u64_at(&b, 24), u64_at(&b, 32)), (7, 9));
+        assert_eq!((u64_at(&b, 40), u64_at(&b, 48)), (1000, 1002));
+        assert_eq!(u32_at(&b, 56), 3);
+        let raw_len = 3 * 32 + 5000 + 14;
+        assert_eq!(u32_at(&b, 60) as usize, raw_len);
+        assert_eq!(u32_at(&b, 64) as usize, raw_len);
+        assert_eq!(u32_at(&b, 68), crc32c::crc32c(&b[112..]));
+        assert_eq!(&b[72..104], blake3::hash(&b[112..]).as_bytes());
+        assert_eq!(u32_at(&b, 108), crc32c::crc32c(&b[..108]));
+        // First record header.
+        let r = &b[112..144];
+        assert_eq!((r[0], r[1], u32_at(r, 4)), (1, 1, 5000));
+        assert_eq!((u64_at(r, 8), u64_at(r, 16), u64_at(r, 24)), (7, 1000, 4096));
+        let (h, recs) = decode(&b, &pair).unwrap();
+        assert_eq!(recs, sample());
+        assert!(!h.compressed);
+    }
+
+    #[test]
+    fn zstd_round_trips_and_recode_keeps_the_hash() {
+        let pair = [1u8; 16];
+        let plain = encode(pair, &sample(), Codec::None);
+        let z = recode(&plain, Codec::Zstd(3)).unwrap();
+        assert!(z.len() < plain.len());
+        assert_eq!(z[6], 1);
+        assert_eq!(&z[72..104], &plain[72..104]);
+        assert_eq!(decode(&z, &pair).unwrap().1, sample());
+        assert_eq!(recode(&z, Codec::None).unwrap(), plain);
+    }
+
+    #[test]
+    fn every_damage_is_refused() {
+        let pair = [2u8; 16];
+        for codec in [Codec::None, Codec::Zstd(1)] {
+            let b = encode(pair, &sample(), codec);
+            for i in 0..b.len() {
+                let mut c = b.clone();
+                c[i] ^= 0x04;
+                assert!(decode(&c, &pair).is_err(), "flip at {i} accepted");
+            }
+            for n in [0, 50, HEADER_LEN, b.len() - 1] {
+                assert!(decode(&b[..n], &pair).is_err());
+            }
+            let mut longer = b.clone();
+            longer.push(0);
+            assert!(decode(&longer, &pair).is_err());
+            assert_eq!(decode(&b, &[3u8; 16]).unwrap_err(), ChunkError::WrongPair);
+        }
+    }
+}
