@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! Tern: a continuous-data-protection disaster-recovery appliance in one binary.
 //!
 //! Map of the crate (roles on top, shared engines below; roles never depend on

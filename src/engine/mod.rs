@@ -1,6 +1,7 @@
 //! Shared engines: the machinery roles are built from.
 
 pub mod chunk;
+pub mod control;
 pub mod enroll;
 pub mod fsutil;
 pub mod journal;

@@ -79,6 +79,8 @@ pub async fn start(
             roles: roles.clone(),
             host_id: boot.identity.info.host_id.clone(),
             started_ms: now_ms(),
+            control: Default::default(),
+            client: transport::client(&boot.identity.ca_pem, Some(&boot.identity))?,
         });
         let tls = transport::server_config(&boot.identity, ClientAuth::Optional)?;
         tracing::info!(role = "cx", listen = %addr, url = %url, ca = %state.ca.fingerprint(), "role started: UI and API listening (HTTPS)");

@@ -23,16 +23,26 @@ pub const USERS: Table = TableDefinition::new("users");
 pub const API_TOKENS: Table = TableDefinition::new("api_tokens");
 pub const ENROLL_TOKENS: Table = TableDefinition::new("enroll_tokens");
 pub const HOSTS: Table = TableDefinition::new("hosts");
+pub const PAIRS: Table = TableDefinition::new("pairs");
+pub const VOLUMES: Table = TableDefinition::new("volumes");
 
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// Ordered upgrades; the schema version is `MIGRATIONS.len()`.
-pub const MIGRATIONS: &[Migration] = &[migrate_0_to_1];
+pub const MIGRATIONS: &[Migration] = &[migrate_0_to_1, migrate_1_to_2];
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 
 /// Version 1: the skeleton's tables.
 fn migrate_0_to_1(tx: &WriteTransaction) -> Result<(), StoreError> {
     for t in [USERS, API_TOKENS, ENROLL_TOKENS, HOSTS] {
+        tx.open_table(t)?;
+    }
+    Ok(())
+}
+
+/// Version 2: replication pairs and agent volumes added through the API.
+fn migrate_1_to_2(tx: &WriteTransaction) -> Result<(), StoreError> {
+    for t in [PAIRS, VOLUMES] {
         tx.open_table(t)?;
     }
     Ok(())

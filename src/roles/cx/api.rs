@@ -224,6 +224,64 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(with_state(s.clone()))
         .and_then(heartbeat);
 
+    use super::pairs;
+    let node_sync = warp::path!("api" / "v1" / "node" / "sync")
+        .and(warp::post())
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(json_body::<crate::engine::control::SyncRequest>())
+        .and(with_state(s.clone()))
+        .and_then(pairs::node_sync);
+    let pairs_list = warp::path!("api" / "v1" / "pairs")
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(pairs::list_pairs);
+    let pairs_create = warp::path!("api" / "v1" / "pairs")
+        .and(warp::post())
+        .and(authed(s.clone()))
+        .and(json_body::<pairs::CreatePair>())
+        .and(with_state(s.clone()))
+        .and_then(pairs::create_pair);
+    let pair_get = warp::path!("api" / "v1" / "pairs" / String)
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(pairs::get_pair);
+    let pair_delete = warp::path!("api" / "v1" / "pairs" / String)
+        .and(warp::delete())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(pairs::delete_pair);
+    let pair_bookmark = warp::path!("api" / "v1" / "pairs" / String / "bookmark")
+        .and(warp::post())
+        .and(authed(s.clone()))
+        .and(json_body::<pairs::BookmarkRequest>())
+        .and(with_state(s.clone()))
+        .and_then(pairs::bookmark);
+    let pair_mt = warp::path!("api" / "v1" / "pairs" / String / "mt" / String)
+        .and(warp::post())
+        .and(authed(s.clone()))
+        .and(warp::body::content_length_limit(1 << 20))
+        .and(warp::body::json::<serde_json::Value>())
+        .and(with_state(s.clone()))
+        .and_then(pairs::mt_proxy);
+    let pair_action = warp::path!("api" / "v1" / "pairs" / String / String)
+        .and(warp::post())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(|n, a, p, s| pairs::pair_action(n, a, p, s));
+    let volumes_list = warp::path!("api" / "v1" / "volumes")
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(pairs::list_volumes);
+    let volumes_add = warp::path!("api" / "v1" / "volumes")
+        .and(warp::post())
+        .and(authed(s.clone()))
+        .and(json_body::<pairs::AddVolume>())
+        .and(with_state(s.clone()))
+        .and_then(pairs::add_volume);
+
     let ui = super::ui::routes();
 
     health
@@ -237,6 +295,16 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(enroll_ca)
         .or(enroll)
         .or(heartbeat)
+        .or(node_sync)
+        .or(pairs_list)
+        .or(pairs_create)
+        .or(pair_get)
+        .or(pair_delete)
+        .or(pair_bookmark)
+        .or(pair_mt)
+        .or(pair_action)
+        .or(volumes_list)
+        .or(volumes_add)
         .or(ui)
         .recover(recover)
         .with(warp::log::custom(|info| {

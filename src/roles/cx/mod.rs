@@ -11,6 +11,7 @@
 pub mod api;
 pub mod auth;
 pub mod openapi;
+pub mod pairs;
 pub mod ui;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,9 @@ pub struct CxState {
     pub roles: Vec<Role>,
     pub host_id: String,
     pub started_ms: u64,
+    pub control: pairs::Control,
+    /// Calls the data ports of nodes as the CX (mutual TLS).
+    pub client: reqwest::Client,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

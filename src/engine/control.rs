@@ -1,0 +1,263 @@
+//! The control plane's messages: what the CX tells each node about the pairs
+//! and volumes it has a part in, and what each node reports back.
+//!
+//! Every node runs one sync loop (`POST /api/v1/node/sync`, mutual TLS): it
+//! sends its report and the config version it knows; the CX answers at once
+//! when its version is newer, else holds the request up to `wait_ms` (a long
+//! poll), so a new pair or a bookmark request reaches a node in milliseconds
+//! while reports still arrive every `wait_ms`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::journal::format::BookmarkKind;
+use crate::engine::journal::policy::RetentionPolicy;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    /// zstd on the process server (the seed's default).
+    #[default]
+    Ps,
+    /// zstd on the agent, before the data leaves the source host.
+    Source,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Compression::None),
+            "ps" => Ok(Compression::Ps),
+            "source" => Ok(Compression::Source),
+            _ => Err(format!("bad compression `{s}`: use none, ps or source")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Capture {
+    /// The agent serves the volume over NBD and captures every write.
+    #[default]
+    Nbd,
+    /// The agent exposes the volume as a file on a FUSE mount.
+    Fuse,
+    /// No tap: periodic block-hash comparison (crash-inconsistent).
+    Scan,
+}
+
+impl std::str::FromStr for Capture {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "nbd" => Ok(Capture::Nbd),
+            "fuse" => Ok(Capture::Fuse),
+            "scan" => Ok(Capture::Scan),
+            _ => Err(format!("bad capture `{s}`: use nbd, fuse or scan")),
+        }
+    }
+}
+
+/// A protected volume on an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    pub name: String,
+    /// Backing file or block device holding the volume's data.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub capture: Capture,
+    /// NBD listen address (capture `nbd`).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// FUSE mount point (capture `fuse`); the volume appears as `MOUNT/NAME`.
+    #[serde(default)]
+    pub mount: Option<PathBuf>,
+    /// Create the backing file with this size if it does not exist.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// The filesystem mounted from this volume, frozen for `fs` bookmarks.
+    #[serde(default)]
+    pub fs_mount: Option<PathBuf>,
+    /// Commands run around an `app` bookmark (before, after).
+    #[serde(default)]
+    pub app_pre: Option<String>,
+    #[serde(default)]
+    pub app_post: Option<String>,
+}
+
+/// A pair as every node involved sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairSpec {
+    pub name: String,
+    /// 32 hex digits; chunks carry it.
+    pub uuid: String,
+    pub source_host: String,
+    pub source_volume: String,
+    pub ps_host: String,
+    /// The PS data port, as its heartbeat reported it.
+    pub ps_addr: Option<String>,
+    pub target_host: String,
+    pub target_addr: Option<String>,
+    /// Replica volume on the MT (default: a file in the MT's data dir).
+    pub target_path: Option<PathBuf>,
+    pub volume_size: u64,
+    pub compression: Compression,
+    pub zstd_level: i32,
+    pub retention: RetentionPolicy,
+    pub rpo_threshold_s: u64,
+    /// Higher first when the PS's bandwidth is short.
+    pub priority: u8,
+    pub paused: bool,
+    /// Bumped by `tern pair resync`: the agent starts a resync.
+    pub resync_gen: u64,
+    pub created_ms: u64,
+}
+
+impl PairSpec {
+    pub fn uuid_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        if let Ok(v) = hex::decode(&self.uuid) {
+            if v.len() == 16 {
+                b.copy_from_slice(&v);
+            }
+        }
+        b
+    }
+}
+
+/// Something a node must do once (bookmarks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: String,
+    pub pair: String,
+    pub bookmark: String,
+    pub kind: BookmarkKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub id: String,
+    pub ok: bool,
+    /// The bookmark's seq on success; the reason on failure.
+    pub seq: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// How the agent is moving a pair's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentMode {
+    /// No session with the PS yet.
+    Connecting,
+    /// Step I: the whole volume is read and sent (fast resync skips equal blocks).
+    ResyncStep1,
+    /// Step II: the blocks written during step I are sent.
+    ResyncStep2,
+    /// Every write streams as it happens.
+    Differential,
+    /// The buffer is full or the PS refuses: only dirty blocks are marked.
+    Bitmap,
+    /// Writes were lost (agent crash); a resync will start.
+    ResyncRequired,
+    Paused,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentPairStatus {
+    pub pair: String,
+    pub mode: AgentMode,
+    /// Step I progress, 0..=100.
+    pub progress_pct: f64,
+    /// Bytes captured and not yet acknowledged by the PS.
+    pub buffered_bytes: u64,
+    pub buffer_cap: u64,
+    /// Bytes marked dirty in the bitmap (sent later by reading the volume).
+    pub dirty_bytes: u64,
+    /// Source time (µs) of the oldest write not yet safe at the PS.
+    pub oldest_pending_us: Option<u64>,
+    pub last_seq: u64,
+    /// The PS answered "throttled" within the last report interval.
+    pub flow_controlled: bool,
+    /// Of the blocks compared in the last fast resync, the % that differed.
+    pub fast_resync_unmatched_pct: Option<f64>,
+    pub bytes_captured: u64,
+    pub bytes_sent: u64,
+    pub resyncs: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PsPairStatus {
+    pub pair: String,
+    /// Chunks held on the PS's disk waiting for the MT.
+    pub cache_bytes: u64,
+    pub cache_chunks: u64,
+    pub oldest_cached_us: Option<u64>,
+    pub throttled: bool,
+    pub bytes_in: u64,
+    pub bytes_raw: u64,
+    pub bytes_out: u64,
+    pub forwarded_seq: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MtPairStatus {
+    pub pair: String,
+    pub last_seq: u64,
+    pub last_ts_us: u64,
+    /// The newest consistent point, if any.
+    pub latest_point: Option<(u64, u64)>,
+    pub oldest_point: Option<(u64, u64)>,
+    pub journal_bytes: u64,
+    pub bytes_applied: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    pub name: String,
+    pub path: PathBuf,
+    pub capture: Capture,
+    pub size: u64,
+    /// Where it is served (NBD URL, FUSE file).
+    pub export: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    #[serde(default)]
+    pub volumes: Vec<VolumeStatus>,
+    #[serde(default)]
+    pub agent_pairs: Vec<AgentPairStatus>,
+    #[serde(default)]
+    pub ps_pairs: Vec<PsPairStatus>,
+    #[serde(default)]
+    pub mt_pairs: Vec<MtPairStatus>,
+    #[serde(default)]
+    pub results: Vec<CommandResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub known_version: u64,
+    pub wait_ms: u64,
+    pub report: NodeReport,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub version: u64,
+    /// The CX's own host id: the data ports accept admin requests from it.
+    pub cx_host: String,
+    /// Pairs this node is source, PS or target of.
+    pub pairs: Vec<PairSpec>,
+    /// Volumes added through the API for this node (agent).
+    pub volumes: Vec<VolumeSpec>,
+    pub commands: Vec<Command>,
+}
