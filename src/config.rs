@@ -92,6 +92,8 @@ pub struct Config {
     pub log: LogConfig,
     pub cx: CxConfig,
     pub mt: MtConfig,
+    pub ps: PsConfig,
+    pub agent: AgentConfig,
 }
 
 impl Default for Config {
@@ -103,6 +105,8 @@ impl Default for Config {
             log: LogConfig::default(),
             cx: CxConfig::default(),
             mt: MtConfig::default(),
+            ps: PsConfig::default(),
+            agent: AgentConfig::default(),
         }
     }
 }
@@ -125,6 +129,87 @@ impl Default for MtConfig {
     }
 }
 
+/// The process server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PsConfig {
+    /// Per pair: above this many cached bytes during a resync, the PS answers
+    /// "throttled" and the agent backs off (seed: 2 GiB).
+    pub resync_threshold: Size,
+    /// Per pair: the same for differential sync (seed: 8 GiB).
+    pub differential_threshold: Size,
+    /// Bandwidth cap towards each MT, e.g. "20MB/s" or "0" for none, with an
+    /// optional time-of-day schedule: `["08:00-18:00=20MB/s", "*=0"]`.
+    pub bandwidth: Vec<String>,
+}
+
+impl Default for PsConfig {
+    fn default() -> Self {
+        PsConfig {
+            resync_threshold: Size(2 << 30),
+            differential_threshold: Size(8 << 30),
+            bandwidth: Vec::new(),
+        }
+    }
+}
+
+/// The source agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Hard cap on captured data held in memory per pair; beyond it the agent
+    /// only marks dirty blocks (bitmap mode). Seed: 250 MB.
+    pub buffer_cap: Size,
+    /// Largest chunk sent to the PS.
+    pub chunk_max: Size,
+    /// After an unclean stop, wait this long before the automatic resync.
+    pub auto_resync_delay: Dur,
+    /// Hours in which automatic resyncs may start, e.g. "22:00-06:00".
+    pub resync_window: String,
+    /// Volumes protected by this agent (more can be added with
+    /// `tern agent volume add`).
+    pub volumes: Vec<crate::engine::control::VolumeSpec>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            buffer_cap: Size(250_000_000),
+            chunk_max: Size(8 << 20),
+            auto_resync_delay: Dur(Duration::from_secs(30 * 60)),
+            resync_window: "00:00-24:00".into(),
+            volumes: Vec::new(),
+        }
+    }
+}
+
+/// A byte size written like "250MB", "2GiB" or a plain number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            N(u64),
+            S(String),
+        }
+        match V::deserialize(d)? {
+            V::N(n) => Ok(Size(n)),
+            V::S(s) => crate::util::parse_size(&s).map(Size).map_err(|e| {
+                serde::de::Error::custom(format!("{e} (expected e.g. \"250MB\" or \"2GiB\")"))
+            }),
+        }
+    }
+}
+
 /// Settings every process has, whatever its roles.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -140,6 +225,9 @@ pub struct NodeConfig {
     pub tls_names: Vec<String>,
     /// How often this node reports to the CX.
     pub heartbeat_interval: Dur,
+    /// How often pair status (RPO, progress, caches) is reported to the CX;
+    /// configuration changes arrive at once whatever this is.
+    pub report_interval: Dur,
 }
 
 impl Default for NodeConfig {
@@ -150,6 +238,7 @@ impl Default for NodeConfig {
             data_listen: "0.0.0.0:9443".parse().expect("valid"),
             tls_names: Vec::new(),
             heartbeat_interval: Dur(Duration::from_secs(10)),
+            report_interval: Dur(Duration::from_secs(2)),
         }
     }
 }

@@ -122,6 +122,10 @@ impl Api {
             .await
     }
 
+    pub async fn delete(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.send(self.req(reqwest::Method::DELETE, path)).await
+    }
+
     async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
         let resp = r.send().await.map_err(|e| {
             anyhow!(

@@ -8,6 +8,7 @@ pub mod client;
 pub mod debug;
 pub mod enroll;
 pub mod mt;
+pub mod pair;
 
 use std::path::{Path, PathBuf};
 
@@ -96,6 +97,14 @@ pub enum Command {
     /// Master target: replica pairs, bookmarks, images, vsnaps, retention.
     #[command(subcommand)]
     Mt(mt::MtCmd),
+    /// Replication pairs: create, list, pause, resume, resync, points, images.
+    #[command(subcommand)]
+    Pair(pair::PairCmd),
+    /// Insert a bookmark (consistency point) into a pair's stream.
+    Bookmark(pair::BookmarkArgs),
+    /// Agent volumes.
+    #[command(subcommand)]
+    Agent(pair::AgentCmd),
     /// Test helpers (hidden).
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCmd),
@@ -302,6 +311,18 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Debug(cmd) => debug::run(cmd),
+        Command::Pair(pair::PairCmd::Pause { name }) => {
+            runtime()?.block_on(pair::action(&name, "pause", &g))
+        }
+        Command::Pair(pair::PairCmd::Resume { name }) => {
+            runtime()?.block_on(pair::action(&name, "resume", &g))
+        }
+        Command::Pair(pair::PairCmd::Resync { name }) => {
+            runtime()?.block_on(pair::action(&name, "resync", &g))
+        }
+        Command::Pair(cmd) => runtime()?.block_on(pair::pair(cmd, &g)),
+        Command::Bookmark(a) => runtime()?.block_on(pair::bookmark(a, &g)),
+        Command::Agent(cmd) => runtime()?.block_on(pair::agent(cmd, &g)),
         Command::Mt(cmd) => mt::run(cmd, &g),
         Command::Health => runtime()?.block_on(async {
             let api = Api::resolve(g.cx.as_deref(), g.data.as_deref())?;

@@ -315,27 +315,6 @@ fn image(data: &Path, pair: &str, at: &PointSpec, to: &Path, quiet: bool) -> any
     let p = ReplicaPair::open(data, pair)?;
     let pin = p.journal.pin(at)?;
     let size = p.journal.volume_size();
-    let out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(to)
-        .with_context(|| format!("cannot open {}", to.display()))?;
-    let is_file = out.metadata()?.file_type().is_file();
-    if is_file {
-        // Truncate then extend: all holes, so zero runs need not be written.
-        out.set_len(0)?;
-        out.set_len(size)?;
-    } else {
-        use std::io::{Seek, SeekFrom};
-        let dev = (&out).seek(SeekFrom::End(0))?;
-        if dev < size {
-            bail!(
-                "{} holds {dev} bytes; the volume needs {size}",
-                to.display()
-            );
-        }
-    }
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -350,27 +329,13 @@ fn image(data: &Path, pair: &str, at: &PointSpec, to: &Path, quiet: bool) -> any
         b.set_message(format!("pair {pair} seq {}", pin.point.seq));
         b
     };
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut off = 0u64;
-    while off < size {
-        let n = (size - off).min(buf.len() as u64) as usize;
-        pin.read_at(off, &mut buf[..n])?;
-        hasher.update(&buf[..n]);
-        if !(is_file && buf[..n].iter().all(|b| *b == 0)) {
-            std::os::unix::fs::FileExt::write_all_at(&out, &buf[..n], off)?;
-        }
-        off += n as u64;
-        bar.set_position(off);
-    }
-    out.sync_all()?;
+    let hash = crate::roles::mt::write_image(&pin, to, |done, _| bar.set_position(done))?;
     bar.finish_and_clear();
     println!(
-        "pair {pair}: image at seq {} ({}) written to {}: {size} bytes, blake3 {}",
+        "pair {pair}: image at seq {} ({}) written to {}: {size} bytes, blake3 {hash}",
         pin.point.seq,
         t(pin.point.ts_us),
         to.display(),
-        hasher.finalize()
     );
     Ok(())
 }

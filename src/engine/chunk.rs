@@ -57,6 +57,9 @@ impl WireRecord {
 pub struct ChunkHeader {
     pub pair: [u8; 16],
     pub compressed: bool,
+    /// Some record leaves the image inconsistent (a resync or drain): the PS
+    /// applies its resync threshold to such chunks.
+    pub resync: bool,
     pub first_seq: u64,
     pub last_seq: u64,
     pub first_ts_us: u64,
@@ -146,8 +149,10 @@ pub fn encode(pair: [u8; 16], records: &[WireRecord], codec: Codec) -> Vec<u8> {
     let first = &records.first().expect("a chunk has records").record;
     let last = &records.last().expect("a chunk has records").record;
     let raw_hash = *blake3::hash(&raw).as_bytes();
+    let resync = records.iter().any(|r| r.inconsistent);
     seal(
         pair,
+        resync,
         (first.seq, last.seq),
         (first.ts_us, last.ts_us),
         records.len() as u32,
@@ -157,8 +162,10 @@ pub fn encode(pair: [u8; 16], records: &[WireRecord], codec: Codec) -> Vec<u8> {
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn seal(
     pair: [u8; 16],
+    resync: bool,
     seqs: (u64, u64),
     ts: (u64, u64),
     count: u32,
@@ -179,7 +186,7 @@ fn seal(
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.push(compressed.is_some() as u8);
-    out.push(0);
+    out.push(resync as u8);
     out.extend_from_slice(&pair);
     out.extend_from_slice(&seqs.0.to_le_bytes());
     out.extend_from_slice(&seqs.1.to_le_bytes());
@@ -216,11 +223,12 @@ pub fn decode_header(b: &[u8]) -> Result<ChunkHeader, ChunkError> {
     if v != VERSION {
         return Err(ChunkError::Version(v));
     }
-    if b[6] > 1 || b[7] != 0 || b[104..108] != [0; 4] {
+    if b[6] > 1 || b[7] > 1 || b[104..108] != [0; 4] {
         return Err(bad("unknown codec or reserved bytes set"));
     }
     let h = ChunkHeader {
         compressed: b[6] == 1,
+        resync: b[7] == 1,
         pair: b[8..24].try_into().unwrap(),
         first_seq: u64_at(b, 24),
         last_seq: u64_at(b, 32),
@@ -350,6 +358,9 @@ pub fn decode(b: &[u8], pair: &[u8; 16]) -> Result<(ChunkHeader, Vec<WireRecord>
     if p != raw.len() {
         return Err(bad("bytes left after the last record"));
     }
+    if out.iter().any(|r| r.inconsistent) != h.resync {
+        return Err(bad("resync flag does not match the records"));
+    }
     if out.last().map(|r| r.record.ts_us) != Some(h.last_ts_us) {
         return Err(bad("last record time differs from the header"));
     }
@@ -365,6 +376,7 @@ pub fn recode(b: &[u8], codec: Codec) -> Result<Vec<u8>, ChunkError> {
     }
     Ok(seal(
         h.pair,
+        h.resync,
         (h.first_seq, h.last_seq),
         (h.first_ts_us, h.last_ts_us),
         h.count,
@@ -422,7 +434,7 @@ mod tests {
         let b = encode(pair, &sample(), Codec::None);
         assert_eq!(&b[0..4], b"TCHK");
         assert_eq!(u16_at(&b, 4), 1);
-        assert_eq!(b[6], 0);
+        assert_eq!((b[6], b[7]), (0, 1), "not compressed; has an inconsistent record");
         assert_eq!(&b[8..24], &pair);
         assert_eq!((u64_at(&b, 24), u64_at(&b, 32)), (7, 9));
         assert_eq!((u64_at(&b, 40), u64_at(&b, 48)), (1000, 1002));

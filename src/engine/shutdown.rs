@@ -26,7 +26,19 @@ pub fn channel() -> (ShutdownTrigger, Shutdown) {
     (ShutdownTrigger { tx }, Shutdown { rx })
 }
 
+impl Default for ShutdownTrigger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ShutdownTrigger {
+    /// A trigger nobody listens to yet (subscribe later).
+    pub fn new() -> ShutdownTrigger {
+        let (tx, _rx) = watch::channel(false);
+        ShutdownTrigger { tx }
+    }
+
     /// Ask everything to stop. Idempotent.
     pub fn fire(&self) {
         self.tx.send_replace(true);
@@ -50,6 +62,20 @@ impl Shutdown {
     pub fn is_fired(&self) -> bool {
         *self.rx.borrow()
     }
+}
+
+/// A shutdown that fires when either `a` or `b` does: a part of the process
+/// (one pair, one volume) that can be stopped alone or with everything.
+pub fn either(mut a: Shutdown, mut b: Shutdown) -> Shutdown {
+    let (t, s) = channel();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = a.wait() => {}
+            _ = b.wait() => {}
+        }
+        t.fire();
+    });
+    s
 }
 
 #[cfg(test)]

@@ -5,8 +5,10 @@
 //! listeners its roles need, starts the heartbeat; [`wait_and_stop`] then waits for the
 //! shutdown trigger and stops everything in order. Roles depend on engines, never on each other.
 
+pub mod agent;
 pub mod cx;
 pub mod mt;
 pub mod node;
+pub mod ps;
 
 pub use node::{RunningNode, start, wait_and_stop};

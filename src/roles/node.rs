@@ -110,6 +110,29 @@ pub async fn start(
         Identity::load(&pki_dir)?
     };
 
+    // Replication parts of this process.
+    let node_client = transport::client(&identity.ca_pem, Some(&identity))?;
+    let host_id = identity.info.host_id.clone();
+    let agent = roles.contains(&Role::Agent).then(|| {
+        crate::roles::agent::AgentRole::new(
+            cfg.clone(),
+            host_id.clone(),
+            node_client.clone(),
+            trigger.subscribe(),
+        )
+    });
+    let ps = roles.contains(&Role::Ps).then(|| {
+        crate::roles::ps::PsRole::new(
+            cfg.clone(),
+            host_id.clone(),
+            node_client.clone(),
+            trigger.subscribe(),
+        )
+    });
+    let mt = roles
+        .contains(&Role::Mt)
+        .then(|| crate::roles::mt::service::MtRole::new(cfg.clone(), host_id.clone()));
+
     // The data port, shared by the PS and MT roles of this process.
     let mut data_addr = None;
     if roles.iter().any(|r| matches!(r, Role::Ps | Role::Mt)) {
@@ -128,7 +151,12 @@ pub async fn start(
             0o644,
         )?;
         let tls = transport::server_config(&identity, ClientAuth::Required)?;
-        let routes = data_routes(identity.info.host_id.clone(), roles.clone());
+        let routes = data_routes(
+            identity.info.host_id.clone(),
+            roles.clone(),
+            ps.clone(),
+            mt.clone(),
+        );
         let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
         tracing::info!(listen = %addr, roles = %names.join(","), "data port listening (HTTPS, mutual TLS required)");
         tasks.spawn(transport::serve(
@@ -144,6 +172,7 @@ pub async fn start(
         tracing::info!(role = "mt", pairs = %crate::roles::mt::pairs_dir(&cfg.data_dir).display(), interval = ?cfg.mt.prune_interval.0, "retention pruner started");
         tasks.spawn(crate::roles::mt::pruner(
             cfg.data_dir.clone(),
+            mt.as_ref().map(|m| m.open.clone()).unwrap_or_default(),
             cfg.mt.prune_interval.0,
             trigger.subscribe(),
         ));
@@ -169,6 +198,19 @@ pub async fn start(
         interval: cfg.node.heartbeat_interval.0,
     };
     tasks.spawn(hb.run(trigger.subscribe()));
+
+    let sync = SyncLoop {
+        client: node_client,
+        url: format!(
+            "{}/api/v1/node/sync",
+            identity.info.cx_url.trim_end_matches('/')
+        ),
+        interval: cfg.node.report_interval.0,
+        agent,
+        ps,
+        mt,
+    };
+    tasks.spawn(sync.run(trigger.subscribe()));
 
     Ok((
         RunningNode {
@@ -219,16 +261,145 @@ fn local_url(addr: SocketAddr) -> String {
 fn data_routes(
     host_id: String,
     roles: Vec<Role>,
+    ps: Option<Arc<crate::roles::ps::PsRole>>,
+    mt: Option<Arc<crate::roles::mt::service::MtRole>>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
-    warp::path!("data" / "v1" / "hello")
+    use warp::Reply;
+    let hello = warp::path!("data" / "v1" / "hello")
         .and(warp::get())
         .and(warp::ext::get::<PeerIdentity>())
         .map(move |peer: PeerIdentity| {
             warp::reply::json(&serde_json::json!({
                 "host_id": host_id, "roles": roles, "peer": peer.host_id,
             }))
-        })
+            .into_response()
+        });
+    fn absent(role: &'static str) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+        warp::path("data")
+            .and(warp::path("v1"))
+            .and(warp::path(role))
+            .and_then(move || async move {
+                Err::<warp::reply::Response, _>(cx::api::ApiError::reject(
+                    warp::http::StatusCode::NOT_FOUND,
+                    format!("this node does not run the {role} role"),
+                ))
+            })
+            .boxed()
+    }
+    let ps_f = match ps {
+        Some(ps) => crate::roles::ps::routes(ps).boxed(),
+        None => absent("ps"),
+    };
+    let mt_f = match mt {
+        Some(mt) => crate::roles::mt::service::routes(mt).boxed(),
+        None => absent("mt"),
+    };
+    hello
+        .or(ps_f)
+        .unify()
+        .or(mt_f)
+        .unify()
         .recover(cx::api::recover)
+}
+
+/// The node's control-plane loop: report, receive pairs/volumes/commands.
+struct SyncLoop {
+    client: reqwest::Client,
+    url: String,
+    interval: Duration,
+    agent: Option<Arc<crate::roles::agent::AgentRole>>,
+    ps: Option<Arc<crate::roles::ps::PsRole>>,
+    mt: Option<Arc<crate::roles::mt::service::MtRole>>,
+}
+
+impl SyncLoop {
+    async fn run(self, mut shutdown: Shutdown) {
+        use crate::engine::control::{NodeReport, SyncRequest, SyncResponse};
+        let mut known = 0u64;
+        let mut failing = false;
+        let report_now = self
+            .agent
+            .as_ref()
+            .map(|a| a.report_now.clone())
+            .unwrap_or_default();
+        loop {
+            let mut report = NodeReport::default();
+            if let Some(a) = &self.agent {
+                a.report(&mut report);
+            }
+            if let Some(p) = &self.ps {
+                p.report(&mut report);
+            }
+            if let Some(m) = &self.mt {
+                m.report(&mut report);
+            }
+            let results = report.results.clone();
+            let req = SyncRequest {
+                known_version: known,
+                wait_ms: self.interval.as_millis() as u64,
+                report,
+            };
+            let send = self
+                .client
+                .post(&self.url)
+                .json(&req)
+                .timeout(self.interval + Duration::from_secs(30))
+                .send();
+            let r = tokio::select! {
+                r = send => Some(r),
+                _ = report_now.notified() => None,
+                _ = shutdown.wait() => break,
+            };
+            let Some(r) = r else {
+                // A command finished: report it now (the results go again).
+                if let Some(a) = &self.agent {
+                    a.requeue_results(results);
+                }
+                continue;
+            };
+            let resp = match r {
+                Ok(r) if r.status().is_success() => r.json::<SyncResponse>().await.map_err(|e| e.to_string()),
+                Ok(r) => Err(format!("CX answered {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            };
+            match resp {
+                Ok(resp) => {
+                    if failing {
+                        tracing::info!("control-plane sync with the CX restored");
+                        failing = false;
+                    }
+                    known = resp.version;
+                    if let Some(m) = &self.mt {
+                        m.apply(&resp);
+                    }
+                    if let Some(p) = &self.ps {
+                        p.apply(&resp);
+                    }
+                    if let Some(a) = &self.agent {
+                        a.apply(&resp);
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(cx = %self.url, error = %e, "control-plane sync with the CX failed; retrying");
+                        failing = true;
+                    }
+                    if let Some(a) = &self.agent {
+                        a.requeue_results(results);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.wait() => break,
+                    }
+                }
+            }
+        }
+        if let Some(a) = &self.agent {
+            let a = a.clone();
+            let _ = tokio::task::spawn_blocking(move || a.stop()).await;
+        }
+        tracing::info!("control-plane sync stopped");
+    }
 }
 
 struct HeartbeatLoop {

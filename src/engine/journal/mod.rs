@@ -1010,9 +1010,27 @@ impl Journal {
         }
     }
 
+    /// Pin the newest record whether or not its point is consistent: what
+    /// the replica will hold once everything applied so far is in it (fast
+    /// resync compares the source against this).
+    pub fn pin_last_applied(self: &Arc<Self>) -> Result<Pin, JournalError> {
+        let p = {
+            let i = self.inner.read().unwrap();
+            Point {
+                seq: i.last_seq,
+                ts_us: i.last_ts_us,
+            }
+        };
+        self.pin_point(p)
+    }
+
     /// Hold `point` recoverable until the returned pin is dropped.
     pub fn pin(self: &Arc<Self>, spec: &PointSpec) -> Result<Pin, JournalError> {
         let p = self.resolve(spec)?;
+        self.pin_point(p)
+    }
+
+    fn pin_point(self: &Arc<Self>, p: Point) -> Result<Pin, JournalError> {
         let mut i = self.inner.write().unwrap();
         if p.seq < i.oldest().seq {
             return Err(JournalError::OutsideWindow(format!(

@@ -267,6 +267,15 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .and_then(pairs::mt_proxy);
     let pair_action = warp::path!("api" / "v1" / "pairs" / String / String)
         .and(warp::post())
+        .and_then(|n: String, a: String| async move {
+            // Only these: other sub-paths must keep their own errors.
+            if ["pause", "resume", "resync"].contains(&a.as_str()) {
+                Ok((n, a))
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
         .and(authed(s.clone()))
         .and(with_state(s.clone()))
         .and_then(|n, a, p, s| pairs::pair_action(n, a, p, s));

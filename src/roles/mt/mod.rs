@@ -6,6 +6,8 @@
 //! A pair is opened by one process at a time: `lock` is held with `flock`
 //! while it is open, so the CLI cannot write a pair the running MT is applying to.
 
+pub mod service;
+
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +29,10 @@ pub struct PairConfig {
     pub replica: PathBuf,
     pub policy: RetentionPolicy,
     pub created_ms: u64,
+    /// The replication pair this replica belongs to (absent for pairs made
+    /// with `tern mt pair-create`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
 }
 
 pub fn pairs_dir(data_dir: &Path) -> PathBuf {
@@ -100,6 +106,7 @@ impl ReplicaPair {
             replica,
             policy,
             created_ms: crate::util::now_ms(),
+            uuid: None,
         };
         crate::engine::fsutil::write_durable(
             &dir.join("pair.json"),
@@ -176,6 +183,7 @@ impl ReplicaPair {
 /// also what keeps its pinned point alive.
 pub async fn pruner(
     data_dir: PathBuf,
+    open: OpenPairs,
     interval: std::time::Duration,
     mut shutdown: crate::engine::shutdown::Shutdown,
 ) {
@@ -187,8 +195,9 @@ pub async fn pruner(
             _ = shutdown.wait() => break,
         }
         let d = data_dir.clone();
+        let o = open.clone();
         // Disk work off the reactor; one pass at a time.
-        let r = tokio::task::spawn_blocking(move || prune_pass(&d)).await;
+        let r = tokio::task::spawn_blocking(move || prune_pass(&d, &o)).await;
         if let Ok(Err(e)) = r {
             tracing::warn!(error = %crate::cli::error_chain(&e), "retention pruning pass failed");
         }
@@ -196,21 +205,31 @@ pub async fn pruner(
     tracing::info!("retention pruner stopped");
 }
 
-/// One pass over every pair; returns how many pairs were pruned.
-pub fn prune_pass(data_dir: &Path) -> anyhow::Result<usize> {
+/// Pairs this process holds open (the replication service's), by name.
+pub type OpenPairs = Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<ReplicaPair>>>>;
+
+/// One pass over every pair; returns how many pairs were pruned. Pairs in
+/// `open` are pruned through their open handle, others are opened (and
+/// skipped if another process holds them).
+pub fn prune_pass(data_dir: &Path, open: &OpenPairs) -> anyhow::Result<usize> {
     let mut n = 0;
     for cfg in ReplicaPair::list(data_dir)? {
-        let p = match ReplicaPair::open(data_dir, &cfg.pair) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(pair = %cfg.pair, error = %e, "pair busy; pruning it next pass");
-                continue;
-            }
+        let held = open.lock().unwrap().get(&cfg.pair).cloned();
+        let p = match held {
+            Some(p) => p,
+            None => match ReplicaPair::open(data_dir, &cfg.pair) {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    tracing::debug!(pair = %cfg.pair, error = %e, "pair busy; pruning it next pass");
+                    continue;
+                }
+            },
         };
         let before = p.journal.window().0;
+        let policy = p.config.policy.clone();
         let held = crate::engine::journal::policy::prune_all(
             &p.journal,
-            &p.config.policy,
+            &policy,
             crate::util::now_ms() * 1000,
         )
         .with_context(|| format!("pair {}", cfg.pair))?;
@@ -224,4 +243,62 @@ pub fn prune_pass(data_dir: &Path) -> anyhow::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// Write the image of `pin` to `to` (sparse for regular files); `progress`
+/// is called with (bytes done, total). Returns the image's BLAKE3.
+pub fn write_image(
+    pin: &crate::engine::journal::Pin,
+    to: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> anyhow::Result<blake3::Hash> {
+    let size = pin.journal().volume_size();
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(to)
+        .with_context(|| format!("cannot open {}", to.display()))?;
+    let is_file = out.metadata()?.file_type().is_file();
+    if is_file {
+        // Truncate then extend: all holes, so zero runs need not be written.
+        out.set_len(0)?;
+        out.set_len(size)?;
+    } else {
+        use std::io::{Seek, SeekFrom};
+        let dev = (&out).seek(SeekFrom::End(0))?;
+        if dev < size {
+            bail!("{} holds {dev} bytes; the volume needs {size}", to.display());
+        }
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut off = 0u64;
+    while off < size {
+        let n = (size - off).min(buf.len() as u64) as usize;
+        pin.read_at(off, &mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        if !(is_file && buf[..n].iter().all(|b| *b == 0)) {
+            std::os::unix::fs::FileExt::write_all_at(&out, &buf[..n], off)?;
+        }
+        off += n as u64;
+        progress(off, size);
+    }
+    out.sync_all()?;
+    Ok(hasher.finalize())
+}
+
+/// BLAKE3 of the image of `pin`, without writing it anywhere.
+pub fn hash_image(pin: &crate::engine::journal::Pin) -> anyhow::Result<blake3::Hash> {
+    let size = pin.journal().volume_size();
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut off = 0u64;
+    while off < size {
+        let n = (size - off).min(buf.len() as u64) as usize;
+        pin.read_at(off, &mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(hasher.finalize())
 }

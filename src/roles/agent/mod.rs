@@ -1,0 +1,987 @@
+//! The source agent: serves protected volumes (NBD, FUSE), captures every
+//! write into the pair's ordered stream, and moves the stream to the PS.
+//!
+//! Per pair three things run: the capture (in the NBD/FUSE handlers, see
+//! [`stream`]), the sender (chunks to the PS, one in flight, acknowledged
+//! before they leave memory) and the resync driver (step I copies, bitmap
+//! drains). The sync loop of the node hands us pairs, volumes and bookmark
+//! commands; [`AgentRole::report`] tells the CX how each pair is doing.
+//!
+//! Invariants: a chunk leaves the buffer only after the PS acknowledged it
+//! (the PS acknowledges only what is durable on it or on the MT); after a
+//! restart the bitmap is trusted only if the stop was clean, otherwise the
+//! pair goes to "resync required".
+
+pub mod fuse;
+pub mod state;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::engine::chunk::{self, Codec};
+use crate::engine::control::{
+    AgentPairStatus, Capture, Command, CommandResult, Compression, NodeReport, PairSpec,
+    SyncResponse, VolumeSpec, VolumeStatus,
+};
+use crate::engine::journal::format::BookmarkKind;
+use crate::engine::shutdown::Shutdown;
+use stream::{RESYNC_BLOCK, Step, Stream, Volume};
+
+struct VolumeRt {
+    spec: VolumeSpec,
+    vol: Arc<Volume>,
+    export: Option<String>,
+    /// Stops this volume's NBD server / FUSE mount.
+    stop: Option<crate::engine::shutdown::ShutdownTrigger>,
+}
+
+struct PairRt {
+    spec_tx: watch::Sender<PairSpec>,
+    stop: crate::engine::shutdown::ShutdownTrigger,
+    volume: String,
+}
+
+pub struct AgentRole {
+    cfg: Config,
+    host_id: String,
+    client: reqwest::Client,
+    volumes: Mutex<HashMap<String, VolumeRt>>,
+    pairs: Mutex<HashMap<String, PairRt>>,
+    results: Mutex<Vec<CommandResult>>,
+    done_commands: Mutex<std::collections::HashSet<String>>,
+    /// Asks the node's sync loop to report now (a command finished).
+    pub report_now: Arc<tokio::sync::Notify>,
+    shutdown: Shutdown,
+}
+
+fn state_dir(cfg: &Config) -> PathBuf {
+    cfg.data_dir.join("agent").join("pairs")
+}
+
+impl AgentRole {
+    pub fn new(
+        cfg: Config,
+        host_id: String,
+        client: reqwest::Client,
+        shutdown: Shutdown,
+    ) -> Arc<AgentRole> {
+        let a = Arc::new(AgentRole {
+            cfg,
+            host_id,
+            client,
+            volumes: Mutex::default(),
+            pairs: Mutex::default(),
+            results: Mutex::default(),
+            done_commands: Mutex::default(),
+            report_now: Arc::new(tokio::sync::Notify::new()),
+            shutdown,
+        });
+        // Volumes from the config file are served at once, before any pair.
+        let specs = a.cfg.agent.volumes.clone();
+        a.ensure_volumes(&specs);
+        a
+    }
+
+    fn ensure_volumes(&self, specs: &[VolumeSpec]) {
+        let mut vols = self.volumes.lock().unwrap();
+        for spec in specs {
+            if vols.get(&spec.name).is_some_and(|v| &v.spec == spec) {
+                continue;
+            }
+            if let Some(old) = vols.remove(&spec.name) {
+                if let Some(t) = old.stop {
+                    t.fire();
+                }
+            }
+            match self.open_volume(spec) {
+                Ok(rt) => {
+                    tracing::info!(volume = %spec.name, path = %spec.path.display(), capture = ?spec.capture, export = ?rt.export, size = rt.vol.size, "volume protected");
+                    vols.insert(spec.name.clone(), rt);
+                }
+                Err(e) => {
+                    tracing::error!(volume = %spec.name, error = %format!("{e:#}"), "cannot serve volume");
+                }
+            }
+        }
+    }
+
+    fn open_volume(&self, spec: &VolumeSpec) -> anyhow::Result<VolumeRt> {
+        let vol = Arc::new(Volume::open(&spec.name, &spec.path, spec.size)?);
+        let trig = crate::engine::shutdown::ShutdownTrigger::new();
+        let export = match spec.capture {
+            Capture::Nbd => {
+                let listen = spec.listen.clone().unwrap_or_else(|| "127.0.0.1:10809".into());
+                let std_l = std::net::TcpListener::bind(&listen).with_context(|| {
+                    format!("volume {}: cannot listen on {listen} for NBD", spec.name)
+                })?;
+                std_l.set_nonblocking(true)?;
+                let l = tokio::net::TcpListener::from_std(std_l)?;
+                let addr = l.local_addr()?;
+                let mut m: std::collections::BTreeMap<String, Arc<dyn crate::engine::nbd::Export>> =
+                    Default::default();
+                m.insert(spec.name.clone(), Arc::new(CaptureExport(vol.clone())));
+                let sd = self.shutdown.clone();
+                let own = trig.subscribe();
+                tokio::spawn(async move {
+                    let both = crate::engine::shutdown::either(sd, own);
+                    crate::engine::nbd::serve(l, Arc::new(m), both).await
+                });
+                Some(format!("nbd://{addr}/{}", spec.name))
+            }
+            Capture::Fuse => {
+                let mount = spec.mount.clone().ok_or_else(|| {
+                    anyhow::anyhow!("volume {}: capture fuse needs `mount` (a directory)", spec.name)
+                })?;
+                let file = fuse::mount(vol.clone(), &mount, trig.subscribe(), self.shutdown.clone())?;
+                Some(file.display().to_string())
+            }
+            Capture::Scan => None,
+        };
+        Ok(VolumeRt {
+            spec: spec.clone(),
+            vol,
+            export,
+            stop: Some(trig),
+        })
+    }
+
+    /// Take the CX's view: volumes, pairs we are the source of, commands.
+    pub fn apply(self: &Arc<Self>, resp: &SyncResponse) {
+        let mut specs = self.cfg.agent.volumes.clone();
+        for v in &resp.volumes {
+            if !specs.iter().any(|s| s.name == v.name) {
+                specs.push(v.clone());
+            }
+        }
+        self.ensure_volumes(&specs);
+        let mine: Vec<&PairSpec> = resp
+            .pairs
+            .iter()
+            .filter(|p| p.source_host == self.host_id)
+            .collect();
+        let mut pairs = self.pairs.lock().unwrap();
+        pairs.retain(|name, rt| {
+            let keep = mine.iter().any(|p| &p.name == name);
+            if !keep {
+                tracing::info!(pair = %name, "pair removed: capture stopped");
+                rt.stop.fire();
+                if let Some(v) = self.volumes.lock().unwrap().get(&rt.volume) {
+                    *v.vol.stream.lock().unwrap() = None;
+                }
+                let _ = std::fs::remove_file(state_dir(&self.cfg).join(format!("{name}.state")));
+            }
+            keep
+        });
+        for p in mine {
+            if let Some(rt) = pairs.get(&p.name) {
+                rt.spec_tx.send_if_modified(|old| {
+                    let ch = old != p;
+                    *old = p.clone();
+                    ch
+                });
+                continue;
+            }
+            let vol = self
+                .volumes
+                .lock()
+                .unwrap()
+                .get(&p.source_volume)
+                .map(|v| v.vol.clone());
+            let Some(vol) = vol else {
+                tracing::warn!(pair = %p.name, volume = %p.source_volume, "pair's volume is not served here yet");
+                continue;
+            };
+            match self.start_pair(p.clone(), vol) {
+                Ok(rt) => {
+                    pairs.insert(p.name.clone(), rt);
+                }
+                Err(e) => tracing::error!(pair = %p.name, error = %format!("{e:#}"), "cannot start pair"),
+            }
+        }
+        drop(pairs);
+        for c in &resp.commands {
+            if !self.done_commands.lock().unwrap().insert(c.id.clone()) {
+                continue;
+            }
+            let me = self.clone();
+            let c = c.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = me.run_command(&c);
+                me.results.lock().unwrap().push(r);
+                me.report_now.notify_one();
+            });
+        }
+    }
+
+    fn start_pair(self: &Arc<Self>, spec: PairSpec, vol: Arc<Volume>) -> anyhow::Result<PairRt> {
+        let dir = state_dir(&self.cfg);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.state", spec.name));
+        let cap = self.cfg.agent.buffer_cap.0.max(2 * RESYNC_BLOCK + 4096);
+        let mut st = Stream::new(&spec.name, vol.size, cap);
+        let loaded = state::load(&path, Some(&spec.uuid_bytes()), vol.size);
+        let resync_gen = match loaded {
+            Ok(Some(s)) if s.clean => {
+                st.bitmap = s.bitmap;
+                st.step1 = s.step1;
+                st.resyncing = s.resyncing;
+                if !st.bitmap.is_empty() {
+                    st.dirty_since_us = Some(crate::util::now_ms() * 1000);
+                }
+                tracing::info!(pair = %spec.name, dirty_blocks = st.bitmap.count(), step1 = ?st.step1, "pair resumed after a clean stop");
+                s.resync_gen
+            }
+            Ok(Some(s)) => {
+                st.resync_required = true;
+                tracing::warn!(pair = %spec.name, "the agent did not stop cleanly: writes may have been lost in memory; pair needs a resync (auto resync after {:?})", self.cfg.agent.auto_resync_delay.0);
+                s.resync_gen
+            }
+            Ok(None) => {
+                tracing::info!(pair = %spec.name, "new pair: initial sync (step I) starts");
+                st.start_resync();
+                spec.resync_gen
+            }
+            Err(e) => {
+                tracing::warn!(pair = %spec.name, error = %e, "agent pair state unreadable; resync required");
+                st.resync_required = true;
+                spec.resync_gen
+            }
+        };
+        // From here until a clean stop, the on-disk state says "unclean".
+        state::save(
+            &path,
+            &state::PairState {
+                uuid: spec.uuid_bytes(),
+                clean: false,
+                resync_gen,
+                step1: st.step1,
+                resyncing: st.resyncing,
+                bitmap: stream::Bitmap::new(vol.size),
+            },
+            vol.size,
+        )?;
+        st.mode_paused = spec.paused;
+        *vol.stream.lock().unwrap() = Some(st);
+        let (spec_tx, spec_rx) = watch::channel(spec.clone());
+        let stop = crate::engine::shutdown::ShutdownTrigger::new();
+        let ctx = PairCtx {
+            agent: self.clone(),
+            vol,
+            spec: spec_rx,
+            state_path: path,
+            resync_gen: resync_gen.into(),
+            since_unclean: Instant::now(),
+        };
+        let sd = crate::engine::shutdown::either(self.shutdown.clone(), stop.subscribe());
+        let ctx = Arc::new(ctx);
+        tokio::spawn(ctx.clone().resync_driver(sd.clone()));
+        tokio::spawn(ctx.run(sd));
+        Ok(PairRt {
+            spec_tx,
+            stop,
+            volume: spec.source_volume,
+        })
+    }
+
+    fn run_command(&self, c: &Command) -> CommandResult {
+        let fail = |e: String| CommandResult {
+            id: c.id.clone(),
+            ok: false,
+            seq: None,
+            error: Some(e),
+        };
+        let volume = match self.pairs.lock().unwrap().get(&c.pair) {
+            Some(p) => p.volume.clone(),
+            None => return fail(format!("pair {} is not active on this agent", c.pair)),
+        };
+        let (vol, spec) = match self.volumes.lock().unwrap().get(&volume) {
+            Some(v) => (v.vol.clone(), v.spec.clone()),
+            None => return fail(format!("volume {volume} is not served")),
+        };
+        let r = match c.kind {
+            BookmarkKind::User => vol.bookmark(c.kind, &c.bookmark),
+            BookmarkKind::Fs => match &spec.fs_mount {
+                None => Err(format!(
+                    "volume {volume} has no `fs_mount`: the agent does not know which filesystem to freeze"
+                )),
+                Some(m) => freeze_and(m, || vol.bookmark(c.kind, &c.bookmark)),
+            },
+            BookmarkKind::App => {
+                let run = |cmd: &Option<String>, what: &str| -> Result<(), String> {
+                    if let Some(cmd) = cmd {
+                        let o = std::process::Command::new("sh")
+                            .arg("-c")
+                            .arg(cmd)
+                            .output()
+                            .map_err(|e| format!("{what} hook: {e}"))?;
+                        if !o.status.success() {
+                            return Err(format!(
+                                "{what} hook `{cmd}` failed ({}): {}",
+                                o.status,
+                                String::from_utf8_lossy(&o.stderr).trim()
+                            ));
+                        }
+                    }
+                    Ok(())
+                };
+                run(&spec.app_pre, "pre").and_then(|_| {
+                    let r = vol.bookmark(c.kind, &c.bookmark);
+                    run(&spec.app_post, "post").and(r)
+                })
+            }
+        };
+        match r {
+            Ok(seq) => {
+                tracing::info!(pair = %c.pair, bookmark = %c.bookmark, kind = %c.kind, seq, "bookmark inserted");
+                CommandResult {
+                    id: c.id.clone(),
+                    ok: true,
+                    seq: Some(seq),
+                    error: None,
+                }
+            }
+            Err(e) => fail(e),
+        }
+    }
+
+    /// Results a failed sync did not deliver go out with the next one.
+    pub fn requeue_results(&self, mut results: Vec<CommandResult>) {
+        let mut r = self.results.lock().unwrap();
+        results.append(&mut r);
+        *r = results;
+    }
+
+    pub fn report(&self, r: &mut NodeReport) {
+        for v in self.volumes.lock().unwrap().values() {
+            r.volumes.push(VolumeStatus {
+                name: v.spec.name.clone(),
+                path: v.spec.path.clone(),
+                capture: v.spec.capture,
+                size: v.vol.size,
+                export: v.export.clone(),
+                error: None,
+            });
+        }
+        let pairs: Vec<(String, String)> = self
+            .pairs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, p)| (n.clone(), p.volume.clone()))
+            .collect();
+        for (name, volume) in pairs {
+            let Some(vol) = self.volumes.lock().unwrap().get(&volume).map(|v| v.vol.clone()) else {
+                continue;
+            };
+            let g = vol.stream.lock().unwrap();
+            let Some(st) = g.as_ref() else { continue };
+            r.agent_pairs.push(AgentPairStatus {
+                pair: name,
+                mode: st.mode(),
+                progress_pct: st
+                    .step1
+                    .map(|c| c as f64 * 100.0 / vol.size as f64)
+                    .unwrap_or(100.0),
+                buffered_bytes: st.buffered,
+                buffer_cap: st.cap,
+                dirty_bytes: st.bitmap.count() * stream::BITMAP_BLOCK,
+                oldest_pending_us: st.oldest_pending_us(),
+                last_seq: st.next_seq.map(|s| s - 1).unwrap_or(0),
+                flow_controlled: st.flow_controlled,
+                fast_resync_unmatched_pct: (st.fast_compared > 0).then(|| {
+                    (st.fast_compared - st.fast_matched) as f64 * 100.0 / st.fast_compared as f64
+                }),
+                bytes_captured: st.bytes_captured,
+                bytes_sent: st.bytes_sent,
+                resyncs: st.resyncs,
+                error: st.error.clone(),
+            });
+        }
+        r.results.append(&mut self.results.lock().unwrap());
+    }
+
+    /// Clean stop: every pair's unacknowledged data goes into its bitmap,
+    /// which is saved with the clean flag.
+    pub fn stop(&self) {
+        let pairs: Vec<(String, String)> = self
+            .pairs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, p)| (n.clone(), p.volume.clone()))
+            .collect();
+        for (name, volume) in pairs {
+            let Some(vol) = self.volumes.lock().unwrap().get(&volume).map(|v| v.vol.clone()) else {
+                continue;
+            };
+            let mut g = vol.stream.lock().unwrap();
+            vol.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+            let Some(st) = g.as_mut() else { continue };
+            let path = state_dir(&self.cfg).join(format!("{name}.state"));
+            let Ok(Some(mut ps)) = state::load(&path, None, vol.size) else {
+                continue;
+            };
+            if st.resync_required {
+                // Nothing trustworthy to save: stay unclean.
+                continue;
+            }
+            st.spill_buffer_to_bitmap();
+            ps.clean = true;
+            ps.step1 = st.step1;
+            ps.resyncing = st.resyncing;
+            ps.bitmap = st.bitmap.clone();
+            match state::save(&path, &ps, vol.size) {
+                Ok(()) => tracing::info!(pair = %name, dirty_blocks = st.bitmap.count(), "pair state saved (clean stop)"),
+                Err(e) => tracing::error!(pair = %name, error = %e, "cannot save pair state; the pair will resync"),
+            }
+            // No write may slip in after the save.
+            *g = None;
+        }
+    }
+}
+
+/// `nbd::Export` over a captured volume.
+pub struct CaptureExport(pub Arc<Volume>);
+
+impl crate::engine::nbd::Export for CaptureExport {
+    fn size(&self) -> u64 {
+        self.0.size
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read(&self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(off, buf)
+    }
+    fn write(&self, off: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
+        self.0.write(off, data)?;
+        if fua {
+            self.0.flush()?;
+        }
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+    fn write_zeroes(&self, off: u64, len: u64, fua: bool) -> std::io::Result<()> {
+        self.0.write_zeroes(off, len)?;
+        if fua {
+            self.0.flush()?;
+        }
+        Ok(())
+    }
+    fn trim(&self, off: u64, len: u64) -> std::io::Result<()> {
+        self.0.write_zeroes(off, len)
+    }
+}
+
+/// Freeze the filesystem mounted at `mount` (FIFREEZE), run `f`, thaw.
+fn freeze_and<T>(
+    mount: &std::path::Path,
+    f: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    use std::os::fd::AsRawFd;
+    const FIFREEZE: libc::c_ulong = 0xC004_5877;
+    const FITHAW: libc::c_ulong = 0xC004_5878;
+    let d = std::fs::File::open(mount).map_err(|e| format!("cannot open {}: {e}", mount.display()))?;
+    // SAFETY: ioctl on an open directory descriptor with an int argument.
+    let r = unsafe { libc::ioctl(d.as_raw_fd(), FIFREEZE as _, 0) };
+    if r != 0 {
+        return Err(format!(
+            "cannot freeze {}: {}",
+            mount.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    let out = f();
+    // SAFETY: as above.
+    let t = unsafe { libc::ioctl(d.as_raw_fd(), FITHAW as _, 0) };
+    if t != 0 {
+        tracing::error!(mount = %mount.display(), error = %std::io::Error::last_os_error(), "cannot thaw the filesystem; run `fsfreeze -u` by hand");
+    }
+    out
+}
+
+/// Everything one pair's tasks share.
+struct PairCtx {
+    agent: Arc<AgentRole>,
+    vol: Arc<Volume>,
+    spec: watch::Receiver<PairSpec>,
+    state_path: PathBuf,
+    resync_gen: std::sync::atomic::AtomicU64,
+    since_unclean: Instant,
+}
+
+enum SendOutcome {
+    Acked,
+    Throttled,
+    Gap(u64),
+    Failed(String),
+}
+
+impl PairCtx {
+    fn with_stream<R>(&self, f: impl FnOnce(&mut Stream) -> R) -> Option<R> {
+        self.vol.stream.lock().unwrap().as_mut().map(f)
+    }
+
+    fn spec(&self) -> PairSpec {
+        self.spec.borrow().clone()
+    }
+
+    async fn run(self: Arc<Self>, mut sd: Shutdown) {
+        let name = self.spec().name;
+        let mut spec_rx = self.spec.clone();
+        let mut backoff = Duration::from_millis(100);
+        let mut last_mode = None;
+        loop {
+            if sd.is_fired() {
+                break;
+            }
+            if let Some((mode, dirty, unmatched)) = self.with_stream(|st| {
+                (
+                    st.mode(),
+                    st.bitmap.count(),
+                    (st.fast_compared > 0).then(|| {
+                        (st.fast_compared - st.fast_matched) as f64 * 100.0
+                            / st.fast_compared as f64
+                    }),
+                )
+            }) && last_mode != Some(mode)
+            {
+                tracing::info!(pair = %name, mode = ?mode, dirty_blocks = dirty, fast_resync_unmatched_pct = ?unmatched, "pair mode changed");
+                last_mode = Some(mode);
+            }
+            let spec = self.spec();
+            // Pause / resume / resync requests.
+            self.with_stream(|st| st.mode_paused = spec.paused);
+            if spec.resync_gen > self.resync_gen.load(std::sync::atomic::Ordering::Relaxed) {
+                self.resync_gen
+                    .store(spec.resync_gen, std::sync::atomic::Ordering::Relaxed);
+                self.save_gen();
+                self.with_stream(|st| {
+                    // Buffered records stay: they are in order before the copy.
+                    st.bitmap = stream::Bitmap::new(self.vol.size);
+                    st.start_resync();
+                });
+                tracing::info!(pair = %name, "resync requested: step I starts");
+            }
+            if spec.paused {
+                tokio::select! {
+                    _ = spec_rx.changed() => {}
+                    _ = sd.wait() => break,
+                }
+                continue;
+            }
+            let Some(ps) = spec.ps_addr.clone() else {
+                self.set_error(Some("the PS has not reported its data address yet".into()));
+                tokio::select! {
+                    _ = spec_rx.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = sd.wait() => break,
+                }
+                continue;
+            };
+            let base = format!("https://{ps}/data/v1/ps/{name}");
+            // A session: learn where the PS stands.
+            if self.with_stream(|st| st.next_seq.is_none()) == Some(true) {
+                match self.cursor(&base).await {
+                    Ok(n) => self.reconcile(n),
+                    Err(e) => {
+                        self.set_error(Some(format!("cannot reach the PS at {ps}: {e}")));
+                        self.sleep(&mut sd, &mut backoff).await;
+                        continue;
+                    }
+                }
+            }
+            self.maybe_auto_resync();
+            // Send what is buffered.
+            let chunk = self.take_chunk();
+            let Some((bytes, first, last, raw_len)) = chunk else {
+                // Idle: wait for a write, a spec change or a tick.
+                tokio::select! {
+                    _ = self.vol.notify.notified() => {}
+                    _ = spec_rx.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = sd.wait() => break,
+                }
+                continue;
+            };
+            match self.send(&base, bytes, first).await {
+                SendOutcome::Acked => {
+                    backoff = Duration::from_millis(100);
+                    self.with_stream(|st| {
+                        st.flow_controlled = false;
+                        st.error = None;
+                        st.bytes_sent += raw_len;
+                        ack(st, last);
+                    });
+                    self.vol.room.notify_one();
+                }
+                SendOutcome::Throttled => {
+                    self.with_stream(|st| st.flow_controlled = true);
+                    self.sleep(&mut sd, &mut backoff).await;
+                }
+                SendOutcome::Gap(next) => {
+                    tracing::warn!(pair = %name, next, "PS expects another sequence; resuming from it");
+                    self.reconcile(next);
+                }
+                SendOutcome::Failed(e) => {
+                    self.set_error(Some(e));
+                    self.sleep(&mut sd, &mut backoff).await;
+                }
+            }
+        }
+        tracing::debug!(pair = %name, "pair tasks stopped");
+    }
+
+    async fn sleep(&self, sd: &mut Shutdown, backoff: &mut Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(*backoff) => {}
+            _ = sd.wait() => {}
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        if let Some(m) = &e {
+            let changed = self.with_stream(|st| st.error.as_ref() != Some(m)) == Some(true);
+            if changed {
+                tracing::warn!(pair = %self.spec().name, error = %m, "replication problem");
+            }
+        }
+        self.with_stream(|st| st.error = e);
+    }
+
+    fn save_gen(&self) {
+        if let Ok(Some(mut s)) = state::load(&self.state_path, None, self.vol.size) {
+            s.resync_gen = self.resync_gen.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = state::save(&self.state_path, &s, self.vol.size);
+        }
+    }
+
+    fn maybe_auto_resync(&self) {
+        let cfg = &self.agent.cfg.agent;
+        let due = self.since_unclean.elapsed() >= cfg.auto_resync_delay.0
+            && in_window(&cfg.resync_window, crate::util::now_ms());
+        if due {
+            self.with_stream(|st| {
+                if st.resync_required && st.next_seq.is_some() {
+                    tracing::info!(pair = %st.pair, "automatic resync starts (step I, fast)");
+                    st.bitmap = stream::Bitmap::new(self.vol.size);
+                    st.start_resync();
+                }
+            });
+        }
+    }
+
+    async fn cursor(&self, base: &str) -> Result<u64, String> {
+        let r = self
+            .agent
+            .client
+            .get(format!("{base}/cursor"))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let st = r.status();
+        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        if !st.is_success() {
+            return Err(v["error"].as_str().unwrap_or("error").to_owned());
+        }
+        v["next_seq"]
+            .as_u64()
+            .ok_or_else(|| "PS cursor answer without next_seq".to_owned())
+    }
+
+    /// The PS expects `next` next: line our stream up with it.
+    fn reconcile(&self, next: u64) {
+        self.with_stream(|st| {
+            let front = st.buffer.front().map(|r| r.record.seq);
+            let ours = st.next_seq;
+            match (ours, front) {
+                (None, None) => {
+                    st.next_seq = Some(next);
+                    if st.step1.is_some() && st.resync_base.is_none() {
+                        st.resync_base = Some(next - 1);
+                    }
+                }
+                (Some(n), None) if n == next => {}
+                (Some(n), Some(f)) if f <= next && next <= n => {
+                    ack(st, next - 1);
+                }
+                _ => {
+                    // Records are missing between the PS and us: what they
+                    // changed is unknown, so only a full resync is safe.
+                    tracing::warn!(pair = %st.pair, ours = ?ours, front = ?front, ps_next = next, "stream and PS disagree; full resync");
+                    st.buffer.clear();
+                    st.buffered = 0;
+                    st.next_seq = Some(next);
+                    st.bitmap = stream::Bitmap::new(self.vol.size);
+                    if !st.resync_required {
+                        st.start_resync();
+                    }
+                }
+            }
+        });
+        self.vol.notify.notify_one();
+    }
+
+    /// The next chunk to send: (bytes, first seq, last seq, raw bytes).
+    fn take_chunk(&self) -> Option<(Vec<u8>, u64, u64, u64)> {
+        let spec = self.spec();
+        let max = self.agent.cfg.agent.chunk_max.0.max(RESYNC_BLOCK + 4096);
+        let recs = self.with_stream(|st| {
+            let mut v = Vec::new();
+            let mut n = 0u64;
+            for r in &st.buffer {
+                let l = r.data_len() as u64 + 32;
+                if !v.is_empty() && n + l > max {
+                    break;
+                }
+                n += l;
+                v.push(r.clone());
+            }
+            v
+        })?;
+        if recs.is_empty() {
+            return None;
+        }
+        let codec = match spec.compression {
+            Compression::Source => Codec::Zstd(spec.zstd_level),
+            _ => Codec::None,
+        };
+        let raw: u64 = recs.iter().map(|r| r.data_len() as u64).sum();
+        let first = recs[0].record.seq;
+        let last = recs.last().unwrap().record.seq;
+        Some((chunk::encode(spec.uuid_bytes(), &recs, codec), first, last, raw))
+    }
+
+    async fn send(&self, base: &str, bytes: Vec<u8>, first: u64) -> SendOutcome {
+        let r = self
+            .agent
+            .client
+            .put(format!("{base}/chunk/{first}"))
+            .body(bytes)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => return SendOutcome::Failed(format!("sending to the PS: {e}")),
+        };
+        let status = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        match status {
+            200 => SendOutcome::Acked,
+            503 if v["throttled"].as_bool() == Some(true) => SendOutcome::Throttled,
+            409 if v["next_seq"].is_u64() => SendOutcome::Gap(v["next_seq"].as_u64().unwrap()),
+            _ => SendOutcome::Failed(format!(
+                "PS refused the chunk ({status}): {}",
+                v["error"].as_str().unwrap_or("no reason given")
+            )),
+        }
+    }
+
+    /// Step I copies and bitmap drains, beside the sender: whenever the
+    /// buffer has room, copy the next blocks (skipping, in step I, those the
+    /// MT already holds: fast resync) under the volume's write lock.
+    async fn resync_driver(self: Arc<Self>, mut sd: Shutdown) {
+        let mut last_hash_fail: Option<Instant> = None;
+        loop {
+            if sd.is_fired() {
+                break;
+            }
+            let Some((step1, min_seq, streaming, room, dirty)) = self.with_stream(|st| {
+                (
+                    st.step1,
+                    st.resync_base.or(st.next_seq.map(|n| n - 1)).unwrap_or(0),
+                    st.next_seq.is_some() && !st.mode_paused && !st.resync_required,
+                    st.cap.saturating_sub(st.buffered),
+                    !st.bitmap.is_empty(),
+                )
+            }) else {
+                break;
+            };
+            let idle = !streaming
+                || (step1.is_none() && !dirty)
+                || room < STEP1_BATCH * RESYNC_BLOCK / 2;
+            if streaming && self.with_stream(|st| st.mark_consistent_if_due()) == Some(true) {
+                self.vol.notify.notify_one();
+            }
+            if idle {
+                tokio::select! {
+                    _ = self.vol.room.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = sd.wait() => break,
+                }
+                continue;
+            }
+            let r = if let Some(c) = step1 {
+                let n = (self.vol.size - c).div_ceil(RESYNC_BLOCK).min(STEP1_BATCH);
+                let spec = self.spec();
+                let base = spec
+                    .ps_addr
+                    .map(|ps| format!("https://{ps}/data/v1/ps/{}", spec.name));
+                let hashes = match base {
+                    Some(b) if !last_hash_fail.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) => {
+                        match self.target_hashes(&b, c, n, min_seq).await {
+                            Ok(h) => Some(h),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "fast resync hashes unavailable; copying");
+                                last_hash_fail = Some(Instant::now());
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                let vol = self.vol.clone();
+                tokio::task::spawn_blocking(move || step1_blocks(&vol, c, n, hashes)).await
+            } else {
+                let vol = self.vol.clone();
+                tokio::task::spawn_blocking(move || {
+                    for _ in 0..64 {
+                        let mut g = vol.stream.lock().unwrap();
+                        let Some(st) = g.as_mut() else { return Ok(()) };
+                        match stream::drain_step(&vol, st)? {
+                            Step::Progress => {}
+                            Step::Full | Step::Done => return Ok(()),
+                        }
+                    }
+                    Ok::<(), std::io::Error>(())
+                })
+                .await
+            };
+            self.vol.notify.notify_one();
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.set_error(Some(format!("reading the volume: {e}"))),
+                Err(e) => self.set_error(Some(e.to_string())),
+            }
+        }
+    }
+
+    async fn target_hashes(
+        &self,
+        base: &str,
+        offset: u64,
+        count: u64,
+        min_seq: u64,
+    ) -> Result<Vec<[u8; 32]>, String> {
+        let r = self
+            .agent
+            .client
+            .post(format!("{base}/hashes"))
+            .json(&serde_json::json!({
+                "offset": offset, "block": RESYNC_BLOCK, "count": count, "min_seq": min_seq,
+            }))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let st = r.status();
+        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        if !st.is_success() {
+            return Err(v["error"].as_str().unwrap_or("error").to_owned());
+        }
+        let hs = v["hashes"].as_array().ok_or("no hashes")?;
+        hs.iter()
+            .map(|h| {
+                let b = hex::decode(h.as_str().unwrap_or("")).map_err(|e| e.to_string())?;
+                b.try_into().map_err(|_| "bad hash length".to_owned())
+            })
+            .collect()
+    }
+}
+
+/// Step I blocks per fast-resync hash request.
+const STEP1_BATCH: u64 = 16;
+
+/// Remove acknowledged records (seq ≤ `last`) from the buffer.
+fn ack(st: &mut Stream, last: u64) {
+    while st.buffer.front().is_some_and(|r| r.record.seq <= last) {
+        let r = st.buffer.pop_front().unwrap();
+        st.buffered -= r.data_len() as u64 + 32;
+    }
+    st.acked_seq = st.acked_seq.max(last);
+}
+
+/// Copy up to `n` step-I blocks from `c`, skipping those whose hash equals
+/// the MT's. Stops early when the buffer is full.
+fn step1_blocks(
+    vol: &Volume,
+    c: u64,
+    n: u64,
+    hashes: Option<Vec<[u8; 32]>>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; RESYNC_BLOCK as usize];
+    for i in 0..n {
+        let off = c + i * RESYNC_BLOCK;
+        let len = RESYNC_BLOCK.min(vol.size - off);
+        let mut g = vol.stream.lock().unwrap();
+        let Some(st) = g.as_mut() else { return Ok(()) };
+        if st.step1 != Some(off) {
+            // Restarted or finished meanwhile.
+            return Ok(());
+        }
+        let next = off + len;
+        let advance = |st: &mut Stream| {
+            st.step1 = (next < vol.size).then_some(next);
+        };
+        if let Some(h) = hashes.as_ref().and_then(|h| h.get(i as usize)) {
+            vol.read_locked(off, &mut buf[..len as usize])?;
+            st.fast_compared += 1;
+            if blake3::hash(&buf[..len as usize]).as_bytes() == h {
+                st.fast_matched += 1;
+                advance(st);
+                continue;
+            }
+        }
+        // Decide the flag of the copy as if step I were already past it.
+        advance(st);
+        if !vol.copy_region(st, off, len)? {
+            st.step1 = Some(off);
+            return Ok(());
+        }
+        drop(g);
+        vol.notify.notify_one();
+    }
+    Ok(())
+}
+
+/// Is `now_ms` inside "HH:MM-HH:MM" (UTC; may wrap midnight)?
+pub fn in_window(w: &str, now_ms: u64) -> bool {
+    let parse = |s: &str| -> Option<u64> {
+        let (h, m) = s.trim().split_once(':')?;
+        Some(h.parse::<u64>().ok()? * 60 + m.parse::<u64>().ok()?)
+    };
+    let Some((a, b)) = w.split_once('-') else {
+        return true;
+    };
+    let (Some(a), Some(b)) = (parse(a), parse(b)) else {
+        return true;
+    };
+    let m = (now_ms / 60_000) % (24 * 60);
+    if a <= b { a <= m && m < b } else { m >= a || m < b }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn resync_windows() {
+        let at = |h: u64, m: u64| (h * 60 + m) * 60_000;
+        assert!(super::in_window("00:00-24:00", at(13, 0)));
+        assert!(super::in_window("22:00-06:00", at(23, 0)));
+        assert!(super::in_window("22:00-06:00", at(5, 59)));
+        assert!(!super::in_window("22:00-06:00", at(12, 0)));
+        assert!(super::in_window("08:00-18:00", at(8, 0)));
+        assert!(!super::in_window("08:00-18:00", at(18, 0)));
+    }
+}

@@ -1,0 +1,140 @@
+//! `DATA/agent/pairs/PAIR.state`: what an agent keeps of a pair across
+//! restarts (layout in docs/FORMATS.md, "Agent pair state").
+//!
+//! Written with `clean = false` when the pair starts and with `clean = true`
+//! (and the dirty bitmap, which by then includes every unacknowledged write)
+//! on a clean stop. A state found unclean at start means writes may have been
+//! lost from memory: the pair needs a resync.
+
+use std::path::Path;
+
+use super::stream::Bitmap;
+
+pub const MAGIC: [u8; 8] = *b"TERNAPST";
+pub const VERSION: u16 = 1;
+const HEADER: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct PairState {
+    pub uuid: [u8; 16],
+    pub clean: bool,
+    pub resync_gen: u64,
+    pub step1: Option<u64>,
+    pub resyncing: bool,
+    pub bitmap: Bitmap,
+}
+
+pub fn encode(s: &PairState, volume_size: u64) -> Vec<u8> {
+    let bm = s.bitmap.to_bytes();
+    let mut b = vec![0u8; HEADER];
+    b[0..8].copy_from_slice(&MAGIC);
+    b[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    b[10] = s.clean as u8 | (s.resyncing as u8) << 1;
+    b[16..32].copy_from_slice(&s.uuid);
+    b[32..40].copy_from_slice(&volume_size.to_le_bytes());
+    b[40..48].copy_from_slice(&s.resync_gen.to_le_bytes());
+    b[48..56].copy_from_slice(&s.step1.unwrap_or(u64::MAX).to_le_bytes());
+    b[56..60].copy_from_slice(&(bm.len() as u32).to_le_bytes());
+    let c = crc32c::crc32c(&b[..60]);
+    b[60..64].copy_from_slice(&c.to_le_bytes());
+    b.extend_from_slice(&bm);
+    b.extend_from_slice(&crc32c::crc32c(&bm).to_le_bytes());
+    b
+}
+
+/// Decode; `uuid` None accepts any pair.
+pub fn decode(b: &[u8], uuid: Option<&[u8; 16]>, volume_size: u64) -> Result<Option<PairState>, String> {
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    if b.len() < HEADER + 4 || b[0..8] != MAGIC {
+        return Err("not an agent pair state (bad magic or too short)".into());
+    }
+    if crc32c::crc32c(&b[..60]) != u32_at(60) {
+        return Err("header checksum mismatch".into());
+    }
+    let v = u16::from_le_bytes([b[8], b[9]]);
+    if v != VERSION {
+        return Err(format!("unsupported version {v}"));
+    }
+    if b[10] & !3 != 0 || b[11..16] != [0; 5] {
+        return Err("reserved bits set".into());
+    }
+    let n = u32_at(56) as usize;
+    if b.len() != HEADER + n + 4 {
+        return Err("length does not match the bitmap size".into());
+    }
+    if crc32c::crc32c(&b[HEADER..HEADER + n]) != u32_at(HEADER + n) {
+        return Err("bitmap checksum mismatch".into());
+    }
+    let id: [u8; 16] = b[16..32].try_into().unwrap();
+    if uuid.is_some_and(|u| u != &id) {
+        return Ok(None);
+    }
+    if u64_at(32) != volume_size {
+        return Err(format!(
+            "volume size changed from {} to {volume_size} bytes",
+            u64_at(32)
+        ));
+    }
+    let bitmap = Bitmap::from_bytes(&b[HEADER..HEADER + n], volume_size)
+        .ok_or("bitmap size does not fit the volume")?;
+    let step1 = u64_at(48);
+    Ok(Some(PairState {
+        uuid: id,
+        clean: b[10] & 1 == 1,
+        resyncing: b[10] & 2 == 2,
+        resync_gen: u64_at(40),
+        step1: (step1 != u64::MAX).then_some(step1),
+        bitmap,
+    }))
+}
+
+/// Load the state of the pair with `uuid` (None: whatever pair it is).
+/// `Ok(None)`: no state, or the state of another pair of that name.
+pub fn load(path: &Path, uuid: Option<&[u8; 16]>, volume_size: u64) -> Result<Option<PairState>, String> {
+    match std::fs::read(path) {
+        Ok(b) => decode(&b, uuid, volume_size).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+pub fn save(path: &Path, s: &PairState, volume_size: u64) -> std::io::Result<()> {
+    crate::engine::fsutil::write_durable(path, &encode(s, volume_size), 0o600)
+        .map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_round_trip_and_damage() {
+        let size = 8 << 20;
+        let mut bm = Bitmap::new(size);
+        bm.mark(70_000, 10);
+        let s = PairState {
+            uuid: [9; 16],
+            clean: true,
+            resync_gen: 3,
+            step1: Some(1 << 20),
+            resyncing: true,
+            bitmap: bm,
+        };
+        let b = encode(&s, size);
+        assert_eq!(&b[0..8], b"TERNAPST");
+        assert_eq!(b[10], 3);
+        assert_eq!(b.len(), 64 + 16 + 4, "128 blocks = 2 words");
+        let d = decode(&b, Some(&[9; 16]), size).unwrap().unwrap();
+        assert!(d.clean && d.resyncing && d.step1 == Some(1 << 20) && d.resync_gen == 3);
+        assert!(d.bitmap.get(1) && d.bitmap.count() == 1);
+        assert!(decode(&b, Some(&[8; 16]), size).unwrap().is_none());
+        assert!(decode(&b, None, size * 2).is_err());
+        for i in 0..b.len() {
+            let mut c = b.clone();
+            c[i] ^= 0x40;
+            let r = decode(&c, None, size);
+            assert!(r.is_err() || (16..32).contains(&i), "flip at {i} accepted");
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! A protected volume and the ordered stream of its changes.
+//!
+//! Every write to the volume goes through [`Volume::write`]: under one lock
+//! it changes the backing file and then either appends a record to the
+//! buffer (differential mode, room in the buffer) or marks the blocks dirty in
+//! the bitmap. Resync reads ([`Volume::copy_block`]) take the same lock, so a
+//! block read for the stream is ordered exactly against the writes around it:
+//! the replica ends equal to the source whatever interleaving happened.
+//!
+//! Invariants:
+//! - memory: `buffered` never exceeds `cap` — a write that does not fit is
+//!   marked in the bitmap instead (bitmap mode);
+//! - a record's `inconsistent` flag is set iff, after it, dirty blocks remain
+//!   or step I has not finished: the MT never offers such a point;
+//! - the bitmap is trusted after a restart only if the last stop was clean
+//!   (`PAIR.state` says so); otherwise the pair needs a full (fast) resync.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::engine::chunk::WireRecord;
+use crate::engine::control::AgentMode;
+use crate::engine::journal::format::BookmarkKind;
+use crate::engine::journal::{Record, RecordBody};
+
+/// Dirty-tracking granularity.
+pub const BITMAP_BLOCK: u64 = 64 << 10;
+/// Unit of resync reads and of fast-resync hashes.
+pub const RESYNC_BLOCK: u64 = 1 << 20;
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Dirty blocks of `BITMAP_BLOCK` bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Bitmap {
+    words: Vec<u64>,
+    count: u64,
+}
+
+impl Bitmap {
+    pub fn new(volume_size: u64) -> Bitmap {
+        let blocks = volume_size.div_ceil(BITMAP_BLOCK);
+        Bitmap {
+            words: vec![0; blocks.div_ceil(64) as usize],
+            count: 0,
+        }
+    }
+    pub fn blocks(&self) -> u64 {
+        self.words.len() as u64 * 64
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    pub fn get(&self, b: u64) -> bool {
+        self.words
+            .get((b / 64) as usize)
+            .is_some_and(|w| w >> (b % 64) & 1 == 1)
+    }
+    pub fn set(&mut self, b: u64) {
+        if let Some(w) = self.words.get_mut((b / 64) as usize) {
+            let m = 1u64 << (b % 64);
+            if *w & m == 0 {
+                *w |= m;
+                self.count += 1;
+            }
+        }
+    }
+    pub fn clear(&mut self, b: u64) {
+        if let Some(w) = self.words.get_mut((b / 64) as usize) {
+            let m = 1u64 << (b % 64);
+            if *w & m != 0 {
+                *w &= !m;
+                self.count -= 1;
+            }
+        }
+    }
+    pub fn mark(&mut self, off: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        for b in off / BITMAP_BLOCK..=(off + len - 1) / BITMAP_BLOCK {
+            self.set(b);
+        }
+    }
+    pub fn set_all(&mut self, volume_size: u64) {
+        self.mark(0, volume_size);
+    }
+    /// The first dirty block at or after `from`.
+    pub fn next_dirty(&self, from: u64) -> Option<u64> {
+        let mut i = (from / 64) as usize;
+        let mut w = *self.words.get(i)? & (!0u64 << (from % 64));
+        loop {
+            if w != 0 {
+                return Some(i as u64 * 64 + w.trailing_zeros() as u64);
+            }
+            i += 1;
+            w = *self.words.get(i)?;
+        }
+    }
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+    pub fn from_bytes(b: &[u8], volume_size: u64) -> Option<Bitmap> {
+        let mut bm = Bitmap::new(volume_size);
+        if b.len() != bm.words.len() * 8 {
+            return None;
+        }
+        for (i, c) in b.chunks_exact(8).enumerate() {
+            bm.words[i] = u64::from_le_bytes(c.try_into().unwrap());
+        }
+        bm.count = bm.words.iter().map(|w| w.count_ones() as u64).sum();
+        Some(bm)
+    }
+}
+
+/// Capture state of a volume protected by a pair.
+pub struct Stream {
+    pub pair: String,
+    pub mode_paused: bool,
+    /// Set once the PS told us where the pair's sequence stands.
+    pub next_seq: Option<u64>,
+    pub buffer: VecDeque<WireRecord>,
+    pub buffered: u64,
+    pub cap: u64,
+    pub bitmap: Bitmap,
+    /// Time the bitmap last went from empty to dirty.
+    pub dirty_since_us: Option<u64>,
+    /// Step I: the next offset to copy (None: not in step I).
+    pub step1: Option<u64>,
+    /// Step I or II is running (a resync), as opposed to a bitmap drain.
+    pub resyncing: bool,
+    pub resync_required: bool,
+    pub flow_controlled: bool,
+    pub fast_matched: u64,
+    pub fast_compared: u64,
+    pub bytes_captured: u64,
+    pub bytes_sent: u64,
+    pub resyncs: u64,
+    pub error: Option<String>,
+    /// Highest seq acknowledged by the PS.
+    pub acked_seq: u64,
+    /// The last record pushed left the image inconsistent: once the resync
+    /// or drain is over, a marker record makes the end a consistent point.
+    pub last_inconsistent: bool,
+    last_ts_us: u64,
+    /// Fast resync compares against the MT's image once it holds every
+    /// record sent before the resync began (this seq).
+    pub resync_base: Option<u64>,
+}
+
+impl Stream {
+    pub fn new(pair: &str, volume_size: u64, cap: u64) -> Stream {
+        Stream {
+            pair: pair.to_owned(),
+            mode_paused: false,
+            next_seq: None,
+            buffer: VecDeque::new(),
+            buffered: 0,
+            cap,
+            bitmap: Bitmap::new(volume_size),
+            dirty_since_us: None,
+            step1: None,
+            resyncing: false,
+            resync_required: false,
+            flow_controlled: false,
+            fast_matched: 0,
+            fast_compared: 0,
+            bytes_captured: 0,
+            bytes_sent: 0,
+            resyncs: 0,
+            error: None,
+            acked_seq: 0,
+            last_inconsistent: false,
+            last_ts_us: 0,
+            resync_base: None,
+        }
+    }
+
+    pub fn mode(&self) -> AgentMode {
+        if self.mode_paused {
+            AgentMode::Paused
+        } else if self.resync_required {
+            AgentMode::ResyncRequired
+        } else if self.next_seq.is_none() {
+            AgentMode::Connecting
+        } else if self.step1.is_some() {
+            AgentMode::ResyncStep1
+        } else if self.resyncing {
+            AgentMode::ResyncStep2
+        } else if !self.bitmap.is_empty() {
+            AgentMode::Bitmap
+        } else {
+            AgentMode::Differential
+        }
+    }
+
+    /// Can records be appended now (a session exists, not paused)?
+    fn streaming(&self) -> bool {
+        self.next_seq.is_some() && !self.mode_paused && !self.resync_required
+    }
+
+    fn consistent_after(&self) -> bool {
+        self.bitmap.is_empty() && self.step1.is_none()
+    }
+
+    fn mark_dirty(&mut self, off: u64, len: u64) {
+        if self.bitmap.is_empty() {
+            self.dirty_since_us = Some(now_us());
+        }
+        self.bitmap.mark(off, len);
+    }
+
+    /// Append a record (the caller checked room and `streaming`).
+    fn push(&mut self, body: RecordBody) -> u64 {
+        let seq = self.next_seq.expect("streaming");
+        self.next_seq = Some(seq + 1);
+        let inconsistent = !self.consistent_after();
+        self.last_inconsistent = inconsistent;
+        let ts_us = now_us().max(self.last_ts_us);
+        self.last_ts_us = ts_us;
+        let r = WireRecord {
+            record: Record { seq, ts_us, body },
+            inconsistent,
+        };
+        self.buffered += r.data_len() as u64 + 32;
+        self.buffer.push_back(r);
+        seq
+    }
+
+    /// Put every unacknowledged record back into the bitmap and drop the
+    /// buffer (the PS lost the session, or we stop cleanly).
+    pub fn spill_buffer_to_bitmap(&mut self) {
+        let recs: Vec<WireRecord> = self.buffer.drain(..).collect();
+        for r in recs {
+            match &r.record.body {
+                RecordBody::Write { offset, data } => self.mark_dirty(*offset, data.len() as u64),
+                RecordBody::Zero { offset, len } => self.mark_dirty(*offset, *len as u64),
+                RecordBody::Bookmark { .. } => {}
+            }
+        }
+        self.buffered = 0;
+    }
+
+    /// Source time of the oldest change not yet safe at the PS.
+    pub fn oldest_pending_us(&self) -> Option<u64> {
+        let b = self.buffer.front().map(|r| r.record.ts_us);
+        match (b, self.dirty_since_us.filter(|_| !self.bitmap.is_empty())) {
+            (Some(a), Some(c)) => Some(a.min(c)),
+            (a, c) => a.or(c),
+        }
+    }
+
+    /// If a resync or drain just ended with an inconsistent record, append
+    /// a marker so the present becomes a consistent point even when the
+    /// source is idle. Returns whether one was added.
+    pub fn mark_consistent_if_due(&mut self) -> bool {
+        if self.last_inconsistent
+            && self.consistent_after()
+            && self.streaming()
+            && self.buffered + 64 <= self.cap
+        {
+            self.push(RecordBody::Bookmark {
+                kind: BookmarkKind::User,
+                name: "tern:consistent".into(),
+            });
+            return true;
+        }
+        false
+    }
+
+    /// Start a full resync: step I over the whole volume.
+    pub fn start_resync(&mut self) {
+        self.step1 = Some(0);
+        self.resync_base = self.next_seq.map(|n| n - 1);
+        self.resyncing = true;
+        self.last_inconsistent = true;
+        self.resync_required = false;
+        self.fast_matched = 0;
+        self.fast_compared = 0;
+        self.resyncs += 1;
+    }
+}
+
+/// A protected volume: its backing file and, once a pair protects it, the stream.
+pub struct Volume {
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    file: File,
+    pub stream: Mutex<Option<Stream>>,
+    /// Set (under the stream lock) by a clean stop: from then on writes are
+    /// refused, so none can reach the volume without being captured.
+    pub closed: std::sync::atomic::AtomicBool,
+    /// Signalled when records are appended or the buffer drains.
+    pub changed: Condvar,
+    /// Wakes the resync driver: the sender freed buffer space.
+    pub room: Arc<tokio::sync::Notify>,
+    /// Wakes the async sender.
+    pub notify: Arc<tokio::sync::Notify>,
+}
+
+impl Volume {
+    /// Open (or create with `create_size`) the backing file or device.
+    pub fn open(name: &str, path: &Path, create_size: Option<u64>) -> io::Result<Volume> {
+        if !path.exists() {
+            let Some(sz) = create_size else {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "volume {name}: {} does not exist (give a size to create it)",
+                        path.display()
+                    ),
+                ));
+            };
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            let f = File::create(path)?;
+            f.set_len(sz)?;
+        }
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        use std::io::{Seek, SeekFrom};
+        let size = (&file).seek(SeekFrom::End(0))?;
+        if size == 0 || size % 512 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "volume {name}: {} is {size} bytes; a volume is a positive multiple of 512 bytes",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Volume {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            size,
+            file,
+            stream: Mutex::new(None),
+            closed: Default::default(),
+            changed: Condvar::new(),
+            room: Arc::new(tokio::sync::Notify::new()),
+            notify: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    fn check(&self, off: u64, len: u64) -> io::Result<()> {
+        if off.checked_add(len).is_none_or(|e| e > self.size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "request past the end of the volume",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check(off, buf.len() as u64)?;
+        self.file.read_exact_at(buf, off)
+    }
+
+    /// Write and capture. `zero`: the range becomes zeroes (data ignored).
+    pub fn write(&self, off: u64, data: &[u8]) -> io::Result<()> {
+        self.check(off, data.len() as u64)?;
+        let mut g = self.stream.lock().unwrap();
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::Error::other("the agent is stopping; write refused"));
+        }
+        self.file.write_all_at(data, off)?;
+        if let Some(st) = g.as_mut() {
+            st.bytes_captured += data.len() as u64;
+            let len = data.len() as u64;
+            let ahead_of_step1 = st.step1.is_some_and(|c| off >= c);
+            if ahead_of_step1 {
+                // Step I has not reached it: the copy will carry it.
+            } else if st.step1.is_some() {
+                st.mark_dirty(off, len);
+            } else if st.streaming() && st.bitmap.is_empty() && st.buffered + len + 32 <= st.cap {
+                st.push(RecordBody::Write {
+                    offset: off,
+                    data: data.to_vec(),
+                });
+                drop(g);
+                self.notify.notify_one();
+                return Ok(());
+            } else {
+                st.mark_dirty(off, len);
+            }
+            drop(g);
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    pub fn write_zeroes(&self, off: u64, len: u64) -> io::Result<()> {
+        self.check(off, len)?;
+        let mut g = self.stream.lock().unwrap();
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::Error::other("the agent is stopping; write refused"));
+        }
+        // Zero the backing range (punching a hole where possible).
+        zero_range(&self.file, off, len)?;
+        if let Some(st) = g.as_mut() {
+            let ahead = st.step1.is_some_and(|c| off >= c);
+            if ahead {
+            } else if st.step1.is_none()
+                && st.streaming()
+                && st.bitmap.is_empty()
+                && st.buffered + 32 <= st.cap
+                && len <= u32::MAX as u64
+            {
+                st.push(RecordBody::Zero {
+                    offset: off,
+                    len: len as u32,
+                });
+            } else {
+                st.mark_dirty(off, len);
+            }
+            drop(g);
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    pub fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Insert a bookmark at exactly this point of the stream.
+    pub fn bookmark(&self, kind: BookmarkKind, name: &str) -> Result<u64, String> {
+        let mut g = self.stream.lock().unwrap();
+        let Some(st) = g.as_mut() else {
+            return Err("the volume is not protected by a pair".into());
+        };
+        if !st.streaming() {
+            return Err(format!(
+                "the pair is {} (no session with the PS); try again when it is replicating",
+                serde_json::to_value(st.mode()).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            ));
+        }
+        if st.buffered + 256 > st.cap {
+            return Err("the agent's buffer is full (bitmap mode); try again when it drains".into());
+        }
+        let seq = st.push(RecordBody::Bookmark {
+            kind,
+            name: name.to_owned(),
+        });
+        let consistent = !st.buffer.back().is_some_and(|r| r.inconsistent);
+        drop(g);
+        self.notify.notify_one();
+        if !consistent {
+            return Err(format!(
+                "bookmark inserted at seq {seq}, but the pair is resyncing, so that point is not consistent and will not be offered"
+            ));
+        }
+        Ok(seq)
+    }
+
+    /// Step I / drain: copy one region of the volume into the stream, under
+    /// the write lock. `len` ≤ RESYNC_BLOCK. Returns false if the buffer
+    /// has no room (the caller waits for the sender).
+    pub fn copy_region(&self, st: &mut Stream, off: u64, len: u64) -> io::Result<bool> {
+        if st.buffered + len + 32 > st.cap && st.buffered > 0 {
+            return Ok(false);
+        }
+        let mut data = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut data, off)?;
+        st.push(RecordBody::Write { offset: off, data });
+        Ok(true)
+    }
+
+    /// Hash of `[off, off+len)` read under the lock (for fast resync).
+    pub fn read_locked(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, off)
+    }
+}
+
+fn zero_range(f: &File, off: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on an open descriptor; failure falls back to writes.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let z = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(z.len() as u64) as usize;
+        f.write_all_at(&z[..n], off + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// One resync step under the lock: copy the next step-I block or the next
+/// dirty run. Returns what happened.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A region went into the stream (or was skipped by fast resync).
+    Progress,
+    /// No room in the buffer: wait for the sender.
+    Full,
+    /// Nothing left to copy.
+    Done,
+}
+
+/// Drain the bitmap: copy the next run of dirty blocks (≤ RESYNC_BLOCK).
+pub fn drain_step(vol: &Volume, st: &mut Stream) -> io::Result<Step> {
+    let Some(first) = st.bitmap.next_dirty(0) else {
+        if st.resyncing && st.step1.is_none() {
+            st.resyncing = false;
+        }
+        return Ok(Step::Done);
+    };
+    let mut last = first;
+    while (last + 1 - first) * BITMAP_BLOCK < RESYNC_BLOCK && st.bitmap.get(last + 1) {
+        last += 1;
+    }
+    let off = first * BITMAP_BLOCK;
+    let end = ((last + 1) * BITMAP_BLOCK).min(vol.size);
+    if off >= vol.size {
+        for b in first..=last {
+            st.bitmap.clear(b);
+        }
+        return Ok(Step::Progress);
+    }
+    if st.buffered + (end - off) + 32 > st.cap && st.buffered > 0 {
+        return Ok(Step::Full);
+    }
+    for b in first..=last {
+        st.bitmap.clear(b);
+    }
+    if st.bitmap.is_empty() && st.step1.is_none() {
+        st.resyncing = false;
+    }
+    if !vol.copy_region(st, off, end - off)? {
+        st.bitmap.mark(off, end - off);
+        return Ok(Step::Full);
+    }
+    Ok(Step::Progress)
+}

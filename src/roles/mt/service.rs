@@ -1,0 +1,488 @@
+//! The MT's replication service on the data port: chunks from the PS are
+//! verified and applied to the pair's journal; the PS and agent ask for the
+//! cursor and for fast-resync hashes; the CX asks for images and points.
+//!
+//! Why no MT cache directory: the journal is itself an append-only,
+//! checksummed, fsync'd log on the MT's disk, so a chunk is applied straight
+//! into it and acknowledged once durable there. A separate cache would cost
+//! a second write of every byte for no extra safety. When the journal cannot
+//! take a chunk (retention space full with policy=stop), the MT refuses it
+//! and the PS keeps it in its cache.
+//!
+//! Invariants: only the pair's PS may push chunks (its certificate's host id),
+//! only the CX may run admin operations; a chunk's unrecoverable ranges are
+//! recorded before its records are applied.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use super::{OpenPairs, ReplicaPair};
+use crate::config::Config;
+use crate::engine::chunk;
+use crate::engine::control::{MtPairStatus, NodeReport, PairSpec, SyncResponse};
+use crate::engine::journal::{JournalError, PointSpec};
+use crate::engine::transport::PeerIdentity;
+use crate::roles::cx::api::ApiError;
+
+struct MtPair {
+    spec: PairSpec,
+    rp: Arc<ReplicaPair>,
+    applied_bytes: AtomicU64,
+}
+
+pub struct MtRole {
+    cfg: Config,
+    host_id: String,
+    pub open: OpenPairs,
+    pairs: Mutex<HashMap<String, Arc<MtPair>>>,
+    errors: Mutex<HashMap<String, String>>,
+    cx_host: Mutex<Option<String>>,
+}
+
+impl MtRole {
+    pub fn new(cfg: Config, host_id: String) -> Arc<MtRole> {
+        Arc::new(MtRole {
+            cfg,
+            host_id,
+            open: Default::default(),
+            pairs: Mutex::default(),
+            errors: Mutex::default(),
+            cx_host: Mutex::new(None),
+        })
+    }
+
+    /// Open or create the replicas of pairs that target this host.
+    pub fn apply(&self, resp: &SyncResponse) {
+        *self.cx_host.lock().unwrap() = Some(resp.cx_host.clone());
+        let mine: Vec<&PairSpec> = resp
+            .pairs
+            .iter()
+            .filter(|p| p.target_host == self.host_id)
+            .collect();
+        let mut pairs = self.pairs.lock().unwrap();
+        pairs.retain(|name, _| {
+            let keep = mine.iter().any(|p| &p.name == name);
+            if !keep {
+                tracing::info!(pair = %name, "pair removed from this MT; its replica and journal stay on disk");
+                self.open.lock().unwrap().remove(name);
+            }
+            keep
+        });
+        for spec in mine {
+            if let Some(p) = pairs.get(&spec.name) {
+                if p.spec.uuid == spec.uuid {
+                    continue;
+                }
+            }
+            match self.open_pair(spec) {
+                Ok(p) => {
+                    self.errors.lock().unwrap().remove(&spec.name);
+                    self.open
+                        .lock()
+                        .unwrap()
+                        .insert(spec.name.clone(), p.rp.clone());
+                    pairs.insert(spec.name.clone(), Arc::new(p));
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    let mut errs = self.errors.lock().unwrap();
+                    if errs.get(&spec.name) != Some(&msg) {
+                        tracing::error!(pair = %spec.name, error = %msg, "cannot open the pair's replica");
+                    }
+                    errs.insert(spec.name.clone(), msg);
+                }
+            }
+        }
+    }
+
+    fn open_pair(&self, spec: &PairSpec) -> anyhow::Result<MtPair> {
+        let dir = super::pairs_dir(&self.cfg.data_dir).join(&spec.name);
+        let rp = if dir.join("pair.json").exists() {
+            let rp = ReplicaPair::open(&self.cfg.data_dir, &spec.name)?;
+            if rp.config.uuid.as_deref() != Some(spec.uuid.as_str()) {
+                anyhow::bail!(
+                    "pair {}: {} holds the replica of another pair of that name (uuid {:?}); move it away or delete it, then the new pair starts",
+                    spec.name,
+                    dir.display(),
+                    rp.config.uuid
+                );
+            }
+            if rp.config.volume_size != spec.volume_size {
+                anyhow::bail!(
+                    "pair {}: the replica is {} bytes, the source volume {}",
+                    spec.name,
+                    rp.config.volume_size,
+                    spec.volume_size
+                );
+            }
+            rp
+        } else {
+            let mut rp = ReplicaPair::create(
+                &self.cfg.data_dir,
+                &spec.name,
+                spec.volume_size,
+                spec.target_path.clone(),
+                spec.retention.clone(),
+            )?;
+            // Nothing on the replica is an image of the source yet.
+            rp.journal.mark_unrecoverable(0, 0)?;
+            rp.config.uuid = Some(spec.uuid.clone());
+            crate::engine::fsutil::write_durable(
+                &rp.dir.join("pair.json"),
+                &serde_json::to_vec_pretty(&rp.config)?,
+                0o644,
+            )?;
+            tracing::info!(pair = %spec.name, replica = %rp.config.replica.display(), size = spec.volume_size, "replica created");
+            rp
+        };
+        let mut rp = rp;
+        if rp.config.policy != spec.retention {
+            rp.config.policy = spec.retention.clone();
+            crate::engine::fsutil::write_durable(
+                &rp.dir.join("pair.json"),
+                &serde_json::to_vec_pretty(&rp.config)?,
+                0o644,
+            )?;
+        }
+        Ok(MtPair {
+            spec: spec.clone(),
+            rp: Arc::new(rp),
+            applied_bytes: AtomicU64::new(0),
+        })
+    }
+
+    pub fn report(&self, r: &mut NodeReport) {
+        for (name, p) in self.pairs.lock().unwrap().iter() {
+            let j = &p.rp.journal;
+            let st = j.stats();
+            let latest = j.resolve(&PointSpec::Latest).ok();
+            let oldest = j.resolve(&PointSpec::Oldest).ok();
+            r.mt_pairs.push(MtPairStatus {
+                pair: name.clone(),
+                last_seq: st.latest.seq,
+                last_ts_us: st.latest.ts_us,
+                latest_point: latest.map(|p| (p.seq, p.ts_us)),
+                oldest_point: oldest.map(|p| (p.seq, p.ts_us)),
+                journal_bytes: st.bytes,
+                bytes_applied: p.applied_bytes.load(Ordering::Relaxed),
+                error: st.failed.clone(),
+            });
+        }
+        for (name, e) in self.errors.lock().unwrap().iter() {
+            r.mt_pairs.push(MtPairStatus {
+                pair: name.clone(),
+                last_seq: 0,
+                last_ts_us: 0,
+                latest_point: None,
+                oldest_point: None,
+                journal_bytes: 0,
+                bytes_applied: 0,
+                error: Some(e.clone()),
+            });
+        }
+    }
+
+    fn pair(&self, name: &str) -> Result<Arc<MtPair>, Rejection> {
+        self.pairs.lock().unwrap().get(name).cloned().ok_or_else(|| {
+            ApiError::reject(
+                StatusCode::NOT_FOUND,
+                format!("pair {name} is not assigned to this MT (yet)"),
+            )
+        })
+    }
+}
+
+fn forbidden(what: &str) -> Rejection {
+    ApiError::reject(StatusCode::FORBIDDEN, what.to_owned())
+}
+
+fn json_err(status: StatusCode, v: serde_json::Value) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply::json(&v), status).into_response()
+}
+
+async fn apply_chunk(
+    pair: String,
+    _first: u64,
+    peer: PeerIdentity,
+    body: Bytes,
+    mt: Arc<MtRole>,
+) -> Result<warp::reply::Response, Rejection> {
+    let p = mt.pair(&pair)?;
+    if peer.host_id.as_deref() != Some(p.spec.ps_host.as_str()) {
+        return Err(forbidden(&format!(
+            "pair {pair}: only its process server may send chunks"
+        )));
+    }
+    let r = tokio::task::spawn_blocking(move || -> Result<(u64, u64), (StatusCode, String, Option<u64>)> {
+        let (h, recs) = chunk::decode(&body, &p.spec.uuid_bytes()).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("pair {}: chunk {}..: refused: {e}", p.spec.name, _first),
+                None,
+            )
+        })?;
+        let j = &p.rp.journal;
+        // Record the inconsistent runs first (write-ahead).
+        let mut run: Option<(u64, u64)> = None;
+        for r in &recs {
+            if r.inconsistent {
+                run = Some(match run {
+                    Some((a, _)) => (a, r.record.seq),
+                    None => (r.record.seq, r.record.seq),
+                });
+            } else if let Some((a, b)) = run.take() {
+                j.mark_unrecoverable(a, b).map_err(|e| {
+                    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)
+                })?;
+            }
+        }
+        if let Some((a, b)) = run {
+            j.mark_unrecoverable(a, b)
+                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
+        }
+        let records: Vec<_> = recs.into_iter().map(|r| r.record).collect();
+        match j.apply(&records) {
+            Ok(_) => {
+                p.applied_bytes.fetch_add(h.raw_len as u64, Ordering::Relaxed);
+                Ok((j.last_seq(), h.raw_len as u64))
+            }
+            Err(JournalError::Gap { last, .. }) => Err((
+                StatusCode::CONFLICT,
+                format!("pair {}: sequence gap: the journal ends at seq {last}", p.spec.name),
+                Some(last + 1),
+            )),
+            Err(e @ JournalError::RetentionFull { .. }) => Err((
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("pair {}: {e}", p.spec.name),
+                None,
+            )),
+            Err(e @ JournalError::BadRecord(_)) => Err((
+                StatusCode::BAD_REQUEST,
+                format!("pair {}: {e}", p.spec.name),
+                None,
+            )),
+            Err(e) => Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("pair {}: {e}", p.spec.name),
+                None,
+            )),
+        }
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(match r {
+        Ok((last, _)) => warp::reply::json(&serde_json::json!({"last_seq": last})).into_response(),
+        Err((status, msg, next)) => {
+            if status != StatusCode::CONFLICT {
+                tracing::warn!(pair = %pair, error = %msg, "chunk refused");
+            }
+            json_err(status, serde_json::json!({"error": msg, "next_seq": next}))
+        }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HashRequest {
+    pub offset: u64,
+    pub block: u64,
+    pub count: u64,
+    /// Wait until the journal holds at least this seq.
+    #[serde(default)]
+    pub min_seq: u64,
+}
+
+async fn hashes(
+    pair: String,
+    peer: PeerIdentity,
+    req: HashRequest,
+    mt: Arc<MtRole>,
+) -> Result<warp::reply::Response, Rejection> {
+    let p = mt.pair(&pair)?;
+    if peer.host_id.as_deref() != Some(p.spec.ps_host.as_str()) {
+        return Err(forbidden(&format!("pair {pair}: only its process server may ask")));
+    }
+    if req.block == 0 || req.block > 16 << 20 || req.count > 1024 {
+        return Err(ApiError::reject(
+            StatusCode::BAD_REQUEST,
+            "block must be 1..16 MiB, count at most 1024",
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while p.rp.journal.last_seq() < req.min_seq {
+        if tokio::time::Instant::now() > deadline {
+            return Ok(json_err(
+                StatusCode::CONFLICT,
+                serde_json::json!({"error": format!("the journal has not reached seq {} yet", req.min_seq)}),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
+        let j = &p.rp.journal;
+        let pin = j.pin_last_applied().map_err(|e| e.to_string())?;
+        let size = j.volume_size();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; req.block as usize];
+        for i in 0..req.count {
+            let off = req.offset + i * req.block;
+            if off >= size {
+                break;
+            }
+            let n = (size - off).min(req.block) as usize;
+            pin.read_at(off, &mut buf[..n]).map_err(|e| e.to_string())?;
+            out.push(blake3::hash(&buf[..n]).to_hex().to_string());
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    match r {
+        Ok(h) => Ok(warp::reply::json(&serde_json::json!({"hashes": h})).into_response()),
+        Err(e) => Err(ApiError::reject(StatusCode::INTERNAL_SERVER_ERROR, e)),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct AdminRequest {
+    pub at: Option<String>,
+    pub to: Option<PathBuf>,
+}
+
+async fn admin(
+    pair: String,
+    op: String,
+    peer: PeerIdentity,
+    req: AdminRequest,
+    mt: Arc<MtRole>,
+) -> Result<warp::reply::Response, Rejection> {
+    let cx = mt.cx_host.lock().unwrap().clone();
+    if cx.is_none() || peer.host_id != cx {
+        return Err(forbidden("replica operations are taken from the CX only"));
+    }
+    let p = mt.pair(&pair)?;
+    let at: PointSpec = req
+        .at
+        .as_deref()
+        .unwrap_or("latest")
+        .parse()
+        .map_err(|e: String| ApiError::reject(StatusCode::BAD_REQUEST, e))?;
+    let r = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, (StatusCode, String)> {
+        let j = &p.rp.journal;
+        let bad = |e: JournalError| (StatusCode::CONFLICT, format!("pair {}: {e}", p.spec.name));
+        let pt = |seq: u64, ts: u64| {
+            serde_json::json!({"seq": seq, "ts_us": ts, "time": crate::util::rfc3339_ms(ts / 1000)})
+        };
+        match op.as_str() {
+            "points" => {
+                let latest = j.resolve(&PointSpec::Latest).ok();
+                let oldest = j.resolve(&PointSpec::Oldest).ok();
+                let bms: Vec<_> = j
+                    .bookmarks()
+                    .into_iter()
+                    .filter(|b| j.unrecoverable_range(b.seq).is_none())
+                    .collect();
+                Ok(serde_json::json!({
+                    "pair": p.spec.name,
+                    "latest": latest.map(|x| pt(x.seq, x.ts_us)),
+                    "oldest": oldest.map(|x| pt(x.seq, x.ts_us)),
+                    "last_applied_seq": j.last_seq(),
+                    "bookmarks": bms,
+                }))
+            }
+            "hash" => {
+                let pin = j.pin(&at).map_err(bad)?;
+                let h = super::hash_image(&pin)
+                    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+                Ok(serde_json::json!({
+                    "pair": p.spec.name, "point": pt(pin.point.seq, pin.point.ts_us),
+                    "blake3": h.to_hex().to_string(), "size": j.volume_size(),
+                }))
+            }
+            "image" => {
+                let Some(to) = req.to.clone() else {
+                    return Err((StatusCode::BAD_REQUEST, "image needs `to` (a path on the MT host)".into()));
+                };
+                let pin = j.pin(&at).map_err(bad)?;
+                let name = p.spec.name.clone();
+                let mut last_log = std::time::Instant::now();
+                let h = super::write_image(&pin, &to, |done, total| {
+                    if last_log.elapsed() > Duration::from_secs(5) {
+                        last_log = std::time::Instant::now();
+                        tracing::info!(pair = %name, done, total, pct = done * 100 / total.max(1), "image export progress");
+                    }
+                })
+                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+                tracing::info!(pair = %p.spec.name, seq = pin.point.seq, to = %to.display(), "image written");
+                Ok(serde_json::json!({
+                    "pair": p.spec.name, "point": pt(pin.point.seq, pin.point.ts_us),
+                    "to": to, "blake3": h.to_hex().to_string(), "size": j.volume_size(),
+                }))
+            }
+            _ => Err((
+                StatusCode::NOT_FOUND,
+                format!("unknown replica operation `{op}`"),
+            )),
+        }
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(match r {
+        Ok(v) => warp::reply::json(&v).into_response(),
+        Err((s, m)) => json_err(s, serde_json::json!({"error": m})),
+    })
+}
+
+/// MT routes on the data port (`/data/v1/mt/...`).
+pub fn routes(
+    mt: Arc<MtRole>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let with = move || {
+        let mt = mt.clone();
+        warp::any().map(move || mt.clone())
+    };
+    let chunk = warp::path!("data" / "v1" / "mt" / String / "chunk" / u64)
+        .and(warp::put())
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(warp::body::content_length_limit(chunk::MAX_RAW as u64 + 4096))
+        .and(warp::body::bytes())
+        .and(with())
+        .and_then(apply_chunk);
+    let cursor = warp::path!("data" / "v1" / "mt" / String / "cursor")
+        .and(warp::get())
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(with())
+        .and_then(|pair: String, peer: PeerIdentity, mt: Arc<MtRole>| async move {
+            let p = mt.pair(&pair)?;
+            if peer.host_id.as_deref() != Some(p.spec.ps_host.as_str()) {
+                return Err(forbidden(&format!("pair {pair}: only its process server may ask")));
+            }
+            Ok::<_, Rejection>(
+                warp::reply::json(&serde_json::json!({"next_seq": p.rp.journal.last_seq() + 1}))
+                    .into_response(),
+            )
+        });
+    let hashes = warp::path!("data" / "v1" / "mt" / String / "hashes")
+        .and(warp::post())
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(warp::body::content_length_limit(1 << 16))
+        .and(warp::body::json())
+        .and(with())
+        .and_then(hashes);
+    let admin = warp::path!("data" / "v1" / "mt" / String / "admin" / String)
+        .and(warp::post())
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(warp::body::content_length_limit(1 << 16))
+        .and(warp::body::json())
+        .and(with())
+        .and_then(admin);
+    chunk.or(cursor).unify().or(hashes).unify().or(admin).unify()
+}

@@ -1,0 +1,628 @@
+//! The process server: takes chunks from agents, compresses them (pairs with
+//! `compression = ps`), and forwards them to the MT in order.
+//!
+//! Cut-through with spill: while a pair's cache is empty and the MT answers,
+//! a chunk is forwarded inside the agent's request and acknowledged once the
+//! MT has it durably in the journal, so it is written once, on the MT. When
+//! the MT is slow, down or cut off, chunks are written to the PS's cache
+//! (`DATA/ps/cache/PAIR/`, fsync'd before the agent hears "ok") and a
+//! forwarder drains them in order. Above the pair's threshold (resync or
+//! differential), the PS answers "throttled" and the agent falls back to
+//! its bitmap: the seed's "data flow controlled".
+//!
+//! Invariants: a chunk is acknowledged only once durable on the PS or the MT;
+//! chunks of a pair reach the MT in sequence order; a repeated chunk is
+//! acknowledged without being stored twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::config::Config;
+use crate::engine::chunk::{self, Codec};
+use crate::engine::control::{Compression, NodeReport, PairSpec, PsPairStatus, SyncResponse};
+use crate::engine::shutdown::Shutdown;
+use crate::engine::transport::PeerIdentity;
+use crate::roles::cx::api::ApiError;
+
+struct Cached {
+    first: u64,
+    last: u64,
+    first_ts_us: u64,
+    bytes: u64,
+    path: PathBuf,
+}
+
+#[derive(Default)]
+struct Intake {
+    /// The next seq this PS expects from the agent (None: ask the MT).
+    next_seq: Option<u64>,
+    cached: VecDeque<Cached>,
+    cache_bytes: u64,
+}
+
+struct PsPair {
+    spec: Mutex<PairSpec>,
+    dir: PathBuf,
+    intake: tokio::sync::Mutex<Intake>,
+    /// Mirrors of the intake for reports (no await on the report path).
+    cache_bytes: AtomicU64,
+    cache_chunks: AtomicU64,
+    oldest_cached_us: AtomicU64,
+    forwarded_seq: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_raw: AtomicU64,
+    bytes_out: AtomicU64,
+    throttled_at: Mutex<Option<Instant>>,
+    error: Mutex<Option<String>>,
+    wake: tokio::sync::Notify,
+    stop: crate::engine::shutdown::ShutdownTrigger,
+    running: AtomicBool,
+}
+
+impl PsPair {
+    fn spec(&self) -> PairSpec {
+        self.spec.lock().unwrap().clone()
+    }
+    fn mirror(&self, i: &Intake) {
+        self.cache_bytes.store(i.cache_bytes, Ordering::Relaxed);
+        self.cache_chunks
+            .store(i.cached.len() as u64, Ordering::Relaxed);
+        self.oldest_cached_us.store(
+            i.cached.front().map(|c| c.first_ts_us).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+    }
+    fn mt_url(&self, rest: &str) -> Result<String, String> {
+        let s = self.spec();
+        let addr = s
+            .target_addr
+            .ok_or_else(|| format!("pair {}: the MT has not reported its data address", s.name))?;
+        Ok(format!("https://{addr}/data/v1/mt/{}/{rest}", s.name))
+    }
+}
+
+pub struct PsRole {
+    cfg: Config,
+    host_id: String,
+    client: reqwest::Client,
+    pairs: Mutex<HashMap<String, Arc<PsPair>>>,
+    shutdown: Shutdown,
+}
+
+fn cache_dir(cfg: &Config, pair: &str) -> PathBuf {
+    cfg.data_dir.join("ps").join("cache").join(pair)
+}
+
+fn chunk_name(first: u64, last: u64) -> String {
+    format!("{first:020}-{last:020}.tchk")
+}
+
+impl PsRole {
+    pub fn new(
+        cfg: Config,
+        host_id: String,
+        client: reqwest::Client,
+        shutdown: Shutdown,
+    ) -> Arc<PsRole> {
+        Arc::new(PsRole {
+            cfg,
+            host_id,
+            client,
+            pairs: Mutex::default(),
+            shutdown,
+        })
+    }
+
+    pub fn apply(self: &Arc<Self>, resp: &SyncResponse) {
+        let mine: Vec<&PairSpec> = resp
+            .pairs
+            .iter()
+            .filter(|p| p.ps_host == self.host_id)
+            .collect();
+        let mut pairs = self.pairs.lock().unwrap();
+        pairs.retain(|name, p| {
+            let keep = mine.iter().any(|s| &s.name == name && s.uuid == p.spec().uuid);
+            if !keep {
+                p.stop.fire();
+                tracing::info!(pair = %name, "pair left this PS; its cache is dropped");
+                let _ = std::fs::remove_dir_all(&p.dir);
+            }
+            keep
+        });
+        for spec in mine {
+            if let Some(p) = pairs.get(&spec.name) {
+                *p.spec.lock().unwrap() = spec.clone();
+                p.wake.notify_one();
+                continue;
+            }
+            match self.open_pair(spec) {
+                Ok(p) => {
+                    let me = self.clone();
+                    let p2 = p.clone();
+                    tokio::spawn(async move { me.forwarder(p2).await });
+                    pairs.insert(spec.name.clone(), p);
+                }
+                Err(e) => tracing::error!(pair = %spec.name, error = %format!("{e:#}"), "cannot open the pair's PS cache"),
+            }
+        }
+    }
+
+    fn open_pair(&self, spec: &PairSpec) -> anyhow::Result<Arc<PsPair>> {
+        let dir = cache_dir(&self.cfg, &spec.name);
+        std::fs::create_dir_all(&dir)?;
+        // Chunks cached before a restart, in order; a torn temp file is dropped.
+        let mut intake = Intake::default();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for n in names {
+            let path = dir.join(&n);
+            if !n.ends_with(".tchk") {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let b = std::fs::read(&path)?;
+            match chunk::decode_header(&b) {
+                Ok(h) if h.pair == spec.uuid_bytes() && b.len() == h.wire_len() => {
+                    intake.cache_bytes += b.len() as u64;
+                    intake.next_seq = Some(h.last_seq + 1);
+                    intake.cached.push_back(Cached {
+                        first: h.first_seq,
+                        last: h.last_seq,
+                        first_ts_us: h.first_ts_us,
+                        bytes: b.len() as u64,
+                        path,
+                    });
+                }
+                _ => {
+                    tracing::warn!(file = %path.display(), "dropping a cached chunk that is damaged or of another pair");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        if !intake.cached.is_empty() {
+            tracing::info!(pair = %spec.name, chunks = intake.cached.len(), bytes = intake.cache_bytes, "PS cache reloaded; forwarding to the MT");
+        }
+        let p = Arc::new(PsPair {
+            spec: Mutex::new(spec.clone()),
+            dir,
+            cache_bytes: AtomicU64::new(0),
+            cache_chunks: AtomicU64::new(0),
+            oldest_cached_us: AtomicU64::new(0),
+            forwarded_seq: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_raw: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            throttled_at: Mutex::new(None),
+            error: Mutex::new(None),
+            wake: tokio::sync::Notify::new(),
+            stop: crate::engine::shutdown::ShutdownTrigger::new(),
+            running: AtomicBool::new(true),
+            intake: tokio::sync::Mutex::new(Intake::default()),
+        });
+        p.mirror(&intake);
+        *p.intake.try_lock().expect("new") = intake;
+        Ok(p)
+    }
+
+    pub fn report(&self, r: &mut NodeReport) {
+        for (name, p) in self.pairs.lock().unwrap().iter() {
+            let oldest = p.oldest_cached_us.load(Ordering::Relaxed);
+            r.ps_pairs.push(PsPairStatus {
+                pair: name.clone(),
+                cache_bytes: p.cache_bytes.load(Ordering::Relaxed),
+                cache_chunks: p.cache_chunks.load(Ordering::Relaxed),
+                oldest_cached_us: (oldest > 0).then_some(oldest),
+                throttled: p
+                    .throttled_at
+                    .lock()
+                    .unwrap()
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(5)),
+                bytes_in: p.bytes_in.load(Ordering::Relaxed),
+                bytes_raw: p.bytes_raw.load(Ordering::Relaxed),
+                bytes_out: p.bytes_out.load(Ordering::Relaxed),
+                forwarded_seq: p.forwarded_seq.load(Ordering::Relaxed),
+                error: p.error.lock().unwrap().clone(),
+            });
+        }
+    }
+
+    fn pair(&self, name: &str) -> Result<Arc<PsPair>, Rejection> {
+        self.pairs.lock().unwrap().get(name).cloned().ok_or_else(|| {
+            ApiError::reject(
+                StatusCode::NOT_FOUND,
+                format!("pair {name} is not assigned to this PS (yet)"),
+            )
+        })
+    }
+
+    /// PUT the chunk to the MT. Ok(true): applied; Ok(false): the MT is
+    /// behind or ahead (`Err` carries its next seq in `gap`).
+    async fn to_mt(&self, p: &PsPair, first: u64, bytes: Bytes) -> Result<(), MtError> {
+        let url = p.mt_url(&format!("chunk/{first}")).map_err(MtError::Down)?;
+        let n = bytes.len() as u64;
+        let r = self
+            .client
+            .put(url)
+            .body(bytes)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(|e| MtError::Down(format!("MT unreachable: {e}")))?;
+        let status = r.status();
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        if status.is_success() {
+            p.bytes_out.fetch_add(n, Ordering::Relaxed);
+            return Ok(());
+        }
+        let msg = v["error"].as_str().unwrap_or("no reason given").to_owned();
+        match (status.as_u16(), v["next_seq"].as_u64()) {
+            (409, Some(next)) => Err(MtError::Gap(next, msg)),
+            (400, _) => Err(MtError::Refused(msg)),
+            _ => Err(MtError::Down(format!("MT answered {status}: {msg}"))),
+        }
+    }
+
+    async fn mt_cursor(&self, p: &PsPair) -> Result<u64, String> {
+        let r = self
+            .client
+            .get(p.mt_url("cursor")?)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| format!("MT unreachable: {e}"))?;
+        let st = r.status();
+        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        if !st.is_success() {
+            return Err(v["error"].as_str().unwrap_or("error").to_owned());
+        }
+        v["next_seq"].as_u64().ok_or_else(|| "no next_seq".into())
+    }
+
+    /// Drain the pair's cache to the MT, in order, until stopped.
+    async fn forwarder(self: Arc<Self>, p: Arc<PsPair>) {
+        let mut sd = crate::engine::shutdown::either(self.shutdown.clone(), p.stop.subscribe());
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let front = {
+                let i = p.intake.lock().await;
+                i.cached.front().map(|c| (c.first, c.last, c.path.clone()))
+            };
+            let Some((first, last, path)) = front else {
+                tokio::select! {
+                    _ = p.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = sd.wait() => break,
+                }
+                continue;
+            };
+            let bytes = match tokio::fs::read(&path).await {
+                Ok(b) => Bytes::from(b),
+                Err(e) => {
+                    *p.error.lock().unwrap() =
+                        Some(format!("cannot read cached chunk {}: {e}", path.display()));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let r = tokio::select! {
+                r = self.to_mt(&p, first, bytes) => r,
+                _ = sd.wait() => break,
+            };
+            let done = match r {
+                Ok(()) => true,
+                Err(MtError::Gap(next, _)) if next > last => true,
+                Err(MtError::Gap(next, msg)) => {
+                    // The MT lost data the PS no longer has: only a resync
+                    // from the agent can repair it. Drop the cache and let the
+                    // agent's next chunk learn the MT's position.
+                    tracing::error!(pair = %p.spec().name, mt_next = next, first, error = %msg, "the MT is behind the PS cache; dropping the cache so the agent resyncs");
+                    let mut i = p.intake.lock().await;
+                    for c in i.cached.drain(..) {
+                        let _ = std::fs::remove_file(&c.path);
+                    }
+                    i.cache_bytes = 0;
+                    i.next_seq = None;
+                    p.mirror(&i);
+                    continue;
+                }
+                Err(MtError::Refused(msg)) => {
+                    *p.error.lock().unwrap() = Some(format!("MT refused cached chunk {first}: {msg}"));
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = sd.wait() => break,
+                    }
+                    continue;
+                }
+                Err(MtError::Down(msg)) => {
+                    *p.error.lock().unwrap() = Some(msg);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = sd.wait() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            if done {
+                backoff = Duration::from_millis(100);
+                *p.error.lock().unwrap() = None;
+                let mut i = p.intake.lock().await;
+                if i.cached.front().is_some_and(|c| c.first == first) {
+                    let c = i.cached.pop_front().unwrap();
+                    i.cache_bytes -= c.bytes;
+                    let _ = std::fs::remove_file(&c.path);
+                    p.forwarded_seq.store(c.last, Ordering::Relaxed);
+                }
+                p.mirror(&i);
+            }
+        }
+        p.running.store(false, Ordering::Relaxed);
+    }
+}
+
+enum MtError {
+    Down(String),
+    Gap(u64, String),
+    Refused(String),
+}
+
+fn reply(status: StatusCode, v: serde_json::Value) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply::json(&v), status).into_response()
+}
+
+async fn take_chunk(
+    pair: String,
+    first: u64,
+    peer: PeerIdentity,
+    body: Bytes,
+    ps: Arc<PsRole>,
+) -> Result<warp::reply::Response, Rejection> {
+    let p = ps.pair(&pair)?;
+    let spec = p.spec();
+    if peer.host_id.as_deref() != Some(spec.source_host.as_str()) {
+        return Err(ApiError::reject(
+            StatusCode::FORBIDDEN,
+            format!("pair {pair}: only its source agent may send chunks"),
+        ));
+    }
+    p.bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
+    // Verify (CRC, end-to-end hash, pair) off the reactor; compress if ours to do.
+    let uuid = spec.uuid_bytes();
+    let recode = spec.compression == Compression::Ps;
+    let level = spec.zstd_level;
+    let checked = tokio::task::spawn_blocking(move || -> Result<(chunk::ChunkHeader, Bytes), String> {
+        let (h, _) = chunk::verify(&body).map_err(|e| e.to_string())?;
+        if h.pair != uuid {
+            return Err(chunk::ChunkError::WrongPair.to_string());
+        }
+        let out = if recode && !h.compressed {
+            Bytes::from(chunk::recode(&body, Codec::Zstd(level)).map_err(|e| e.to_string())?)
+        } else {
+            body
+        };
+        Ok((h, out))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let (h, bytes) = match checked {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(pair = %pair, first, error = %e, "chunk refused");
+            return Ok(reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("pair {pair}: chunk {first}: refused: {e}")}),
+            ));
+        }
+    };
+    if h.first_seq != first {
+        return Ok(reply(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": format!("pair {pair}: URL says chunk {first}, header says {}", h.first_seq)}),
+        ));
+    }
+    let mut i = p.intake.lock().await;
+    let next = match i.next_seq {
+        Some(n) => n,
+        None => match ps.mt_cursor(&p).await {
+            Ok(n) => {
+                i.next_seq = Some(n);
+                n
+            }
+            Err(e) => {
+                return Ok(reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": format!("pair {pair}: the PS cannot learn the MT's position: {e}")}),
+                ));
+            }
+        },
+    };
+    if h.last_seq < next {
+        return Ok(reply(
+            StatusCode::OK,
+            serde_json::json!({"duplicate": true, "next_seq": next}),
+        ));
+    }
+    if h.first_seq > next {
+        return Ok(reply(
+            StatusCode::CONFLICT,
+            serde_json::json!({"error": format!("pair {pair}: expected seq {next}, got {}", h.first_seq), "next_seq": next}),
+        ));
+    }
+    let limit = if h.resync {
+        ps.cfg.ps.resync_threshold.0
+    } else {
+        ps.cfg.ps.differential_threshold.0
+    };
+    if i.cache_bytes + bytes.len() as u64 > limit && !i.cached.is_empty() {
+        *p.throttled_at.lock().unwrap() = Some(Instant::now());
+        return Ok(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"throttled": true, "error": format!("pair {pair}: PS cache over its threshold ({} bytes); back off", limit)}),
+        ));
+    }
+    p.bytes_raw.fetch_add(h.raw_len as u64, Ordering::Relaxed);
+    // Cut-through: nothing queued ahead of it, so try the MT now.
+    if i.cached.is_empty() {
+        match ps.to_mt(&p, first, bytes.clone()).await {
+            Ok(()) => {
+                i.next_seq = Some(h.last_seq + 1);
+                p.forwarded_seq.store(h.last_seq, Ordering::Relaxed);
+                *p.error.lock().unwrap() = None;
+                return Ok(reply(StatusCode::OK, serde_json::json!({"next_seq": h.last_seq + 1})));
+            }
+            Err(MtError::Gap(mt_next, msg)) => {
+                // The MT is elsewhere than we thought: tell the agent where.
+                i.next_seq = Some(mt_next);
+                if mt_next > h.last_seq {
+                    return Ok(reply(StatusCode::OK, serde_json::json!({"duplicate": true, "next_seq": mt_next})));
+                }
+                return Ok(reply(
+                    StatusCode::CONFLICT,
+                    serde_json::json!({"error": msg, "next_seq": mt_next}),
+                ));
+            }
+            Err(MtError::Refused(msg)) => {
+                return Ok(reply(StatusCode::BAD_REQUEST, serde_json::json!({"error": msg})));
+            }
+            Err(MtError::Down(msg)) => {
+                *p.error.lock().unwrap() = Some(msg);
+            }
+        }
+    }
+    // Spill: durable on the PS before the agent hears "ok".
+    let path = p.dir.join(chunk_name(h.first_seq, h.last_seq));
+    let n = bytes.len() as u64;
+    let path2 = path.clone();
+    let w = tokio::task::spawn_blocking(move || {
+        crate::engine::fsutil::write_durable(&path2, &bytes, 0o600)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    if let Err(e) = w {
+        return Ok(reply(
+            StatusCode::INSUFFICIENT_STORAGE,
+            serde_json::json!({"error": format!("pair {pair}: cannot write the PS cache: {e}; free space on the PS")}),
+        ));
+    }
+    i.cached.push_back(Cached {
+        first: h.first_seq,
+        last: h.last_seq,
+        first_ts_us: h.first_ts_us,
+        bytes: n,
+        path,
+    });
+    i.cache_bytes += n;
+    i.next_seq = Some(h.last_seq + 1);
+    p.mirror(&i);
+    drop(i);
+    p.wake.notify_one();
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::json!({"next_seq": h.last_seq + 1, "cached": true}),
+    ))
+}
+
+fn only_source(p: &PsPair, peer: &PeerIdentity) -> Result<(), Rejection> {
+    let s = p.spec();
+    if peer.host_id.as_deref() != Some(s.source_host.as_str()) {
+        return Err(ApiError::reject(
+            StatusCode::FORBIDDEN,
+            format!("pair {}: only its source agent may do this", s.name),
+        ));
+    }
+    Ok(())
+}
+
+async fn cursor(
+    pair: String,
+    peer: PeerIdentity,
+    ps: Arc<PsRole>,
+) -> Result<warp::reply::Response, Rejection> {
+    let p = ps.pair(&pair)?;
+    only_source(&p, &peer)?;
+    let mut i = p.intake.lock().await;
+    if i.next_seq.is_none() {
+        match ps.mt_cursor(&p).await {
+            Ok(n) => i.next_seq = Some(n),
+            Err(e) => {
+                return Ok(reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": format!("pair {pair}: {e}")}),
+                ));
+            }
+        }
+    }
+    Ok(reply(StatusCode::OK, serde_json::json!({"next_seq": i.next_seq})))
+}
+
+async fn hashes(
+    pair: String,
+    peer: PeerIdentity,
+    body: serde_json::Value,
+    ps: Arc<PsRole>,
+) -> Result<warp::reply::Response, Rejection> {
+    let p = ps.pair(&pair)?;
+    only_source(&p, &peer)?;
+    let url = match p.mt_url("hashes") {
+        Ok(u) => u,
+        Err(e) => return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": e}))),
+    };
+    let r = ps
+        .client
+        .post(url)
+        .json(&body)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            let s = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            Ok(reply(s, v))
+        }
+        Err(e) => Ok(reply(
+            StatusCode::BAD_GATEWAY,
+            serde_json::json!({"error": format!("MT unreachable: {e}")}),
+        )),
+    }
+}
+
+/// PS routes on the data port (`/data/v1/ps/...`).
+pub fn routes(
+    ps: Arc<PsRole>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let with = move || {
+        let ps = ps.clone();
+        warp::any().map(move || ps.clone())
+    };
+    let chunk = warp::path!("data" / "v1" / "ps" / String / "chunk" / u64)
+        .and(warp::put())
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(warp::body::content_length_limit(chunk::MAX_RAW as u64 + 4096))
+        .and(warp::body::bytes())
+        .and(with())
+        .and_then(take_chunk);
+    let cursor = warp::path!("data" / "v1" / "ps" / String / "cursor")
+        .and(warp::get())
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(with())
+        .and_then(cursor);
+    let hashes = warp::path!("data" / "v1" / "ps" / String / "hashes")
+        .and(warp::post())
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(warp::body::content_length_limit(1 << 16))
+        .and(warp::body::json())
+        .and(with())
+        .and_then(hashes);
+    chunk.or(cursor).unify().or(hashes).unify()
+}

@@ -1,0 +1,354 @@
+//! Issue 4 acceptance: the replication pipeline with real roles on loopback,
+//! written to by qemu-io over the agent's NBD export.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use util::*;
+
+const MIB: u64 = 1 << 20;
+
+/// All four roles in one `tern up`, with fast reports and a volume `vol`.
+struct Site {
+    dir: PathBuf,
+    data: PathBuf,
+    up: Daemon,
+    src: PathBuf,
+}
+
+fn config(dir: &Path, vol_size: u64, buffer_cap: &str) -> PathBuf {
+    let src = dir.join("src.img");
+    let cfg = dir.join("aio.toml");
+    write(
+        &cfg,
+        &format!(
+            r#"data_dir = "{data}"
+[node]
+name = "aio"
+data_listen = "127.0.0.1:0"
+heartbeat_interval = "1s"
+report_interval = "200ms"
+[cx]
+api_listen = "127.0.0.1:0"
+[agent]
+buffer_cap = "{buffer_cap}"
+chunk_max = "4MiB"
+auto_resync_delay = "0s"
+[[agent.volumes]]
+name = "vol"
+path = "{src}"
+size = {vol_size}
+listen = "127.0.0.1:0"
+"#,
+            data = dir.join("tern-data").display(),
+            src = src.display(),
+        ),
+    );
+    cfg
+}
+
+impl Site {
+    fn start(dir: &Path, vol_size: u64, prefill: bool) -> Site {
+        let data = dir.join("tern-data");
+        let src = dir.join("src.img");
+        if prefill {
+            // Random data, with holes: fast resync must copy most of it.
+            let mut rng = StdRng::seed_from_u64(5);
+            let f = std::fs::File::create(&src).unwrap();
+            f.set_len(vol_size).unwrap();
+            let mut buf = vec![0u8; MIB as usize];
+            for i in 0..vol_size / MIB {
+                if i % 4 == 3 {
+                    continue;
+                }
+                rng.fill(&mut buf[..]);
+                std::os::unix::fs::FileExt::write_all_at(&f, &buf, i * MIB).unwrap();
+            }
+        }
+        let cfg = config(dir, vol_size, "32MiB");
+        let up = Daemon::spawn(
+            dir,
+            "up",
+            &["serve", "--role", "cx,ps,mt,agent", "--config", cfg.to_str().unwrap()],
+        );
+        wait_file(&data.join("cx.url"), 30, &up);
+        Site {
+            dir: dir.to_owned(),
+            data,
+            up,
+            src,
+        }
+    }
+
+    fn tern(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--data", self.data.to_str().unwrap(), "--json"];
+        a.extend_from_slice(args);
+        let o = tern(&self.dir, &a);
+        assert!(
+            o.status.success(),
+            "tern {args:?} failed: {}\nlog:\n{}",
+            stderr(&o),
+            tail(&self.up.log())
+        );
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn nbd_url(&self) -> String {
+        wait_for(30, "the agent to serve vol", || {
+            let v = self.tern(&["agent", "volume", "list"]);
+            v.as_array()?
+                .iter()
+                .find(|x| x["name"] == "vol")?["export"]
+                .as_str()
+                .filter(|e| e.starts_with("nbd://"))
+                .map(str::to_owned)
+        })
+    }
+
+    fn pair(&self, name: &str) -> serde_json::Value {
+        self.tern(&["pair", "show", name])
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+fn qemu_io(url: &str, cmds: &[String]) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw", url]);
+    for x in cmds {
+        c.args(["-c", x]);
+    }
+    let o = c.output().expect("qemu-io (apt install qemu-utils)");
+    assert!(
+        o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("failed"),
+        "qemu-io {cmds:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Random writes (512 B .. 1 MiB, sector aligned) and some zeroes.
+fn random_writes(rng: &mut StdRng, vol: u64, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let len = rng.random_range(1..=2048u64) * 512;
+            let off = rng.random_range(0..(vol - len) / 512) * 512;
+            if rng.random_bool(0.1) {
+                format!("write -z {off} {len}")
+            } else {
+                format!("write -P {} {off} {len}", rng.random_range(1..=255u8))
+            }
+        })
+        .collect()
+}
+
+fn file_hash(p: &Path) -> String {
+    blake3::hash(&std::fs::read(p).unwrap()).to_hex().to_string()
+}
+
+/// The pair has applied everything the agent captured and sits in
+/// differential sync with RPO 0.
+fn wait_caught_up(site: &Site, pair: &str, secs: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = site.pair(pair);
+        let agent_last = v["agent"]["last_seq"].as_u64();
+        let mt_last = v["mt"]["last_seq"].as_u64();
+        if v["state"] == "differential-sync"
+            && v["transit_agent_bytes"] == 0
+            && v["transit_ps_bytes"] == 0
+            && agent_last.is_some()
+            && agent_last == mt_last
+            && v["latest_point"]["seq"].as_u64() == mt_last
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pair {pair} did not catch up: {}\nlog:\n{}",
+            serde_json::to_string_pretty(&v).unwrap(),
+            tail(&site.up.log())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Acceptance 1: writes during step I, step II and differential sync; the
+/// replica ends identical and images at 10 bookmarks equal the source then.
+#[test]
+fn writes_through_resync_and_differential_sync_arrive_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vol = 256 * MIB;
+    let site = Site::start(tmp.path(), vol, true);
+    let url = site.nbd_url();
+    let mut rng = StdRng::seed_from_u64(42);
+
+    site.tern(&[
+        "pair", "create", "p1", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
+    ]);
+    // Write while step I runs (qemu-io connections back to back).
+    let mut saw = std::collections::BTreeSet::new();
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "no differential sync; saw {saw:?}\n{}",
+            tail(&site.up.log())
+        );
+        let st = site.pair("p1")["state"].as_str().unwrap_or("").to_owned();
+        saw.insert(st.clone());
+        match st.as_str() {
+            "differential-sync" if saw.len() > 1 => break,
+            // Heavy writes while step I copies; light ones while step II drains.
+            "resync-step-1" | "connecting" | "unknown" => {
+                qemu_io(&url, &random_writes(&mut rng, vol, 40))
+            }
+            _ => {
+                qemu_io(&url, &random_writes(&mut rng, vol, 3));
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+    // 10 recorded points in differential sync.
+    let mut points = Vec::new();
+    for i in 0..10 {
+        qemu_io(&url, &random_writes(&mut rng, vol, 30));
+        let name = format!("r{i}");
+        site.tern(&["bookmark", "p1", "--name", &name]);
+        points.push((name, file_hash(&site.src)));
+    }
+    qemu_io(&url, &random_writes(&mut rng, vol, 30));
+    wait_caught_up(&site, "p1", 120);
+    let log = site.up.log();
+    assert!(
+        log.contains("ResyncStep1") && log.contains("Differential"),
+        "mode changes: {saw:?}\n{}",
+        tail(&log)
+    );
+    assert!(
+        log.contains("ResyncStep2"),
+        "writes behind the step I cursor must make a step II: {}",
+        tail(&log)
+    );
+
+    // The replica's latest image equals the source, byte for byte.
+    let out = tmp.path().join("replica-latest.img");
+    site.tern(&["pair", "image", "p1", "--to", out.to_str().unwrap()]);
+    let o = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(&site.src)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "qemu-img compare: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for (name, want) in &points {
+        let v = site.tern(&["pair", "hash", "p1", "--at", &format!("tag:{name}")]);
+        assert_eq!(v["blake3"].as_str(), Some(want.as_str()), "image at bookmark {name}");
+    }
+    // The pair reports what an operator needs.
+    let v = site.pair("p1");
+    assert_eq!(v["rpo_s"], 0.0);
+    assert!(v["fast_resync_unmatched_pct"].as_f64().unwrap() > 50.0, "{v}");
+    assert!(v["bytes_raw_ps"].as_u64().unwrap() > 0);
+}
+
+/// Acceptance 5: corrupted, truncated, replayed, foreign and unauthenticated
+/// chunks are refused with a clear error and nothing is applied.
+#[test]
+fn bad_chunks_are_refused_and_nothing_is_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vol = 16 * MIB;
+    let site = Site::start(tmp.path(), vol, false);
+    let url = site.nbd_url();
+    site.tern(&[
+        "pair", "create", "p2", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
+        "--compression", "none",
+    ]);
+    qemu_io(&url, &["write -P 7 0 65536".to_owned()]);
+    let before = wait_caught_up(&site, "p2", 60);
+    let last = before["mt"]["last_seq"].as_u64().unwrap();
+    let uuid: [u8; 16] = hex::decode(before["uuid"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+
+    // Chunks signed by the node's own certificate (the agent's identity).
+    let id = tern::engine::pki::Identity::load(&site.data.join("pki")).unwrap();
+    let client = tern::engine::transport::client(&id.ca_pem, Some(&id)).unwrap();
+    let anon = tern::engine::transport::client(&id.ca_pem, None).unwrap();
+    let data_addr = std::fs::read_to_string(site.data.join("data.addr")).unwrap();
+    let base = format!("https://{}/data/v1/ps/p2", data_addr.trim());
+    use tern::engine::chunk::{Codec, WireRecord, encode};
+    use tern::engine::journal::{Record, RecordBody};
+    let rec = |seq: u64| WireRecord {
+        record: Record {
+            seq,
+            ts_us: 1,
+            body: RecordBody::Write {
+                offset: 0,
+                data: vec![0xEE; 4096],
+            },
+        },
+        inconsistent: false,
+    };
+    let good = encode(uuid, &[rec(last + 1)], Codec::None);
+    let mut corrupt = good.clone();
+    *corrupt.last_mut().unwrap() ^= 1;
+    let truncated = good[..good.len() - 10].to_vec();
+    let foreign = encode([9; 16], &[rec(last + 1)], Codec::None);
+    let replayed_old = encode(uuid, &[rec(last)], Codec::None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let put = |c: &reqwest::Client, body: Vec<u8>, first: u64| {
+        rt.block_on(async {
+            match c
+                .put(format!("{base}/chunk/{first}"))
+                .body(body)
+                .send()
+                .await
+            {
+                Ok(r) => {
+                    let s = r.status().as_u16();
+                    (s, r.json::<serde_json::Value>().await.unwrap_or_default())
+                }
+                Err(e) => (0, serde_json::json!({"error": e.to_string()})),
+            }
+        })
+    };
+    for (what, body, want) in [
+        ("corrupted", corrupt, "checksum"),
+        ("truncated", truncated, "truncated"),
+        ("foreign", foreign, "another pair"),
+    ] {
+        let (s, v) = put(&client, body, last + 1);
+        assert_eq!(s, 400, "{what}: {v}");
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains(want) && e.contains("refused"), "{what}: {e}");
+    }
+    // A replay of an applied seq is acknowledged as a duplicate, not applied.
+    let (s, v) = put(&client, replayed_old, last);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["duplicate"], true, "{v}");
+    // No client certificate: the TLS handshake itself is refused.
+    let (s, _) = put(&anon, good.clone(), last + 1);
+    assert_eq!(s, 0, "a request without a client certificate must not get an answer");
+    std::thread::sleep(Duration::from_millis(800));
+    let after = site.pair("p2");
+    assert_eq!(after["mt"]["last_seq"].as_u64(), Some(last), "{after}");
+    let v = site.tern(&["pair", "hash", "p2"]);
+    let mut want = vec![0u8; vol as usize];
+    want[..65536].fill(7);
+    assert_eq!(v["blake3"].as_str().unwrap(), blake3::hash(&want).to_hex().as_str());
+}
