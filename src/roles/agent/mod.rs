@@ -798,20 +798,22 @@ impl PairCtx {
             if sd.is_fired() {
                 break;
             }
-            let Some((step1, min_seq, streaming, room, dirty)) = self.with_stream(|st| {
+            let Some((step1, min_seq, streaming, room, dirty, cap)) = self.with_stream(|st| {
                 (
                     st.step1,
                     st.resync_base.or(st.next_seq.map(|n| n - 1)).unwrap_or(0),
                     st.next_seq.is_some() && !st.mode_paused && !st.resync_required,
                     st.cap.saturating_sub(st.buffered),
                     !st.bitmap.is_empty(),
+                    st.cap,
                 )
             }) else {
                 break;
             };
+            // Work once half the buffer (at most half a batch) is free.
             let idle = !streaming
                 || (step1.is_none() && !dirty)
-                || room < STEP1_BATCH * RESYNC_BLOCK / 2;
+                || room < (STEP1_BATCH * RESYNC_BLOCK / 2).min(cap / 2);
             if streaming && self.with_stream(|st| st.mark_consistent_if_due()) == Some(true) {
                 self.vol.notify.notify_one();
             }

@@ -266,6 +266,10 @@ impl Stream {
     /// a marker so the present becomes a consistent point even when the
     /// source is idle. Returns whether one was added.
     pub fn mark_consistent_if_due(&mut self) -> bool {
+        if self.consistent_after() {
+            // Step I done and nothing dirty: the resync (step II) is over.
+            self.resyncing = false;
+        }
         if self.last_inconsistent
             && self.consistent_after()
             && self.streaming()

@@ -73,7 +73,29 @@ pub fn document() -> Value {
                     "name": {"type": "string"}, "version": {"type": "string"},
                     "roles": {"type": "array", "items": {"$ref": "#/components/schemas/Role"}},
                     "data_addr": {"type": ["string", "null"]}}},
-                "HeartbeatAck": {"type": "object", "properties": {"interval_ms": {"type": "integer"}}}
+                "HeartbeatAck": {"type": "object", "properties": {"interval_ms": {"type": "integer"}}},
+                "SyncRequest": {"type": "object", "required": ["known_version", "wait_ms", "report"], "description": "a node's report (volumes, per-pair agent/PS/MT status, command results) and the config version it has"},
+                "SyncResponse": {"type": "object", "description": "config version, the pairs and volumes this node has a part in, pending bookmark commands, the CX's host id"},
+                "CreatePair": {"type": "object", "required": ["name", "source", "ps", "target"], "properties": {
+                    "name": {"type": "string"}, "source": {"type": "string", "description": "AGENTHOST:VOLUME"},
+                    "ps": {"type": "string"}, "target": {"type": "string", "description": "MTHOST or MTHOST:PATH"},
+                    "compression": {"type": "string", "enum": ["none", "ps", "source"]},
+                    "zstd_level": {"type": "integer"}, "retention": {"type": "string", "examples": ["24h"]},
+                    "max_bytes": {"type": "integer"}, "rpo_threshold": {"type": "string", "examples": ["30m"]},
+                    "priority": {"type": "integer"}}},
+                "Pair": {"type": "object", "description": "definition, state (differential-sync, resync-step-1, resync-step-2, bitmap, resync-required, connecting, paused), progress_pct, rpo_s, data in transit per stage, latest/oldest consistent point, per-role status"},
+                "PairList": {"type": "object", "properties": {"pairs": {"type": "array", "items": {"$ref": "#/components/schemas/Pair"}}}},
+                "BookmarkRequest": {"type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string"}, "kind": {"type": "string", "enum": ["user", "fs", "app"]}}},
+                "ReplicaOp": {"type": "object", "properties": {
+                    "at": {"type": "string", "description": "latest, oldest, seq:N, tag:NAME, time:RFC3339"},
+                    "to": {"type": "string", "description": "image destination on the MT host"}}},
+                "Volume": {"type": "object", "required": ["host", "name", "path"], "properties": {
+                    "host": {"type": "string"}, "name": {"type": "string"}, "path": {"type": "string"},
+                    "capture": {"type": "string", "enum": ["nbd", "fuse", "scan"]},
+                    "listen": {"type": "string"}, "mount": {"type": "string"}, "size": {"type": "integer"},
+                    "fs_mount": {"type": "string"}}},
+                "VolumeList": {"type": "object", "properties": {"volumes": {"type": "array", "items": {"$ref": "#/components/schemas/Volume"}}}}
             }
         },
         "paths": {
@@ -101,7 +123,35 @@ pub fn document() -> Value {
                 "requestBody": body("EnrollRequest"),
                 "responses": {"200": ok("EnrollResponse"), "400": err(), "403": err(), "409": err(), "410": err()}}},
             "/api/v1/heartbeat": {"post": {"summary": "a node reports in (client certificate required)", "security": [{"nodeCertificate": []}],
-                "requestBody": body("Heartbeat"), "responses": {"200": ok("HeartbeatAck"), "401": err(), "403": err()}}}
+                "requestBody": body("Heartbeat"), "responses": {"200": ok("HeartbeatAck"), "401": err(), "403": err()}}},
+            "/api/v1/node/sync": {"post": {"summary": "a node reports and long-polls for its pairs, volumes and commands (client certificate required)", "security": [{"nodeCertificate": []}],
+                "requestBody": body("SyncRequest"), "responses": {"200": ok("SyncResponse"), "401": err()}}},
+            "/api/v1/pairs": {
+                "get": {"summary": "pairs with state, RPO and transit", "security": [{"bearer": []}, {"session": []}],
+                    "responses": {"200": ok("PairList"), "401": err()}},
+                "post": {"summary": "create a pair", "security": [{"bearer": []}, {"session": []}],
+                    "requestBody": body("CreatePair"), "responses": {"201": ok("Pair"), "400": err(), "404": err(), "409": err()}}},
+            "/api/v1/pairs/{name}": {
+                "get": {"summary": "one pair", "security": [{"bearer": []}, {"session": []}],
+                    "responses": {"200": ok("Pair"), "404": err()}},
+                "delete": {"summary": "delete a pair (the replica stays on the MT)", "security": [{"bearer": []}, {"session": []}],
+                    "responses": {"200": {"description": "deleted"}, "404": err()}}},
+            "/api/v1/pairs/{name}/pause": {"post": {"summary": "stop sending; changes go to the bitmap", "security": [{"bearer": []}, {"session": []}],
+                "responses": {"200": ok("Pair"), "404": err()}}},
+            "/api/v1/pairs/{name}/resume": {"post": {"summary": "resume sending", "security": [{"bearer": []}, {"session": []}],
+                "responses": {"200": ok("Pair"), "404": err()}}},
+            "/api/v1/pairs/{name}/resync": {"post": {"summary": "start a full (fast) resync", "security": [{"bearer": []}, {"session": []}],
+                "responses": {"200": ok("Pair"), "404": err()}}},
+            "/api/v1/pairs/{name}/bookmark": {"post": {"summary": "insert a bookmark at the agent; waits for its seq", "security": [{"bearer": []}, {"session": []}],
+                "requestBody": body("BookmarkRequest"), "responses": {"200": {"description": "pair, bookmark, seq"}, "404": err(), "409": err(), "504": err()}}},
+            "/api/v1/pairs/{name}/mt/{op}": {"post": {"summary": "replica operation on the MT: points, hash, image", "security": [{"bearer": []}, {"session": []}],
+                "parameters": [{"name": "op", "in": "path", "required": true, "schema": {"type": "string", "enum": ["points", "hash", "image"]}}],
+                "requestBody": body("ReplicaOp"), "responses": {"200": {"description": "result"}, "404": err(), "409": err(), "502": err()}}},
+            "/api/v1/volumes": {
+                "get": {"summary": "agent volumes (reported and added)", "security": [{"bearer": []}, {"session": []}],
+                    "responses": {"200": ok("VolumeList")}},
+                "post": {"summary": "add a volume to an agent", "security": [{"bearer": []}, {"session": []}],
+                    "requestBody": body("Volume"), "responses": {"201": ok("Volume"), "400": err(), "404": err()}}}
         }
     })
 }

@@ -797,8 +797,8 @@ pub async fn list_volumes(
 
 // --- recovery operations on the MT ----------------------------------------------
 
-/// Forward an operation on a pair's replica (`image`, `points`, `vsnap`,
-/// `vsnap-stop`, `hash`) to its MT over mutual TLS, as the CX.
+/// Forward an operation on a pair's replica (`image`, `points`, `hash`) to
+/// its MT over mutual TLS, as the CX.
 pub async fn mt_proxy(
     pair: String,
     op: String,
@@ -806,10 +806,10 @@ pub async fn mt_proxy(
     body: serde_json::Value,
     s: Arc<CxState>,
 ) -> Result<impl Reply, Rejection> {
-    if !["image", "points", "vsnap", "vsnap-stop", "hash"].contains(&op.as_str()) {
+    if !["image", "points", "hash"].contains(&op.as_str()) {
         return Err(ApiError::reject(
             StatusCode::NOT_FOUND,
-            format!("unknown replica operation `{op}` (image, points, vsnap, vsnap-stop, hash)"),
+            format!("unknown replica operation `{op}` (image, points, hash)"),
         ));
     }
     let s2 = s.clone();
