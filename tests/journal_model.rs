@@ -579,7 +579,10 @@ fn points_inside_a_resync_are_never_offered() {
     };
     assert_eq!(j.unrecoverable_range(0), Some((0, 3 * n)), "merged");
     assert_eq!(j.resolve(&PointSpec::Oldest).unwrap().seq, 3 * n + 1);
-    let err = j.resolve(&PointSpec::Seq(5 * n + 3)).unwrap_err().to_string();
+    let err = j
+        .resolve(&PointSpec::Seq(5 * n + 3))
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("inside a resync")
             && err.contains(&format!("seq {}", 5 * n))

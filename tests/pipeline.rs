@@ -54,7 +54,6 @@ listen = "127.0.0.1:0"
 
 impl Site {
     fn start(dir: &Path, vol_size: u64, prefill: bool) -> Site {
-        let data = dir.join("tern-data");
         let src = dir.join("src.img");
         if prefill {
             // Random data, with holes: fast resync must copy most of it.
@@ -71,10 +70,22 @@ impl Site {
             }
         }
         let cfg = config(dir, vol_size, "32MiB");
+        Site::start_cfg(dir, &cfg)
+    }
+
+    fn start_cfg(dir: &Path, cfg: &Path) -> Site {
+        let data = dir.join("tern-data");
+        let src = dir.join("src.img");
         let up = Daemon::spawn(
             dir,
             "up",
-            &["serve", "--role", "cx,ps,mt,agent", "--config", cfg.to_str().unwrap()],
+            &[
+                "serve",
+                "--role",
+                "cx,ps,mt,agent",
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
         );
         wait_file(&data.join("cx.url"), 30, &up);
         Site {
@@ -101,9 +112,7 @@ impl Site {
     fn nbd_url(&self) -> String {
         wait_for(30, "the agent to serve vol", || {
             let v = self.tern(&["agent", "volume", "list"]);
-            v.as_array()?
-                .iter()
-                .find(|x| x["name"] == "vol")?["export"]
+            v.as_array()?.iter().find(|x| x["name"] == "vol")?["export"]
                 .as_str()
                 .filter(|e| e.starts_with("nbd://"))
                 .map(str::to_owned)
@@ -151,7 +160,9 @@ fn random_writes(rng: &mut StdRng, vol: u64, n: usize) -> Vec<String> {
 }
 
 fn file_hash(p: &Path) -> String {
-    blake3::hash(&std::fs::read(p).unwrap()).to_hex().to_string()
+    blake3::hash(&std::fs::read(p).unwrap())
+        .to_hex()
+        .to_string()
 }
 
 /// The pair has applied everything the agent captured and sits in
@@ -256,12 +267,19 @@ fn writes_through_resync_and_differential_sync_arrive_exactly() {
     );
     for (name, want) in &points {
         let v = site.tern(&["pair", "hash", "p1", "--at", &format!("tag:{name}")]);
-        assert_eq!(v["blake3"].as_str(), Some(want.as_str()), "image at bookmark {name}");
+        assert_eq!(
+            v["blake3"].as_str(),
+            Some(want.as_str()),
+            "image at bookmark {name}"
+        );
     }
     // The pair reports what an operator needs.
     let v = site.pair("p1");
     assert_eq!(v["rpo_s"], 0.0);
-    assert!(v["fast_resync_unmatched_pct"].as_f64().unwrap() > 50.0, "{v}");
+    assert!(
+        v["fast_resync_unmatched_pct"].as_f64().unwrap() > 50.0,
+        "{v}"
+    );
     assert!(v["bytes_raw_ps"].as_u64().unwrap() > 0);
 }
 
@@ -274,8 +292,17 @@ fn bad_chunks_are_refused_and_nothing_is_applied() {
     let site = Site::start(tmp.path(), vol, false);
     let url = site.nbd_url();
     site.tern(&[
-        "pair", "create", "p2", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
-        "--compression", "none",
+        "pair",
+        "create",
+        "p2",
+        "--source",
+        "aio:vol",
+        "--ps",
+        "aio",
+        "--target",
+        "aio",
+        "--compression",
+        "none",
     ]);
     qemu_io(&url, &["write -P 7 0 65536".to_owned()]);
     let before = wait_caught_up(&site, "p2", 60);
@@ -343,12 +370,239 @@ fn bad_chunks_are_refused_and_nothing_is_applied() {
     assert_eq!(v["duplicate"], true, "{v}");
     // No client certificate: the TLS handshake itself is refused.
     let (s, _) = put(&anon, good.clone(), last + 1);
-    assert_eq!(s, 0, "a request without a client certificate must not get an answer");
+    assert_eq!(
+        s, 0,
+        "a request without a client certificate must not get an answer"
+    );
     std::thread::sleep(Duration::from_millis(800));
     let after = site.pair("p2");
     assert_eq!(after["mt"]["last_seq"].as_u64(), Some(last), "{after}");
     let v = site.tern(&["pair", "hash", "p2"]);
     let mut want = vec![0u8; vol as usize];
     want[..65536].fill(7);
-    assert_eq!(v["blake3"].as_str().unwrap(), blake3::hash(&want).to_hex().as_str());
+    assert_eq!(
+        v["blake3"].as_str().unwrap(),
+        blake3::hash(&want).to_hex().as_str()
+    );
+}
+
+/// Undo mounts and loop devices even when the test fails.
+struct Cleanup(Vec<Vec<String>>);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in self.0.iter().rev() {
+            let _ = Command::new(&c[0]).args(&c[1..]).output();
+        }
+    }
+}
+
+fn sh(args: &[&str]) -> String {
+    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// Acceptance 2: ext4 on a loop device over the FUSE capture; an `fs`
+/// bookmark (FIFREEZE) gives an image that passes fsck and holds exactly the
+/// files written before it.
+#[test]
+fn ext4_over_fuse_capture_fs_bookmark_is_consistent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let fusemnt = dir.join("fuse");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let cfg = dir.join("fuse.toml");
+    write(
+        &cfg,
+        &format!(
+            r#"data_dir = "{data}"
+[node]
+name = "aio"
+data_listen = "127.0.0.1:0"
+report_interval = "200ms"
+[cx]
+api_listen = "127.0.0.1:0"
+[agent]
+buffer_cap = "32MiB"
+[[agent.volumes]]
+name = "vol"
+path = "{src}"
+size = {size}
+capture = "fuse"
+mount = "{fuse}"
+fs_mount = "{mnt}"
+"#,
+            data = dir.join("tern-data").display(),
+            src = dir.join("src.img").display(),
+            size = 64 * MIB,
+            fuse = fusemnt.display(),
+            mnt = mnt.display(),
+        ),
+    );
+    let site = Site::start_cfg(dir, &cfg);
+    let file = wait_for(30, "the FUSE export", || {
+        let v = site.tern(&["agent", "volume", "list"]);
+        v.as_array()?.iter().find(|x| x["name"] == "vol")?["export"]
+            .as_str()
+            .map(PathBuf::from)
+    });
+    assert_eq!(file, fusemnt.join("vol"));
+    site.tern(&[
+        "pair", "create", "fs", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
+    ]);
+    wait_caught_up(&site, "fs", 60);
+    let mut guard = Cleanup(Vec::new());
+    let loopdev = sh(&[
+        "losetup",
+        "--find",
+        "--show",
+        "--direct-io=on",
+        file.to_str().unwrap(),
+    ]);
+    guard
+        .0
+        .push(vec!["losetup".into(), "-d".into(), loopdev.clone()]);
+    sh(&["mkfs.ext4", "-q", "-F", &loopdev]);
+    sh(&["mount", &loopdev, mnt.to_str().unwrap()]);
+    guard
+        .0
+        .push(vec!["umount".into(), mnt.to_str().unwrap().into()]);
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut before = std::collections::BTreeMap::new();
+    for i in 0..6 {
+        let mut b = vec![0u8; rng.random_range(1..2_000_000)];
+        rng.fill(&mut b[..]);
+        std::fs::write(mnt.join(format!("a{i}")), &b).unwrap();
+        before.insert(format!("a{i}"), blake3::hash(&b));
+    }
+    // No sync: the freeze must flush what the page cache holds.
+    site.tern(&["bookmark", "fs", "--name", "before", "--type", "fs"]);
+    for i in 0..4 {
+        let mut b = vec![0u8; 500_000];
+        rng.fill(&mut b[..]);
+        std::fs::write(mnt.join(format!("b{i}")), &b).unwrap();
+    }
+    std::fs::remove_file(mnt.join("a0")).unwrap();
+    sh(&["sync"]);
+    wait_caught_up(&site, "fs", 60);
+
+    let img = dir.join("before.img");
+    site.tern(&[
+        "pair",
+        "image",
+        "fs",
+        "--at",
+        "tag:before",
+        "--to",
+        img.to_str().unwrap(),
+    ]);
+    sh(&["e2fsck", "-fn", img.to_str().unwrap()]);
+    let check = dir.join("check");
+    std::fs::create_dir_all(&check).unwrap();
+    sh(&[
+        "mount",
+        "-o",
+        "ro,loop",
+        img.to_str().unwrap(),
+        check.to_str().unwrap(),
+    ]);
+    guard
+        .0
+        .push(vec!["umount".into(), check.to_str().unwrap().into()]);
+    let mut found = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(&check).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n == "lost+found" {
+            continue;
+        }
+        found.insert(n, blake3::hash(&std::fs::read(e.path()).unwrap()));
+    }
+    assert_eq!(
+        found, before,
+        "the image at the fs bookmark holds exactly the files written before it"
+    );
+    drop(guard);
+}
+
+/// `tern up --demo`: a demo volume, a pair and a workload, replicating at
+/// once; `tern workload` writes compressible data the PS compresses.
+#[test]
+fn up_demo_replicates_at_once_and_workload_compresses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("tern-data");
+    let d = data.to_str().unwrap();
+    let mut up = Daemon::spawn(
+        dir,
+        "up",
+        &[
+            "up",
+            "--demo",
+            "--data",
+            d,
+            "--api-listen",
+            "127.0.0.1:0",
+            "--data-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    wait_file(&data.join("cx.url"), 30, &up);
+    let show = || {
+        let o = tern(dir, &["--data", d, "--json", "pair", "show", "demo"]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap())
+    };
+    let v = wait_for(90, "the demo pair to replicate", || {
+        let v = show()?;
+        (v["state"] == "differential-sync"
+            && v["bytes_captured"].as_u64()? > 0
+            && v["latest_point"]["seq"].as_u64()? > 0)
+            .then_some(v)
+    });
+    assert!(v["rpo_s"].as_f64().unwrap() < 60.0, "{v}");
+    let o = tern(
+        dir,
+        &[
+            "--json",
+            "workload",
+            "--nbd",
+            "nbd://127.0.0.1:10809/demo",
+            "--rate",
+            "0",
+            "--duration",
+            "2s",
+            "--block",
+            "64k..256k",
+            "--compressibility",
+            "0.5",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(w["bytes"].as_u64().unwrap() > 1 << 20, "{w}");
+    let v = wait_for(60, "PS statistics", || {
+        let v = show()?;
+        (v["bytes_raw_ps"].as_u64()? > w["bytes"].as_u64()?).then_some(v)
+    });
+    let ratio = v["bytes_in_ps"].as_f64().unwrap() / v["bytes_raw_ps"].as_f64().unwrap();
+    assert!(
+        ratio > 0.9,
+        "agent sends uncompressed for compression=ps: {ratio}"
+    );
+    let out_ratio =
+        v["ps_status"]["bytes_out"].as_f64().unwrap() / v["bytes_raw_ps"].as_f64().unwrap();
+    assert!(
+        out_ratio < 0.8,
+        "the PS compresses half-zero data: {out_ratio}"
+    );
+    let out = std::fs::read_to_string(&up.log).unwrap();
+    assert!(out.contains("demo:"), "{out}");
+    up.terminate();
 }

@@ -72,12 +72,29 @@ impl Cluster {
                 ));
             }
             write(&cfg, &text);
-            let o = tern(dir, &["--data", cx_data.to_str().unwrap(), "token", "create", "--json"]);
+            let o = tern(
+                dir,
+                &[
+                    "--data",
+                    cx_data.to_str().unwrap(),
+                    "token",
+                    "create",
+                    "--json",
+                ],
+            );
             assert!(o.status.success(), "{}", stderr(&o));
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             let o = tern(
                 dir,
-                &["enroll", "--cx", &url, "--token", v["token"].as_str().unwrap(), "--config", cfg.to_str().unwrap()],
+                &[
+                    "enroll",
+                    "--cx",
+                    &url,
+                    "--token",
+                    v["token"].as_str().unwrap(),
+                    "--config",
+                    cfg.to_str().unwrap(),
+                ],
             );
             assert!(o.status.success(), "enroll {role}: {}", stderr(&o));
             nodes.push(Node {
@@ -147,14 +164,26 @@ impl Cluster {
         let mut a = vec!["--data", self.cx_data.to_str().unwrap(), "--json"];
         a.extend_from_slice(args);
         let o = tern(&self.dir, &a);
-        assert!(o.status.success(), "tern {args:?}: {}\n{}", stderr(&o), self.logs());
+        assert!(
+            o.status.success(),
+            "tern {args:?}: {}\n{}",
+            stderr(&o),
+            self.logs()
+        );
         serde_json::from_slice(&o.stdout).unwrap_or_default()
     }
 
     fn try_pair(&self, name: &str) -> Option<serde_json::Value> {
         let o = tern(
             &self.dir,
-            &["--data", self.cx_data.to_str().unwrap(), "--json", "pair", "show", name],
+            &[
+                "--data",
+                self.cx_data.to_str().unwrap(),
+                "--json",
+                "pair",
+                "show",
+                name,
+            ],
         );
         o.status
             .success()
@@ -174,7 +203,15 @@ impl Cluster {
                 .then_some(())
         });
         self.tern(&[
-            "pair", "create", "p", "--source", "agent:vol", "--ps", "ps", "--target", "mt",
+            "pair",
+            "create",
+            "p",
+            "--source",
+            "agent:vol",
+            "--ps",
+            "ps",
+            "--target",
+            "mt",
         ]);
     }
 
@@ -199,7 +236,11 @@ impl Cluster {
                     self.logs()
                 );
             }
-            assert!(Instant::now() < deadline, "pair did not catch up\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "pair did not catch up\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -236,7 +277,10 @@ fn writer(url: String, vol: u64, seed: u64, stop: Arc<AtomicBool>) -> std::threa
             for _ in 0..20 {
                 let len = rng.random_range(1..=256u64) * 4096;
                 let off = rng.random_range(0..(vol - len) / 4096) * 4096;
-                c.args(["-c", &format!("write -P {} {off} {len}", rng.random_range(1..=255u8))]);
+                c.args([
+                    "-c",
+                    &format!("write -P {} {off} {len}", rng.random_range(1..=255u8)),
+                ]);
             }
             match c.output() {
                 Ok(o) if o.status.success() => ok += 1,
@@ -306,7 +350,10 @@ fn mt_and_ps_outages_lose_nothing_and_bitmap_mode_bounds_memory() {
         max_rss = max_rss.max(rss_kib(c.pid(0)));
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(max_buffered <= cap, "buffer {max_buffered} over its cap {cap}");
+    assert!(
+        max_buffered <= cap,
+        "buffer {max_buffered} over its cap {cap}"
+    );
     // The agent holds at most its buffer plus one chunk in flight; allow
     // generous slack for the allocator, never the data written (tens of MiB).
     assert!(
@@ -348,7 +395,10 @@ fn thirty_kill_nines_of_agent_ps_and_mt_end_identical() {
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     w.join().unwrap();
-    assert!(kills.iter().all(|k| *k > 0), "each role was killed: {kills:?}");
+    assert!(
+        kills.iter().all(|k| *k > 0),
+        "each role was killed: {kills:?}"
+    );
     c.wait_caught_up(240);
     c.assert_identical();
     // An agent crash loses its memory: the logs say so and a resync ran.

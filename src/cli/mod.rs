@@ -67,6 +67,30 @@ pub enum Command {
         /// Override node.data_listen (default 0.0.0.0:9443).
         #[arg(long, value_name = "ADDR")]
         data_listen: Option<std::net::SocketAddr>,
+        /// Also create a demo volume (NBD on 127.0.0.1:10809), a pair
+        /// protecting it, and a workload writing to it.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Write a workload to an NBD export (e.g. an agent's volume).
+    Workload {
+        /// nbd://HOST:PORT/EXPORT
+        #[arg(long)]
+        nbd: String,
+        /// Target rate, e.g. 20MB/s (0 = unlimited).
+        #[arg(long, default_value = "20MB/s")]
+        rate: String,
+        /// How long, e.g. 60s (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<humantime::Duration>,
+        /// Block sizes, e.g. 4k..1M.
+        #[arg(long, default_value = "4k..1M")]
+        block: String,
+        /// Fraction of each block that compresses away, 0..1.
+        #[arg(long, default_value_t = 0.5)]
+        compressibility: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Configuration files.
     #[command(subcommand)]
@@ -204,6 +228,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             config,
             api_listen,
             data_listen,
+            demo,
         } => {
             let mut cfg = match &config {
                 Some(p) => Config::load(p)?,
@@ -218,12 +243,84 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             if let Some(a) = data_listen {
                 cfg.node.data_listen = a;
             }
-            serve(
+            if demo && !cfg.agent.volumes.iter().any(|v| v.name == "demo") {
+                cfg.agent.volumes.push(crate::engine::control::VolumeSpec {
+                    name: "demo".into(),
+                    path: std::path::absolute(cfg.data_dir.join("agent").join("demo.img"))?,
+                    capture: crate::engine::control::Capture::Nbd,
+                    listen: Some(DEMO_NBD.into()),
+                    mount: None,
+                    size: Some(256 << 20),
+                    fs_mount: None,
+                    app_pre: None,
+                    app_post: None,
+                });
+            }
+            serve_opts(
                 cfg,
                 vec![Role::Cx, Role::Ps, Role::Mt, Role::Agent],
                 &g,
                 true,
+                demo,
             )
+        }
+        Command::Workload {
+            nbd,
+            rate,
+            duration,
+            block,
+            compressibility,
+            seed,
+        } => {
+            let rate = parse_rate(&rate)?;
+            let (block_min, block_max) =
+                crate::engine::workload::parse_blocks(&block).map_err(|e| anyhow!(e))?;
+            let w = crate::engine::workload::Workload {
+                url: nbd,
+                rate,
+                duration: duration.map(Into::into),
+                block_min,
+                block_max,
+                compressibility,
+                seed,
+            };
+            runtime()?.block_on(async move {
+                let (trigger, sd) = shutdown::channel();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    trigger.fire();
+                });
+                let json = g.json;
+                let st = crate::engine::workload::run(&w, sd, |s| {
+                    if !json {
+                        eprintln!(
+                            "{:>5.0}s  {} writes  {:.1} MiB  {:.1} MB/s",
+                            s.elapsed.as_secs_f64(),
+                            s.writes,
+                            s.bytes as f64 / 1048576.0,
+                            s.bytes as f64 / s.elapsed.as_secs_f64().max(1e-9) / 1e6
+                        );
+                    }
+                })
+                .await
+                .with_context(|| format!("workload on {}", w.url))?;
+                let mbps = st.bytes as f64 / st.elapsed.as_secs_f64().max(1e-9) / 1e6;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"writes": st.writes, "bytes": st.bytes,
+                            "seconds": st.elapsed.as_secs_f64(), "mb_per_s": mbps})
+                    );
+                } else {
+                    println!(
+                        "workload done: {} writes, {} bytes in {:.1}s ({mbps:.1} MB/s)",
+                        st.writes,
+                        st.bytes,
+                        st.elapsed.as_secs_f64()
+                    );
+                }
+                Ok(())
+            })
         }
         Command::Enroll(args) => runtime()?.block_on(enroll::run(args, &g)),
         Command::Token(TokenCmd::Create { ttl }) => runtime()?.block_on(async {
@@ -369,7 +466,79 @@ pub fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-fn serve(mut cfg: Config, roles: Vec<Role>, g: &Global, banner: bool) -> anyhow::Result<()> {
+const DEMO_NBD: &str = "127.0.0.1:10809";
+
+/// `20MB/s`, `100MiB/s`, `0`.
+fn parse_rate(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim().trim_end_matches("/s");
+    if let Some(n) = t.strip_suffix("MB") {
+        return Ok(n
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| anyhow!("bad rate `{s}`"))?
+            * 1_000_000);
+    }
+    crate::util::parse_size(t).map_err(|e| anyhow!("bad rate `{s}`: {e}"))
+}
+
+fn serve(cfg: Config, roles: Vec<Role>, g: &Global, banner: bool) -> anyhow::Result<()> {
+    serve_opts(cfg, roles, g, banner, false)
+}
+
+/// The demo: a pair protecting the demo volume, and a workload writing to it.
+async fn demo(data_dir: PathBuf, host_id: String, mut sd: shutdown::Shutdown) {
+    let api = loop {
+        match Api::resolve(None, Some(&data_dir)) {
+            Ok(a) => break a,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    };
+    let body = serde_json::json!({
+        "name": "demo", "source": format!("{host_id}:demo"), "ps": host_id, "target": host_id,
+        "retention": "2h",
+    });
+    loop {
+        match api.post("/api/v1/pairs", &body).await {
+            Ok(_) => {
+                tracing::info!("demo: pair `demo` created");
+                break;
+            }
+            Err(e) if e.to_string().contains("already exists") => break,
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = sd.wait() => return,
+        }
+    }
+    let w = crate::engine::workload::Workload {
+        url: format!("nbd://{DEMO_NBD}/demo"),
+        rate: 4_000_000,
+        duration: None,
+        block_min: 4096,
+        block_max: 256 << 10,
+        compressibility: 0.5,
+        seed: crate::util::now_ms(),
+    };
+    tracing::info!(url = %w.url, rate = "4 MB/s", "demo: workload writing to the demo volume");
+    while !sd.is_fired() {
+        if let Err(e) = crate::engine::workload::run(&w, sd.clone(), |_| {}).await {
+            tracing::debug!(error = %e, "demo workload restarting");
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                _ = sd.wait() => return,
+            }
+        }
+    }
+}
+
+fn serve_opts(
+    mut cfg: Config,
+    roles: Vec<Role>,
+    g: &Global,
+    banner: bool,
+    with_demo: bool,
+) -> anyhow::Result<()> {
     if g.log_json {
         cfg.log.format = LogFormat::Json;
     }
@@ -388,6 +557,17 @@ fn serve(mut cfg: Config, roles: Vec<Role>, g: &Global, banner: bool) -> anyhow:
             .context("cannot start")?;
         if banner {
             print_banner(&data_dir, &node, &roles);
+        }
+        if with_demo {
+            println!(
+                "  demo:            volume nbd://{DEMO_NBD}/demo, pair `demo`, a 4 MB/s workload; watch it with `tern --data {} pair list`",
+                data_dir.display()
+            );
+            tokio::spawn(demo(
+                data_dir.clone(),
+                node.host_id.clone(),
+                trigger.subscribe(),
+            ));
         }
         crate::roles::node::wait_and_stop(&trigger, tasks, &roles).await;
         tracing::info!("tern stopped");

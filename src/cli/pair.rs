@@ -48,12 +48,20 @@ pub enum PairCmd {
     /// Pairs with state, progress, RPO and data in transit.
     List,
     /// One pair in full (JSON).
-    Show { name: String },
+    Show {
+        name: String,
+    },
     /// Stop sending (changes are tracked in the bitmap).
-    Pause { name: String },
-    Resume { name: String },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
     /// Start a full resync (fast: equal blocks are skipped).
-    Resync { name: String },
+    Resync {
+        name: String,
+    },
     /// Delete the pair (replica and journal stay on the MT's disk).
     Delete {
         name: String,
@@ -61,7 +69,9 @@ pub enum PairCmd {
         yes: bool,
     },
     /// Recovery points: latest/oldest consistent point and bookmarks.
-    Points { name: String },
+    Points {
+        name: String,
+    },
     /// Write the image at a point to a file or device on the MT host.
     Image {
         name: String,
@@ -199,7 +209,14 @@ pub async fn pair(cmd: PairCmd, g: &Global) -> anyhow::Result<()> {
             }
             let mut rows = vec![
                 [
-                    "PAIR", "SOURCE", "TARGET", "STATE", "RPO", "AGENT", "PS", "LATEST POINT",
+                    "PAIR",
+                    "SOURCE",
+                    "TARGET",
+                    "STATE",
+                    "RPO",
+                    "AGENT",
+                    "PS",
+                    "LATEST POINT",
                 ]
                 .iter()
                 .map(|s| s.to_string())
@@ -216,7 +233,11 @@ pub async fn pair(cmd: PairCmd, g: &Global) -> anyhow::Result<()> {
                 let rpo = p["rpo_s"]
                     .as_f64()
                     .map(|r| {
-                        let ok = if p["rpo_ok"].as_bool() == Some(false) { " !" } else { "" };
+                        let ok = if p["rpo_ok"].as_bool() == Some(false) {
+                            " !"
+                        } else {
+                            ""
+                        };
                         format!("{r:.1}s{ok}")
                     })
                     .unwrap_or_else(|| "-".into());
@@ -374,7 +395,10 @@ pub async fn agent(cmd: AgentCmd, g: &Global) -> anyhow::Result<()> {
             let host = match host {
                 Some(h) => h,
                 None => {
-                    let d = g.data.clone().unwrap_or_else(|| PathBuf::from("./tern-data"));
+                    let d = g
+                        .data
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("./tern-data"));
                     crate::engine::pki::Identity::load(&crate::roles::cx::pki_dir(&d))
                         .map(|i| i.info.host_id)
                         .map_err(|_| {

@@ -82,7 +82,9 @@ impl ChunkHeader {
 pub enum ChunkError {
     #[error("not a Tern chunk (bad magic)")]
     Magic,
-    #[error("chunk format version {0} is not supported by this Tern (expects {VERSION}); upgrade the older side")]
+    #[error(
+        "chunk format version {0} is not supported by this Tern (expects {VERSION}); upgrade the older side"
+    )]
     Version(u16),
     #[error("chunk header checksum mismatch (damaged in transit)")]
     HeaderCrc,
@@ -114,10 +116,7 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 
 /// The uncompressed payload of `records` (which must be non-empty and consecutive).
 pub fn encode_raw(records: &[WireRecord]) -> Vec<u8> {
-    let n: usize = records
-        .iter()
-        .map(|r| REC_HEADER_LEN + r.data_len())
-        .sum();
+    let n: usize = records.iter().map(|r| REC_HEADER_LEN + r.data_len()).sum();
     let mut out = Vec::with_capacity(n);
     for w in records {
         let r = &w.record;
@@ -434,7 +433,11 @@ mod tests {
         let b = encode(pair, &sample(), Codec::None);
         assert_eq!(&b[0..4], b"TCHK");
         assert_eq!(u16_at(&b, 4), 1);
-        assert_eq!((b[6], b[7]), (0, 1), "not compressed; has an inconsistent record");
+        assert_eq!(
+            (b[6], b[7]),
+            (0, 1),
+            "not compressed; has an inconsistent record"
+        );
         assert_eq!(&b[8..24], &pair);
         assert_eq!((u64_at(&b, 24), u64_at(&b, 32)), (7, 9));
         assert_eq!((u64_at(&b, 40), u64_at(&b, 48)), (1000, 1002));
@@ -448,7 +451,10 @@ mod tests {
         // First record header.
         let r = &b[112..144];
         assert_eq!((r[0], r[1], u32_at(r, 4)), (1, 1, 5000));
-        assert_eq!((u64_at(r, 8), u64_at(r, 16), u64_at(r, 24)), (7, 1000, 4096));
+        assert_eq!(
+            (u64_at(r, 8), u64_at(r, 16), u64_at(r, 24)),
+            (7, 1000, 4096)
+        );
         let (h, recs) = decode(&b, &pair).unwrap();
         assert_eq!(recs, sample());
         assert!(!h.compressed);

@@ -10,3 +10,4 @@ pub mod pki;
 pub mod shutdown;
 pub mod store;
 pub mod transport;
+pub mod workload;

@@ -358,7 +358,9 @@ impl SyncLoop {
                 continue;
             };
             let resp = match r {
-                Ok(r) if r.status().is_success() => r.json::<SyncResponse>().await.map_err(|e| e.to_string()),
+                Ok(r) if r.status().is_success() => {
+                    r.json::<SyncResponse>().await.map_err(|e| e.to_string())
+                }
                 Ok(r) => Err(format!("CX answered {}", r.status())),
                 Err(e) => Err(e.to_string()),
             };

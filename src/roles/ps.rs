@@ -128,7 +128,9 @@ impl PsRole {
             .collect();
         let mut pairs = self.pairs.lock().unwrap();
         pairs.retain(|name, p| {
-            let keep = mine.iter().any(|s| &s.name == name && s.uuid == p.spec().uuid);
+            let keep = mine
+                .iter()
+                .any(|s| &s.name == name && s.uuid == p.spec().uuid);
             if !keep {
                 p.stop.fire();
                 tracing::info!(pair = %name, "pair left this PS; its cache is dropped");
@@ -149,7 +151,9 @@ impl PsRole {
                     tokio::spawn(async move { me.forwarder(p2).await });
                     pairs.insert(spec.name.clone(), p);
                 }
-                Err(e) => tracing::error!(pair = %spec.name, error = %format!("{e:#}"), "cannot open the pair's PS cache"),
+                Err(e) => {
+                    tracing::error!(pair = %spec.name, error = %format!("{e:#}"), "cannot open the pair's PS cache")
+                }
             }
         }
     }
@@ -237,12 +241,17 @@ impl PsRole {
     }
 
     fn pair(&self, name: &str) -> Result<Arc<PsPair>, Rejection> {
-        self.pairs.lock().unwrap().get(name).cloned().ok_or_else(|| {
-            ApiError::reject(
-                StatusCode::NOT_FOUND,
-                format!("pair {name} is not assigned to this PS (yet)"),
-            )
-        })
+        self.pairs
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::reject(
+                    StatusCode::NOT_FOUND,
+                    format!("pair {name} is not assigned to this PS (yet)"),
+                )
+            })
     }
 
     /// PUT the chunk to the MT. Ok(true): applied; Ok(false): the MT is
@@ -336,7 +345,8 @@ impl PsRole {
                     continue;
                 }
                 Err(MtError::Refused(msg)) => {
-                    *p.error.lock().unwrap() = Some(format!("MT refused cached chunk {first}: {msg}"));
+                    *p.error.lock().unwrap() =
+                        Some(format!("MT refused cached chunk {first}: {msg}"));
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                         _ = sd.wait() => break,
@@ -400,20 +410,21 @@ async fn take_chunk(
     let uuid = spec.uuid_bytes();
     let recode = spec.compression == Compression::Ps;
     let level = spec.zstd_level;
-    let checked = tokio::task::spawn_blocking(move || -> Result<(chunk::ChunkHeader, Bytes), String> {
-        let (h, _) = chunk::verify(&body).map_err(|e| e.to_string())?;
-        if h.pair != uuid {
-            return Err(chunk::ChunkError::WrongPair.to_string());
-        }
-        let out = if recode && !h.compressed {
-            Bytes::from(chunk::recode(&body, Codec::Zstd(level)).map_err(|e| e.to_string())?)
-        } else {
-            body
-        };
-        Ok((h, out))
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    let checked =
+        tokio::task::spawn_blocking(move || -> Result<(chunk::ChunkHeader, Bytes), String> {
+            let (h, _) = chunk::verify(&body).map_err(|e| e.to_string())?;
+            if h.pair != uuid {
+                return Err(chunk::ChunkError::WrongPair.to_string());
+            }
+            let out = if recode && !h.compressed {
+                Bytes::from(chunk::recode(&body, Codec::Zstd(level)).map_err(|e| e.to_string())?)
+            } else {
+                body
+            };
+            Ok((h, out))
+        })
+        .await
+        .map_err(ApiError::internal)?;
     let (h, bytes) = match checked {
         Ok(x) => x,
         Err(e) => {
@@ -478,13 +489,19 @@ async fn take_chunk(
                 i.next_seq = Some(h.last_seq + 1);
                 p.forwarded_seq.store(h.last_seq, Ordering::Relaxed);
                 *p.error.lock().unwrap() = None;
-                return Ok(reply(StatusCode::OK, serde_json::json!({"next_seq": h.last_seq + 1})));
+                return Ok(reply(
+                    StatusCode::OK,
+                    serde_json::json!({"next_seq": h.last_seq + 1}),
+                ));
             }
             Err(MtError::Gap(mt_next, msg)) => {
                 // The MT is elsewhere than we thought: tell the agent where.
                 i.next_seq = Some(mt_next);
                 if mt_next > h.last_seq {
-                    return Ok(reply(StatusCode::OK, serde_json::json!({"duplicate": true, "next_seq": mt_next})));
+                    return Ok(reply(
+                        StatusCode::OK,
+                        serde_json::json!({"duplicate": true, "next_seq": mt_next}),
+                    ));
                 }
                 return Ok(reply(
                     StatusCode::CONFLICT,
@@ -492,7 +509,10 @@ async fn take_chunk(
                 ));
             }
             Err(MtError::Refused(msg)) => {
-                return Ok(reply(StatusCode::BAD_REQUEST, serde_json::json!({"error": msg})));
+                return Ok(reply(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": msg}),
+                ));
             }
             Err(MtError::Down(msg)) => {
                 *p.error.lock().unwrap() = Some(msg);
@@ -562,7 +582,10 @@ async fn cursor(
             }
         }
     }
-    Ok(reply(StatusCode::OK, serde_json::json!({"next_seq": i.next_seq})))
+    Ok(reply(
+        StatusCode::OK,
+        serde_json::json!({"next_seq": i.next_seq}),
+    ))
 }
 
 async fn hashes(
@@ -575,7 +598,12 @@ async fn hashes(
     only_source(&p, &peer)?;
     let url = match p.mt_url("hashes") {
         Ok(u) => u,
-        Err(e) => return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": e}))),
+        Err(e) => {
+            return Ok(reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": e}),
+            ));
+        }
     };
     let r = ps
         .client
@@ -608,7 +636,9 @@ pub fn routes(
     let chunk = warp::path!("data" / "v1" / "ps" / String / "chunk" / u64)
         .and(warp::put())
         .and(warp::ext::get::<PeerIdentity>())
-        .and(warp::body::content_length_limit(chunk::MAX_RAW as u64 + 4096))
+        .and(warp::body::content_length_limit(
+            chunk::MAX_RAW as u64 + 4096,
+        ))
         .and(warp::body::bytes())
         .and(with())
         .and_then(take_chunk);

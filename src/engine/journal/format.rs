@@ -525,7 +525,9 @@ pub fn decode_ranges(b: &[u8]) -> Result<std::collections::BTreeMap<u64, u64>, D
     for i in 0..count {
         let (from, to) = (u64_at(b, 16 + 16 * i), u64_at(b, 24 + 16 * i));
         if from > to || prev_to.is_some_and(|p| from <= p.saturating_add(1)) {
-            return Err(DecodeError::Invalid("ranges must be ordered, disjoint and not adjacent"));
+            return Err(DecodeError::Invalid(
+                "ranges must be ordered, disjoint and not adjacent",
+            ));
         }
         prev_to = Some(to);
         m.insert(from, to);

@@ -14,6 +14,8 @@
 //! refused with EINVAL/EOVERFLOW without touching it; a malformed request
 //! closes the connection.
 
+pub mod client;
+
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;

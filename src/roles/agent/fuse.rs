@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, LockOwner,
-    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyWrite, Request, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, LockOwner, MountOption,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite,
+    Request, WriteFlags,
 };
 
 use super::stream::Volume;
@@ -274,7 +274,9 @@ pub fn mount(
         let r = tokio::task::spawn_blocking(move || session.umount_and_join()).await;
         match r {
             Ok(Ok(())) => tracing::info!(mount = %m.display(), "FUSE volume unmounted"),
-            Ok(Err(e)) => tracing::warn!(mount = %m.display(), error = %e, "FUSE unmount failed (a loop device still attached?)"),
+            Ok(Err(e)) => {
+                tracing::warn!(mount = %m.display(), error = %e, "FUSE unmount failed (a loop device still attached?)")
+            }
             Err(e) => tracing::warn!(error = %e, "FUSE unmount task"),
         }
     });

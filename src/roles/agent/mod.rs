@@ -117,7 +117,10 @@ impl AgentRole {
         let trig = crate::engine::shutdown::ShutdownTrigger::new();
         let export = match spec.capture {
             Capture::Nbd => {
-                let listen = spec.listen.clone().unwrap_or_else(|| "127.0.0.1:10809".into());
+                let listen = spec
+                    .listen
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1:10809".into());
                 let std_l = std::net::TcpListener::bind(&listen).with_context(|| {
                     format!("volume {}: cannot listen on {listen} for NBD", spec.name)
                 })?;
@@ -137,9 +140,13 @@ impl AgentRole {
             }
             Capture::Fuse => {
                 let mount = spec.mount.clone().ok_or_else(|| {
-                    anyhow::anyhow!("volume {}: capture fuse needs `mount` (a directory)", spec.name)
+                    anyhow::anyhow!(
+                        "volume {}: capture fuse needs `mount` (a directory)",
+                        spec.name
+                    )
                 })?;
-                let file = fuse::mount(vol.clone(), &mount, trig.subscribe(), self.shutdown.clone())?;
+                let file =
+                    fuse::mount(vol.clone(), &mount, trig.subscribe(), self.shutdown.clone())?;
                 Some(file.display().to_string())
             }
             Capture::Scan => None,
@@ -202,7 +209,9 @@ impl AgentRole {
                 Ok(rt) => {
                     pairs.insert(p.name.clone(), rt);
                 }
-                Err(e) => tracing::error!(pair = %p.name, error = %format!("{e:#}"), "cannot start pair"),
+                Err(e) => {
+                    tracing::error!(pair = %p.name, error = %format!("{e:#}"), "cannot start pair")
+                }
             }
         }
         drop(pairs);
@@ -377,7 +386,13 @@ impl AgentRole {
             .map(|(n, p)| (n.clone(), p.volume.clone()))
             .collect();
         for (name, volume) in pairs {
-            let Some(vol) = self.volumes.lock().unwrap().get(&volume).map(|v| v.vol.clone()) else {
+            let Some(vol) = self
+                .volumes
+                .lock()
+                .unwrap()
+                .get(&volume)
+                .map(|v| v.vol.clone())
+            else {
                 continue;
             };
             let g = vol.stream.lock().unwrap();
@@ -418,7 +433,13 @@ impl AgentRole {
             .map(|(n, p)| (n.clone(), p.volume.clone()))
             .collect();
         for (name, volume) in pairs {
-            let Some(vol) = self.volumes.lock().unwrap().get(&volume).map(|v| v.vol.clone()) else {
+            let Some(vol) = self
+                .volumes
+                .lock()
+                .unwrap()
+                .get(&volume)
+                .map(|v| v.vol.clone())
+            else {
                 continue;
             };
             let mut g = vol.stream.lock().unwrap();
@@ -438,8 +459,12 @@ impl AgentRole {
             ps.resyncing = st.resyncing;
             ps.bitmap = st.bitmap.clone();
             match state::save(&path, &ps, vol.size) {
-                Ok(()) => tracing::info!(pair = %name, dirty_blocks = st.bitmap.count(), "pair state saved (clean stop)"),
-                Err(e) => tracing::error!(pair = %name, error = %e, "cannot save pair state; the pair will resync"),
+                Ok(()) => {
+                    tracing::info!(pair = %name, dirty_blocks = st.bitmap.count(), "pair state saved (clean stop)")
+                }
+                Err(e) => {
+                    tracing::error!(pair = %name, error = %e, "cannot save pair state; the pair will resync")
+                }
             }
             // No write may slip in after the save.
             *g = None;
@@ -490,7 +515,8 @@ fn freeze_and<T>(
     use std::os::fd::AsRawFd;
     const FIFREEZE: libc::c_ulong = 0xC004_5877;
     const FITHAW: libc::c_ulong = 0xC004_5878;
-    let d = std::fs::File::open(mount).map_err(|e| format!("cannot open {}: {e}", mount.display()))?;
+    let d =
+        std::fs::File::open(mount).map_err(|e| format!("cannot open {}: {e}", mount.display()))?;
     // SAFETY: ioctl on an open directory descriptor with an int argument.
     let r = unsafe { libc::ioctl(d.as_raw_fd(), FIFREEZE as _, 0) };
     if r != 0 {
@@ -760,7 +786,12 @@ impl PairCtx {
         let raw: u64 = recs.iter().map(|r| r.data_len() as u64).sum();
         let first = recs[0].record.seq;
         let last = recs.last().unwrap().record.seq;
-        Some((chunk::encode(spec.uuid_bytes(), &recs, codec), first, last, raw))
+        Some((
+            chunk::encode(spec.uuid_bytes(), &recs, codec),
+            first,
+            last,
+            raw,
+        ))
     }
 
     async fn send(&self, base: &str, bytes: Vec<u8>, first: u64) -> SendOutcome {
@@ -832,7 +863,10 @@ impl PairCtx {
                     .ps_addr
                     .map(|ps| format!("https://{ps}/data/v1/ps/{}", spec.name));
                 let hashes = match base {
-                    Some(b) if !last_hash_fail.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) => {
+                    Some(b)
+                        if !last_hash_fail
+                            .is_some_and(|t| t.elapsed() < Duration::from_secs(10)) =>
+                    {
                         match self.target_hashes(&b, c, n, min_seq).await {
                             Ok(h) => Some(h),
                             Err(e) => {
@@ -971,7 +1005,11 @@ pub fn in_window(w: &str, now_ms: u64) -> bool {
         return true;
     };
     let m = (now_ms / 60_000) % (24 * 60);
-    if a <= b { a <= m && m < b } else { m >= a || m < b }
+    if a <= b {
+        a <= m && m < b
+    } else {
+        m >= a || m < b
+    }
 }
 
 #[cfg(test)]

@@ -43,7 +43,11 @@ pub fn encode(s: &PairState, volume_size: u64) -> Vec<u8> {
 }
 
 /// Decode; `uuid` None accepts any pair.
-pub fn decode(b: &[u8], uuid: Option<&[u8; 16]>, volume_size: u64) -> Result<Option<PairState>, String> {
+pub fn decode(
+    b: &[u8],
+    uuid: Option<&[u8; 16]>,
+    volume_size: u64,
+) -> Result<Option<PairState>, String> {
     let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
     let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
     if b.len() < HEADER + 4 || b[0..8] != MAGIC {
@@ -91,7 +95,11 @@ pub fn decode(b: &[u8], uuid: Option<&[u8; 16]>, volume_size: u64) -> Result<Opt
 
 /// Load the state of the pair with `uuid` (None: whatever pair it is).
 /// `Ok(None)`: no state, or the state of another pair of that name.
-pub fn load(path: &Path, uuid: Option<&[u8; 16]>, volume_size: u64) -> Result<Option<PairState>, String> {
+pub fn load(
+    path: &Path,
+    uuid: Option<&[u8; 16]>,
+    volume_size: u64,
+) -> Result<Option<PairState>, String> {
     match std::fs::read(path) {
         Ok(b) => decode(&b, uuid, volume_size).map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -29,6 +29,8 @@ use crate::engine::journal::{Record, RecordBody};
 
 /// Dirty-tracking granularity.
 pub const BITMAP_BLOCK: u64 = 64 << 10;
+/// Largest zeroed range one record carries (the journal's record limit).
+pub const MAX_ZERO: u64 = 16 << 20;
 /// Unit of resync reads and of fast-resync hashes.
 pub const RESYNC_BLOCK: u64 = 1 << 20;
 
@@ -334,7 +336,10 @@ impl Volume {
             let f = File::create(path)?;
             f.set_len(sz)?;
         }
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
         use std::io::{Seek, SeekFrom};
         let size = (&file).seek(SeekFrom::End(0))?;
         if size == 0 || size % 512 != 0 {
@@ -421,13 +426,18 @@ impl Volume {
             } else if st.step1.is_none()
                 && st.streaming()
                 && st.bitmap.is_empty()
-                && st.buffered + 32 <= st.cap
-                && len <= u32::MAX as u64
+                && st.buffered + 32 * (len / MAX_ZERO + 1) <= st.cap
             {
-                st.push(RecordBody::Zero {
-                    offset: off,
-                    len: len as u32,
-                });
+                // A record covers at most what the journal takes in one.
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(MAX_ZERO);
+                    st.push(RecordBody::Zero {
+                        offset: off + done,
+                        len: n as u32,
+                    });
+                    done += n;
+                }
             } else {
                 st.mark_dirty(off, len);
             }
@@ -450,11 +460,16 @@ impl Volume {
         if !st.streaming() {
             return Err(format!(
                 "the pair is {} (no session with the PS); try again when it is replicating",
-                serde_json::to_value(st.mode()).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+                serde_json::to_value(st.mode())
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
             ));
         }
         if st.buffered + 256 > st.cap {
-            return Err("the agent's buffer is full (bitmap mode); try again when it drains".into());
+            return Err(
+                "the agent's buffer is full (bitmap mode); try again when it drains".into(),
+            );
         }
         let seq = st.push(RecordBody::Bookmark {
             kind,

@@ -354,8 +354,7 @@ fn volume_size(s: &CxState, host: &str, volume: &str) -> Result<Option<u64>, Rej
     {
         return Ok(Some(v.size));
     }
-    Ok(s
-        .store
+    Ok(s.store
         .get::<VolumeSpec>(VOLUMES, &format!("{host}/{volume}"))
         .map_err(ApiError::internal)?
         .and_then(|v| v.size))
@@ -690,7 +689,10 @@ pub async fn bookmark(
                 ),
             ));
         }
-        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
             return Err(ApiError::reject(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
@@ -726,10 +728,17 @@ pub async fn add_volume(
     let spec = blocking(move || {
         let h = find_host(&s2.store, &req.host)?;
         if !h.roles.contains(&crate::config::Role::Agent) {
-            return Err(bad(format!("host `{}` does not run the agent role", h.name)));
+            return Err(bad(format!(
+                "host `{}` does not run the agent role",
+                h.name
+            )));
         }
         s2.store
-            .put(VOLUMES, &format!("{}/{}", h.host_id, req.spec.name), &req.spec)
+            .put(
+                VOLUMES,
+                &format!("{}/{}", h.host_id, req.spec.name),
+                &req.spec,
+            )
             .map_err(ApiError::internal)?;
         Ok(req.spec)
     })
@@ -773,7 +782,10 @@ pub async fn list_volumes(
             .map_err(ApiError::internal)?
         {
             let (hid, _) = k.split_once('/').unwrap_or((&k, ""));
-            if !out.iter().any(|o| o.host_id == hid && o.status.name == spec.name) {
+            if !out
+                .iter()
+                .any(|o| o.host_id == hid && o.status.name == spec.name)
+            {
                 out.push(VolumeView {
                     host: names.get(hid).cloned().unwrap_or_else(|| hid.to_owned()),
                     host_id: hid.to_owned(),
@@ -817,9 +829,8 @@ pub async fn mt_proxy(
     let spec = blocking(move || {
         let mut v = pair_specs(&s2.store)?;
         v.retain(|p| p.name == p2);
-        v.pop().ok_or_else(|| {
-            ApiError::reject(StatusCode::NOT_FOUND, format!("no pair named `{p2}`"))
-        })
+        v.pop()
+            .ok_or_else(|| ApiError::reject(StatusCode::NOT_FOUND, format!("no pair named `{p2}`")))
     })
     .await?;
     let Some(addr) = spec.target_addr else {

@@ -268,7 +268,10 @@ pub fn write_image(
         use std::io::{Seek, SeekFrom};
         let dev = (&out).seek(SeekFrom::End(0))?;
         if dev < size {
-            bail!("{} holds {dev} bytes; the volume needs {size}", to.display());
+            bail!(
+                "{} holds {dev} bytes; the volume needs {size}",
+                to.display()
+            );
         }
     }
     let mut hasher = blake3::Hasher::new();

@@ -191,12 +191,17 @@ impl MtRole {
     }
 
     fn pair(&self, name: &str) -> Result<Arc<MtPair>, Rejection> {
-        self.pairs.lock().unwrap().get(name).cloned().ok_or_else(|| {
-            ApiError::reject(
-                StatusCode::NOT_FOUND,
-                format!("pair {name} is not assigned to this MT (yet)"),
-            )
-        })
+        self.pairs
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::reject(
+                    StatusCode::NOT_FOUND,
+                    format!("pair {name} is not assigned to this MT (yet)"),
+                )
+            })
     }
 }
 
@@ -221,61 +226,66 @@ async fn apply_chunk(
             "pair {pair}: only its process server may send chunks"
         )));
     }
-    let r = tokio::task::spawn_blocking(move || -> Result<(u64, u64), (StatusCode, String, Option<u64>)> {
-        let (h, recs) = chunk::decode(&body, &p.spec.uuid_bytes()).map_err(|e| {
-            (
-                StatusCode::BAD_REQUEST,
-                format!("pair {}: chunk {}..: refused: {e}", p.spec.name, _first),
-                None,
-            )
-        })?;
-        let j = &p.rp.journal;
-        // Record the inconsistent runs first (write-ahead).
-        let mut run: Option<(u64, u64)> = None;
-        for r in &recs {
-            if r.inconsistent {
-                run = Some(match run {
-                    Some((a, _)) => (a, r.record.seq),
-                    None => (r.record.seq, r.record.seq),
-                });
-            } else if let Some((a, b)) = run.take() {
-                j.mark_unrecoverable(a, b).map_err(|e| {
-                    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None)
-                })?;
+    let r = tokio::task::spawn_blocking(
+        move || -> Result<(u64, u64), (StatusCode, String, Option<u64>)> {
+            let (h, recs) = chunk::decode(&body, &p.spec.uuid_bytes()).map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("pair {}: chunk {}..: refused: {e}", p.spec.name, _first),
+                    None,
+                )
+            })?;
+            let j = &p.rp.journal;
+            // Record the inconsistent runs first (write-ahead).
+            let mut run: Option<(u64, u64)> = None;
+            for r in &recs {
+                if r.inconsistent {
+                    run = Some(match run {
+                        Some((a, _)) => (a, r.record.seq),
+                        None => (r.record.seq, r.record.seq),
+                    });
+                } else if let Some((a, b)) = run.take() {
+                    j.mark_unrecoverable(a, b)
+                        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
+                }
             }
-        }
-        if let Some((a, b)) = run {
-            j.mark_unrecoverable(a, b)
-                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
-        }
-        let records: Vec<_> = recs.into_iter().map(|r| r.record).collect();
-        match j.apply(&records) {
-            Ok(_) => {
-                p.applied_bytes.fetch_add(h.raw_len as u64, Ordering::Relaxed);
-                Ok((j.last_seq(), h.raw_len as u64))
+            if let Some((a, b)) = run {
+                j.mark_unrecoverable(a, b)
+                    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
             }
-            Err(JournalError::Gap { last, .. }) => Err((
-                StatusCode::CONFLICT,
-                format!("pair {}: sequence gap: the journal ends at seq {last}", p.spec.name),
-                Some(last + 1),
-            )),
-            Err(e @ JournalError::RetentionFull { .. }) => Err((
-                StatusCode::INSUFFICIENT_STORAGE,
-                format!("pair {}: {e}", p.spec.name),
-                None,
-            )),
-            Err(e @ JournalError::BadRecord(_)) => Err((
-                StatusCode::BAD_REQUEST,
-                format!("pair {}: {e}", p.spec.name),
-                None,
-            )),
-            Err(e) => Err((
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("pair {}: {e}", p.spec.name),
-                None,
-            )),
-        }
-    })
+            let records: Vec<_> = recs.into_iter().map(|r| r.record).collect();
+            match j.apply(&records) {
+                Ok(_) => {
+                    p.applied_bytes
+                        .fetch_add(h.raw_len as u64, Ordering::Relaxed);
+                    Ok((j.last_seq(), h.raw_len as u64))
+                }
+                Err(JournalError::Gap { last, .. }) => Err((
+                    StatusCode::CONFLICT,
+                    format!(
+                        "pair {}: sequence gap: the journal ends at seq {last}",
+                        p.spec.name
+                    ),
+                    Some(last + 1),
+                )),
+                Err(e @ JournalError::RetentionFull { .. }) => Err((
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!("pair {}: {e}", p.spec.name),
+                    None,
+                )),
+                Err(e @ JournalError::BadRecord(_)) => Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("pair {}: {e}", p.spec.name),
+                    None,
+                )),
+                Err(e) => Err((
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("pair {}: {e}", p.spec.name),
+                    None,
+                )),
+            }
+        },
+    )
     .await
     .map_err(ApiError::internal)?;
     Ok(match r {
@@ -307,7 +317,9 @@ async fn hashes(
 ) -> Result<warp::reply::Response, Rejection> {
     let p = mt.pair(&pair)?;
     if peer.host_id.as_deref() != Some(p.spec.ps_host.as_str()) {
-        return Err(forbidden(&format!("pair {pair}: only its process server may ask")));
+        return Err(forbidden(&format!(
+            "pair {pair}: only its process server may ask"
+        )));
     }
     if req.block == 0 || req.block > 16 << 20 || req.count > 1024 {
         return Err(ApiError::reject(
@@ -452,7 +464,9 @@ pub fn routes(
     let chunk = warp::path!("data" / "v1" / "mt" / String / "chunk" / u64)
         .and(warp::put())
         .and(warp::ext::get::<PeerIdentity>())
-        .and(warp::body::content_length_limit(chunk::MAX_RAW as u64 + 4096))
+        .and(warp::body::content_length_limit(
+            chunk::MAX_RAW as u64 + 4096,
+        ))
         .and(warp::body::bytes())
         .and(with())
         .and_then(apply_chunk);
@@ -460,16 +474,22 @@ pub fn routes(
         .and(warp::get())
         .and(warp::ext::get::<PeerIdentity>())
         .and(with())
-        .and_then(|pair: String, peer: PeerIdentity, mt: Arc<MtRole>| async move {
-            let p = mt.pair(&pair)?;
-            if peer.host_id.as_deref() != Some(p.spec.ps_host.as_str()) {
-                return Err(forbidden(&format!("pair {pair}: only its process server may ask")));
-            }
-            Ok::<_, Rejection>(
-                warp::reply::json(&serde_json::json!({"next_seq": p.rp.journal.last_seq() + 1}))
+        .and_then(
+            |pair: String, peer: PeerIdentity, mt: Arc<MtRole>| async move {
+                let p = mt.pair(&pair)?;
+                if peer.host_id.as_deref() != Some(p.spec.ps_host.as_str()) {
+                    return Err(forbidden(&format!(
+                        "pair {pair}: only its process server may ask"
+                    )));
+                }
+                Ok::<_, Rejection>(
+                    warp::reply::json(
+                        &serde_json::json!({"next_seq": p.rp.journal.last_seq() + 1}),
+                    )
                     .into_response(),
-            )
-        });
+                )
+            },
+        );
     let hashes = warp::path!("data" / "v1" / "mt" / String / "hashes")
         .and(warp::post())
         .and(warp::ext::get::<PeerIdentity>())
@@ -484,5 +504,11 @@ pub fn routes(
         .and(warp::body::json())
         .and(with())
         .and_then(admin);
-    chunk.or(cursor).unify().or(hashes).unify().or(admin).unify()
+    chunk
+        .or(cursor)
+        .unify()
+        .or(hashes)
+        .unify()
+        .or(admin)
+        .unify()
 }
