@@ -120,10 +120,10 @@ pub struct PairSpec {
 impl PairSpec {
     pub fn uuid_bytes(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
-        if let Ok(v) = hex::decode(&self.uuid) {
-            if v.len() == 16 {
-                b.copy_from_slice(&v);
-            }
+        if let Ok(v) = hex::decode(&self.uuid)
+            && v.len() == 16
+        {
+            b.copy_from_slice(&v);
         }
         b
     }

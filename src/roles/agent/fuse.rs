@@ -198,11 +198,11 @@ impl Filesystem for VolumeFs {
         // Punch hole / zero range (loop devices send these for discard).
         if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
             let end = (offset + length).min(self.vol.size);
-            if offset < end {
-                if let Err(e) = self.vol.write_zeroes(offset, end - offset) {
-                    reply.error(errno(&e));
-                    return;
-                }
+            if offset < end
+                && let Err(e) = self.vol.write_zeroes(offset, end - offset)
+            {
+                reply.error(errno(&e));
+                return;
             }
             reply.ok();
         } else if mode == 0 && offset + length <= self.vol.size {

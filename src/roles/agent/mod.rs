@@ -95,10 +95,10 @@ impl AgentRole {
             if vols.get(&spec.name).is_some_and(|v| &v.spec == spec) {
                 continue;
             }
-            if let Some(old) = vols.remove(&spec.name) {
-                if let Some(t) = old.stop {
-                    t.fire();
-                }
+            if let Some(old) = vols.remove(&spec.name)
+                && let Some(t) = old.stop
+            {
+                t.fire();
             }
             match self.open_volume(spec) {
                 Ok(rt) => {
@@ -864,8 +864,8 @@ impl PairCtx {
                     .map(|ps| format!("https://{ps}/data/v1/ps/{}", spec.name));
                 let hashes = match base {
                     Some(b)
-                        if !last_hash_fail
-                            .is_some_and(|t| t.elapsed() < Duration::from_secs(10)) =>
+                        if last_hash_fail
+                            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) =>
                     {
                         match self.target_hashes(&b, c, n, min_seq).await {
                             Ok(h) => Some(h),

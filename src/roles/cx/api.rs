@@ -278,7 +278,7 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .untuple_one()
         .and(authed(s.clone()))
         .and(with_state(s.clone()))
-        .and_then(|n, a, p, s| pairs::pair_action(n, a, p, s));
+        .and_then(pairs::pair_action);
     let volumes_list = warp::path!("api" / "v1" / "volumes")
         .and(warp::get())
         .and(authed(s.clone()))

@@ -77,10 +77,11 @@ impl MtRole {
             keep
         });
         for spec in mine {
-            if let Some(p) = pairs.get(&spec.name) {
-                if p.spec.uuid == spec.uuid {
-                    continue;
-                }
+            if pairs
+                .get(&spec.name)
+                .is_some_and(|p| p.spec.uuid == spec.uuid)
+            {
+                continue;
             }
             match self.open_pair(spec) {
                 Ok(p) => {
