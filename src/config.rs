@@ -138,9 +138,6 @@ pub struct PsConfig {
     pub resync_threshold: Size,
     /// Per pair: the same for differential sync (seed: 8 GiB).
     pub differential_threshold: Size,
-    /// Bandwidth cap towards each MT, e.g. "20MB/s" or "0" for none, with an
-    /// optional time-of-day schedule: `["08:00-18:00=20MB/s", "*=0"]`.
-    pub bandwidth: Vec<String>,
 }
 
 impl Default for PsConfig {
@@ -148,7 +145,6 @@ impl Default for PsConfig {
         PsConfig {
             resync_threshold: Size(2 << 30),
             differential_threshold: Size(8 << 30),
-            bandwidth: Vec::new(),
         }
     }
 }
@@ -166,6 +162,9 @@ pub struct AgentConfig {
     pub auto_resync_delay: Dur,
     /// Hours in which automatic resyncs may start, e.g. "22:00-06:00".
     pub resync_window: String,
+    /// Capture `scan`: how often every block is compared with the replica
+    /// and the differing ones sent.
+    pub scan_interval: Dur,
     /// Volumes protected by this agent (more can be added with
     /// `tern agent volume add`).
     pub volumes: Vec<crate::engine::control::VolumeSpec>,
@@ -178,6 +177,7 @@ impl Default for AgentConfig {
             chunk_max: Size(8 << 20),
             auto_resync_delay: Dur(Duration::from_secs(30 * 60)),
             resync_window: "00:00-24:00".into(),
+            scan_interval: Dur(Duration::from_secs(15 * 60)),
             volumes: Vec::new(),
         }
     }

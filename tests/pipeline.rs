@@ -109,6 +109,15 @@ impl Site {
         serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
     }
 
+    fn try_tern(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let mut a = vec!["--data", self.data.to_str().unwrap(), "--json"];
+        a.extend_from_slice(args);
+        let o = tern(&self.dir, &a);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null))
+    }
+
     fn nbd_url(&self) -> String {
         wait_for(30, "the agent to serve vol", || {
             let v = self.tern(&["agent", "volume", "list"]);
@@ -605,4 +614,67 @@ fn up_demo_replicates_at_once_and_workload_compresses() {
     let out = std::fs::read_to_string(&up.log).unwrap();
     assert!(out.contains("demo:"), "{out}");
     up.terminate();
+}
+
+/// Capture `scan`: writes made behind the agent's back (straight to the
+/// backing file) reach the replica at the next scan pass.
+#[test]
+fn scan_capture_sends_what_changed_at_each_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let src = dir.join("src.img");
+    let cfg = dir.join("scan.toml");
+    write(
+        &cfg,
+        &format!(
+            r#"data_dir = "{data}"
+[node]
+name = "aio"
+data_listen = "127.0.0.1:0"
+report_interval = "200ms"
+[cx]
+api_listen = "127.0.0.1:0"
+[agent]
+scan_interval = "1s"
+[[agent.volumes]]
+name = "vol"
+path = "{src}"
+size = {size}
+capture = "scan"
+"#,
+            data = dir.join("tern-data").display(),
+            src = src.display(),
+            size = 16 * MIB,
+        ),
+    );
+    let site = Site::start_cfg(dir, &cfg);
+    wait_for(30, "the scan volume", || {
+        let v = site.tern(&["agent", "volume", "list"]);
+        v.as_array()?
+            .iter()
+            .any(|x| x["name"] == "vol")
+            .then_some(())
+    });
+    site.tern(&[
+        "pair", "create", "s", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
+    ]);
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    for round in 0..3u8 {
+        let off = round as u64 * 3 * MIB + 12345;
+        std::os::unix::fs::FileExt::write_all_at(&f, &vec![round + 1; 700_000], off).unwrap();
+        f.sync_all().unwrap();
+        let want = file_hash(&src);
+        wait_for(60, "a scan pass to carry the change", || {
+            let v = site.try_tern(&["pair", "hash", "s"])?;
+            (v["blake3"].as_str()? == want).then_some(())
+        });
+    }
+    let v = site.tern(&["pair", "points", "s"]);
+    let names: Vec<&str> = v["bookmarks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    assert!(names.contains(&"tern:scan-pass"), "{v}");
 }

@@ -263,8 +263,8 @@ mod tests {
         s.put(HOSTS, "h1", &serde_json::json!({"name": "a"}))
             .unwrap();
         drop(s);
-        let s = Store::open_with(d.path(), &[migrate_0_to_1, add_column]).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        let s = Store::open_with(d.path(), &[migrate_0_to_1, migrate_1_to_2, add_column]).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 3);
         let v: serde_json::Value = s.get(HOSTS, "h1").unwrap().unwrap();
         assert_eq!(v["migrated"], true);
     }
@@ -272,11 +272,11 @@ mod tests {
     #[test]
     fn database_from_a_newer_tern_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open_with(d.path(), &[migrate_0_to_1, add_column]).unwrap();
+        let s = Store::open_with(d.path(), &[migrate_0_to_1, migrate_1_to_2, add_column]).unwrap();
         drop(s);
         match Store::open(d.path()) {
             Err(StoreError::TooNew {
-                found: 2, known: 1, ..
+                found: 3, known: 2, ..
             }) => {}
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("a newer schema must be refused"),

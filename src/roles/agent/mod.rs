@@ -200,12 +200,12 @@ impl AgentRole {
                 .lock()
                 .unwrap()
                 .get(&p.source_volume)
-                .map(|v| v.vol.clone());
-            let Some(vol) = vol else {
+                .map(|v| (v.vol.clone(), v.spec.capture));
+            let Some((vol, capture)) = vol else {
                 tracing::warn!(pair = %p.name, volume = %p.source_volume, "pair's volume is not served here yet");
                 continue;
             };
-            match self.start_pair(p.clone(), vol) {
+            match self.start_pair(p.clone(), vol, capture) {
                 Ok(rt) => {
                     pairs.insert(p.name.clone(), rt);
                 }
@@ -229,7 +229,12 @@ impl AgentRole {
         }
     }
 
-    fn start_pair(self: &Arc<Self>, spec: PairSpec, vol: Arc<Volume>) -> anyhow::Result<PairRt> {
+    fn start_pair(
+        self: &Arc<Self>,
+        spec: PairSpec,
+        vol: Arc<Volume>,
+        capture: Capture,
+    ) -> anyhow::Result<PairRt> {
         let dir = state_dir(&self.cfg);
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{}.state", spec.name));
@@ -277,6 +282,7 @@ impl AgentRole {
             vol.size,
         )?;
         st.mode_paused = spec.paused;
+        st.scan = capture == Capture::Scan;
         *vol.stream.lock().unwrap() = Some(st);
         let (spec_tx, spec_rx) = watch::channel(spec.clone());
         let stop = crate::engine::shutdown::ShutdownTrigger::new();
@@ -287,6 +293,8 @@ impl AgentRole {
             state_path: path,
             resync_gen: resync_gen.into(),
             since_unclean: Instant::now(),
+            scan: capture == Capture::Scan,
+            last_scan: Mutex::new(Instant::now()),
         };
         let sd = crate::engine::shutdown::either(self.shutdown.clone(), stop.subscribe());
         let ctx = Arc::new(ctx);
@@ -543,6 +551,11 @@ struct PairCtx {
     state_path: PathBuf,
     resync_gen: std::sync::atomic::AtomicU64,
     since_unclean: Instant,
+    /// Capture `scan`: nothing is tapped; every `agent.scan_interval` a
+    /// fast-resync pass compares every block with the MT's and sends the
+    /// differing ones.
+    scan: bool,
+    last_scan: Mutex<Instant>,
 }
 
 enum SendOutcome {
@@ -627,6 +640,7 @@ impl PairCtx {
                 }
             }
             self.maybe_auto_resync();
+            self.maybe_scan();
             // Send what is buffered.
             let chunk = self.take_chunk();
             let Some((bytes, first, last, raw_len)) = chunk else {
@@ -704,6 +718,31 @@ impl PairCtx {
                     st.start_resync();
                 }
             });
+        }
+    }
+
+    fn maybe_scan(&self) {
+        if !self.scan {
+            return;
+        }
+        let mut last = self.last_scan.lock().unwrap();
+        if last.elapsed() < self.agent.cfg.agent.scan_interval.0 {
+            return;
+        }
+        let started = self.with_stream(|st| {
+            let idle = st.next_seq.is_some()
+                && st.step1.is_none()
+                && !st.resyncing
+                && st.bitmap.is_empty()
+                && !st.mode_paused;
+            if idle {
+                st.start_resync();
+            }
+            idle
+        });
+        if started == Some(true) {
+            *last = Instant::now();
+            tracing::debug!(pair = %self.spec().name, "scan pass started");
         }
     }
 

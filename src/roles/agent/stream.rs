@@ -160,6 +160,8 @@ pub struct Stream {
     /// Fast resync compares against the MT's image once it holds every
     /// record sent before the resync began (this seq).
     pub resync_base: Option<u64>,
+    /// Capture `scan`: end-of-pass markers are named `tern:scan-pass`.
+    pub scan: bool,
 }
 
 impl Stream {
@@ -187,6 +189,7 @@ impl Stream {
             last_inconsistent: false,
             last_ts_us: 0,
             resync_base: None,
+            scan: false,
         }
     }
 
@@ -277,9 +280,14 @@ impl Stream {
             && self.streaming()
             && self.buffered + 64 <= self.cap
         {
+            let name = if self.scan {
+                "tern:scan-pass"
+            } else {
+                "tern:consistent"
+            };
             self.push(RecordBody::Bookmark {
                 kind: BookmarkKind::User,
-                name: "tern:consistent".into(),
+                name: name.into(),
             });
             return true;
         }
