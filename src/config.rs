@@ -138,6 +138,10 @@ pub struct PsConfig {
     pub resync_threshold: Size,
     /// Per pair: the same for differential sync (seed: 8 GiB).
     pub differential_threshold: Size,
+    /// Bandwidth towards each MT, shared by its pairs (higher `priority`
+    /// first): `["08:00-18:00=20MB/s", "*=0"]` — UTC windows, first match
+    /// wins, 0 = unlimited. Empty: unlimited.
+    pub bandwidth: Vec<String>,
 }
 
 impl Default for PsConfig {
@@ -145,6 +149,7 @@ impl Default for PsConfig {
         PsConfig {
             resync_threshold: Size(2 << 30),
             differential_threshold: Size(8 << 30),
+            bandwidth: Vec::new(),
         }
     }
 }
@@ -356,6 +361,9 @@ impl Config {
         }
         if self.cx.heartbeat_overdue.0 < self.node.heartbeat_interval.0 {
             return Err("cx.heartbeat_overdue must be at least node.heartbeat_interval".into());
+        }
+        if let Err(e) = crate::roles::ps::bandwidth::parse_schedule(&self.ps.bandwidth) {
+            return Err(format!("ps.bandwidth: {e}"));
         }
         if !self.node.cx_url.starts_with("https://") {
             return Err(format!(

@@ -73,11 +73,18 @@ fn images_at_random_points_times_and_bookmarks_equal_the_model() {
     for i in 0..chunks {
         let c = w.chunk(i);
         j.apply(&c).unwrap();
-        // Applying the same chunk again changes nothing.
+        // Applying the same chunk again changes nothing, nor does an older one
+        // (a PS resending its cache after a restart).
         assert_eq!(
             j.apply(&c).unwrap(),
             tern::engine::journal::ApplyOutcome::AlreadyApplied
         );
+        if i > 0 {
+            assert_eq!(
+                j.apply(&w.chunk(i - 1)[..1]).unwrap(),
+                tern::engine::journal::ApplyOutcome::AlreadyApplied
+            );
+        }
         for r in &c {
             model.apply(r);
             if let RecordBody::Bookmark { name, .. } = &r.body {

@@ -678,3 +678,82 @@ capture = "scan"
         .collect();
     assert!(names.contains(&"tern:scan-pass"), "{v}");
 }
+
+/// The PS's bandwidth cap towards an MT holds: 6 MB of incompressible
+/// writes at a 2 MB/s cap cannot all be applied in under 2 s.
+#[test]
+fn ps_bandwidth_cap_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = dir.join("bw.toml");
+    write(
+        &cfg,
+        &format!(
+            r#"data_dir = "{data}"
+[node]
+name = "aio"
+data_listen = "127.0.0.1:0"
+report_interval = "100ms"
+[cx]
+api_listen = "127.0.0.1:0"
+[ps]
+bandwidth = ["*=2MB/s"]
+[agent]
+chunk_max = "1MiB"
+[[agent.volumes]]
+name = "vol"
+path = "{src}"
+size = {size}
+listen = "127.0.0.1:0"
+"#,
+            data = dir.join("tern-data").display(),
+            src = dir.join("src.img").display(),
+            size = 16 * MIB,
+        ),
+    );
+    let site = Site::start_cfg(dir, &cfg);
+    let url = site.nbd_url();
+    site.tern(&[
+        "pair",
+        "create",
+        "bw",
+        "--source",
+        "aio:vol",
+        "--ps",
+        "aio",
+        "--target",
+        "aio",
+        "--compression",
+        "none",
+    ]);
+    wait_caught_up(&site, "bw", 60);
+    let t0 = Instant::now();
+    let o = tern(
+        dir,
+        &[
+            "--json",
+            "workload",
+            "--nbd",
+            &url,
+            "--rate",
+            "0",
+            "--duration",
+            "1s",
+            "--block",
+            "1M..1M",
+            "--compressibility",
+            "0",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bytes = w["bytes"].as_u64().unwrap();
+    wait_caught_up(&site, "bw", 120);
+    // A lower bound only: the cap cannot be beaten, however fast the machine.
+    let floor = Duration::from_secs_f64(bytes as f64 / 2e6 * 0.8);
+    assert!(
+        t0.elapsed() >= floor,
+        "{bytes} bytes applied in {:?} through a 2 MB/s cap",
+        t0.elapsed()
+    );
+}

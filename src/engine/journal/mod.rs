@@ -638,6 +638,10 @@ impl Journal {
                 first: first.seq,
             });
         }
+        // Wholly older than the journal's end: a resent chunk, already here.
+        if records.last().is_some_and(|r| r.seq <= last_seq) {
+            return Ok(ApplyOutcome::AlreadyApplied);
+        }
         let new: &[Record] = &records[(last_seq + 1 - first.seq) as usize..];
         if new.is_empty() {
             return Ok(ApplyOutcome::AlreadyApplied);

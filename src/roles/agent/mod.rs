@@ -368,6 +368,22 @@ impl AgentRole {
         }
     }
 
+    /// Each active pair with its volume.
+    fn pair_volumes(&self) -> Vec<(String, Arc<Volume>)> {
+        let pairs: Vec<(String, String)> = self
+            .pairs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, p)| (n.clone(), p.volume.clone()))
+            .collect();
+        let vols = self.volumes.lock().unwrap();
+        pairs
+            .into_iter()
+            .filter_map(|(n, v)| vols.get(&v).map(|v| (n, v.vol.clone())))
+            .collect()
+    }
+
     /// Results a failed sync did not deliver go out with the next one.
     pub fn requeue_results(&self, mut results: Vec<CommandResult>) {
         let mut r = self.results.lock().unwrap();
@@ -386,23 +402,7 @@ impl AgentRole {
                 error: None,
             });
         }
-        let pairs: Vec<(String, String)> = self
-            .pairs
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(n, p)| (n.clone(), p.volume.clone()))
-            .collect();
-        for (name, volume) in pairs {
-            let Some(vol) = self
-                .volumes
-                .lock()
-                .unwrap()
-                .get(&volume)
-                .map(|v| v.vol.clone())
-            else {
-                continue;
-            };
+        for (name, vol) in self.pair_volumes() {
             let g = vol.stream.lock().unwrap();
             let Some(st) = g.as_ref() else { continue };
             r.agent_pairs.push(AgentPairStatus {
@@ -433,23 +433,7 @@ impl AgentRole {
     /// Clean stop: every pair's unacknowledged data goes into its bitmap,
     /// which is saved with the clean flag.
     pub fn stop(&self) {
-        let pairs: Vec<(String, String)> = self
-            .pairs
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(n, p)| (n.clone(), p.volume.clone()))
-            .collect();
-        for (name, volume) in pairs {
-            let Some(vol) = self
-                .volumes
-                .lock()
-                .unwrap()
-                .get(&volume)
-                .map(|v| v.vol.clone())
-            else {
-                continue;
-            };
+        for (name, vol) in self.pair_volumes() {
             let mut g = vol.stream.lock().unwrap();
             vol.closed.store(true, std::sync::atomic::Ordering::Relaxed);
             let Some(st) = g.as_mut() else { continue };

@@ -674,17 +674,22 @@ pub struct Heartbeat {
     pub data_addr: Option<String>,
 }
 
+/// The host id in the caller's node certificate, or 401 saying what `what` needs.
+pub fn node_host(peer: PeerIdentity, what: &str) -> Result<String, Rejection> {
+    peer.host_id.ok_or_else(|| {
+        ApiError::reject(
+            StatusCode::UNAUTHORIZED,
+            format!("{what} needs the node's client certificate (enroll first)"),
+        )
+    })
+}
+
 async fn heartbeat(
     peer: PeerIdentity,
     hb: Heartbeat,
     s: Arc<CxState>,
 ) -> Result<impl Reply, Rejection> {
-    let Some(host_id) = peer.host_id else {
-        return Err(ApiError::reject(
-            StatusCode::UNAUTHORIZED,
-            "heartbeats need the node's client certificate (enroll first)",
-        ));
-    };
+    let host_id = node_host(peer, "a heartbeat")?;
     let interval = s.cfg.node.heartbeat_interval.0;
     blocking(move || {
         s.store

@@ -101,12 +101,7 @@ pub async fn node_sync(
     req: SyncRequest,
     s: Arc<CxState>,
 ) -> Result<impl Reply, Rejection> {
-    let Some(host_id) = peer.host_id else {
-        return Err(ApiError::reject(
-            StatusCode::UNAUTHORIZED,
-            "node sync needs the node's client certificate (enroll first)",
-        ));
-    };
+    let host_id = super::api::node_host(peer, "node sync")?;
     let changed_results = !req.report.results.is_empty();
     {
         let mut res = s.control.results.lock().unwrap();

@@ -274,25 +274,27 @@ pub fn write_image(
             );
         }
     }
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut off = 0u64;
-    while off < size {
-        let n = (size - off).min(buf.len() as u64) as usize;
-        pin.read_at(off, &mut buf[..n])?;
-        hasher.update(&buf[..n]);
-        if !(is_file && buf[..n].iter().all(|b| *b == 0)) {
-            std::os::unix::fs::FileExt::write_all_at(&out, &buf[..n], off)?;
+    let h = read_image(pin, |off, data| {
+        if !(is_file && data.iter().all(|b| *b == 0)) {
+            std::os::unix::fs::FileExt::write_all_at(&out, data, off)?;
         }
-        off += n as u64;
-        progress(off, size);
-    }
+        progress(off + data.len() as u64, size);
+        Ok(())
+    })?;
     out.sync_all()?;
-    Ok(hasher.finalize())
+    Ok(h)
 }
 
 /// BLAKE3 of the image of `pin`, without writing it anywhere.
 pub fn hash_image(pin: &crate::engine::journal::Pin) -> anyhow::Result<blake3::Hash> {
+    read_image(pin, |_, _| Ok(()))
+}
+
+/// Read the image of `pin` in 4 MiB pieces, handing each to `each`; returns its BLAKE3.
+fn read_image(
+    pin: &crate::engine::journal::Pin,
+    mut each: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<blake3::Hash> {
     let size = pin.journal().volume_size();
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 4 << 20];
@@ -301,6 +303,7 @@ pub fn hash_image(pin: &crate::engine::journal::Pin) -> anyhow::Result<blake3::H
         let n = (size - off).min(buf.len() as u64) as usize;
         pin.read_at(off, &mut buf[..n])?;
         hasher.update(&buf[..n]);
+        each(off, &buf[..n])?;
         off += n as u64;
     }
     Ok(hasher.finalize())

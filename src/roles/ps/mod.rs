@@ -14,6 +14,8 @@
 //! chunks of a pair reach the MT in sequence order; a repeated chunk is
 //! acknowledged without being stored twice.
 
+pub mod bandwidth;
+
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -93,6 +95,9 @@ pub struct PsRole {
     host_id: String,
     client: reqwest::Client,
     pairs: Mutex<HashMap<String, Arc<PsPair>>>,
+    /// One bandwidth budget per MT host (`ps.bandwidth`).
+    limiters: Mutex<HashMap<String, Arc<bandwidth::Limiter>>>,
+    schedule: Vec<bandwidth::Entry>,
     shutdown: Shutdown,
 }
 
@@ -111,11 +116,15 @@ impl PsRole {
         client: reqwest::Client,
         shutdown: Shutdown,
     ) -> Arc<PsRole> {
+        // Validated with the config; an entry that does not parse means no cap.
+        let schedule = bandwidth::parse_schedule(&cfg.ps.bandwidth).unwrap_or_default();
         Arc::new(PsRole {
             cfg,
             host_id,
             client,
             pairs: Mutex::default(),
+            limiters: Mutex::default(),
+            schedule,
             shutdown,
         })
     }
@@ -259,6 +268,15 @@ impl PsRole {
     async fn to_mt(&self, p: &PsPair, first: u64, bytes: Bytes) -> Result<(), MtError> {
         let url = p.mt_url(&format!("chunk/{first}")).map_err(MtError::Down)?;
         let n = bytes.len() as u64;
+        let spec = p.spec();
+        let limiter = self
+            .limiters
+            .lock()
+            .unwrap()
+            .entry(spec.target_host.clone())
+            .or_insert_with(|| Arc::new(bandwidth::Limiter::new(self.schedule.clone())))
+            .clone();
+        limiter.acquire(n, spec.priority).await;
         let r = self
             .client
             .put(url)
