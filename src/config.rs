@@ -170,6 +170,10 @@ pub struct AgentConfig {
     /// Capture `scan`: how often every block is compared with the replica
     /// and the differing ones sent.
     pub scan_interval: Dur,
+    /// A consistency bookmark every this often (seed: 30 min): `fs` (the
+    /// filesystem frozen) when the volume names its `fs_mount`, else `user`.
+    /// "0s" turns them off.
+    pub consistency_interval: Dur,
     /// Volumes protected by this agent (more can be added with
     /// `tern agent volume add`).
     pub volumes: Vec<crate::engine::control::VolumeSpec>,
@@ -183,6 +187,7 @@ impl Default for AgentConfig {
             auto_resync_delay: Dur(Duration::from_secs(30 * 60)),
             resync_window: "00:00-24:00".into(),
             scan_interval: Dur(Duration::from_secs(15 * 60)),
+            consistency_interval: Dur(Duration::from_secs(30 * 60)),
             volumes: Vec::new(),
         }
     }

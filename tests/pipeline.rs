@@ -439,6 +439,7 @@ report_interval = "200ms"
 api_listen = "127.0.0.1:0"
 [agent]
 buffer_cap = "32MiB"
+consistency_interval = "1s"
 [[agent.volumes]]
 name = "vol"
 path = "{src}"
@@ -536,6 +537,20 @@ fs_mount = "{mnt}"
         found, before,
         "the image at the fs bookmark holds exactly the files written before it"
     );
+    // Periodic consistency bookmarks (fs, once the filesystem is mounted).
+    let v = site.tern(&["pair", "points", "fs"]);
+    let periodic = v["bookmarks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| {
+            b["name"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("tern:periodic-")
+        })
+        .count();
+    assert!(periodic > 0, "{v}");
     drop(guard);
 }
 

@@ -56,6 +56,8 @@ pub struct AgentRole {
     pairs: Mutex<HashMap<String, PairRt>>,
     results: Mutex<Vec<CommandResult>>,
     done_commands: Mutex<std::collections::HashSet<String>>,
+    /// One filesystem freeze at a time (a second FIFREEZE would fail).
+    freeze_lock: Mutex<()>,
     /// Asks the node's sync loop to report now (a command finished).
     pub report_now: Arc<tokio::sync::Notify>,
     shutdown: Shutdown,
@@ -80,6 +82,7 @@ impl AgentRole {
             pairs: Mutex::default(),
             results: Mutex::default(),
             done_commands: Mutex::default(),
+            freeze_lock: Mutex::default(),
             report_now: Arc::new(tokio::sync::Notify::new()),
             shutdown,
         });
@@ -295,6 +298,7 @@ impl AgentRole {
             since_unclean: Instant::now(),
             scan: capture == Capture::Scan,
             last_scan: Mutex::new(Instant::now()),
+            last_periodic: Mutex::new(Instant::now()),
         };
         let sd = crate::engine::shutdown::either(self.shutdown.clone(), stop.subscribe());
         let ctx = Arc::new(ctx);
@@ -328,7 +332,10 @@ impl AgentRole {
                 None => Err(format!(
                     "volume {volume} has no `fs_mount`: the agent does not know which filesystem to freeze"
                 )),
-                Some(m) => freeze_and(m, || vol.bookmark(c.kind, &c.bookmark)),
+                Some(m) => {
+                    let _one = self.freeze_lock.lock().unwrap();
+                    freeze_and(m, || vol.bookmark(c.kind, &c.bookmark))
+                }
             },
             BookmarkKind::App => {
                 let run = |cmd: &Option<String>, what: &str| -> Result<(), String> {
@@ -507,6 +514,20 @@ fn freeze_and<T>(
     use std::os::fd::AsRawFd;
     const FIFREEZE: libc::c_ulong = 0xC004_5877;
     const FITHAW: libc::c_ulong = 0xC004_5878;
+    // FIFREEZE freezes the filesystem holding the path: on a directory that
+    // is not (yet) a mount point, that would be the host's own filesystem.
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev());
+    match (dev(mount), dev(&mount.join(".."))) {
+        (Ok(a), Ok(b)) if a != b => {}
+        (Ok(_), Ok(_)) => {
+            return Err(format!(
+                "{} is not a mount point (is the volume's filesystem mounted?); refusing to freeze the filesystem that holds it",
+                mount.display()
+            ));
+        }
+        (Err(e), _) | (_, Err(e)) => return Err(format!("cannot stat {}: {e}", mount.display())),
+    }
     let d =
         std::fs::File::open(mount).map_err(|e| format!("cannot open {}: {e}", mount.display()))?;
     // SAFETY: ioctl on an open directory descriptor with an int argument.
@@ -540,6 +561,7 @@ struct PairCtx {
     /// differing ones.
     scan: bool,
     last_scan: Mutex<Instant>,
+    last_periodic: Mutex<Instant>,
 }
 
 enum SendOutcome {
@@ -625,6 +647,7 @@ impl PairCtx {
             }
             self.maybe_auto_resync();
             self.maybe_scan();
+            self.maybe_periodic_bookmark();
             // Send what is buffered.
             let chunk = self.take_chunk();
             let Some((bytes, first, last, raw_len)) = chunk else {
@@ -703,6 +726,51 @@ impl PairCtx {
                 }
             });
         }
+    }
+
+    /// The seed's periodic consistency points: a bookmark every
+    /// `agent.consistency_interval` while the pair is in differential sync.
+    fn maybe_periodic_bookmark(self: &Arc<Self>) {
+        let every = self.agent.cfg.agent.consistency_interval.0;
+        if every.is_zero() || self.scan {
+            return;
+        }
+        let mut last = self.last_periodic.lock().unwrap();
+        if last.elapsed() < every
+            || self.with_stream(|st| st.mode())
+                != Some(crate::engine::control::AgentMode::Differential)
+        {
+            return;
+        }
+        *last = Instant::now();
+        let spec = self.spec();
+        let fs = self
+            .agent
+            .volumes
+            .lock()
+            .unwrap()
+            .get(&spec.source_volume)
+            .is_some_and(|v| v.spec.fs_mount.is_some());
+        let cmd = Command {
+            id: format!("periodic-{}", crate::util::now_ms()),
+            pair: spec.name.clone(),
+            bookmark: format!(
+                "tern:periodic-{}",
+                crate::util::rfc3339_ms(crate::util::now_ms())
+            ),
+            kind: if fs {
+                BookmarkKind::Fs
+            } else {
+                BookmarkKind::User
+            },
+        };
+        let agent = self.agent.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = agent.run_command(&cmd);
+            if !r.ok {
+                tracing::warn!(pair = %cmd.pair, error = ?r.error, "periodic consistency bookmark failed");
+            }
+        });
     }
 
     fn maybe_scan(&self) {
@@ -1037,6 +1105,14 @@ pub fn in_window(w: &str, now_ms: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_directory_that_is_not_a_mount_point_is_never_frozen() {
+        let d = tempfile::tempdir().unwrap();
+        let r = super::freeze_and(d.path(), || Ok::<_, String>(()));
+        let e = r.unwrap_err();
+        assert!(e.contains("is not a mount point"), "{e}");
+    }
+
     #[test]
     fn resync_windows() {
         let at = |h: u64, m: u64| (h * 60 + m) * 60_000;

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 use crate::engine::chunk::WireRecord;
 use crate::engine::control::AgentMode;
@@ -317,8 +317,6 @@ pub struct Volume {
     /// Set (under the stream lock) by a clean stop: from then on writes are
     /// refused, so none can reach the volume without being captured.
     pub closed: std::sync::atomic::AtomicBool,
-    /// Signalled when records are appended or the buffer drains.
-    pub changed: Condvar,
     /// Wakes the resync driver: the sender freed buffer space.
     pub room: Arc<tokio::sync::Notify>,
     /// Wakes the async sender.
@@ -366,7 +364,6 @@ impl Volume {
             file,
             stream: Mutex::new(None),
             closed: Default::default(),
-            changed: Condvar::new(),
             room: Arc::new(tokio::sync::Notify::new()),
             notify: Arc::new(tokio::sync::Notify::new()),
         })
@@ -461,37 +458,41 @@ impl Volume {
 
     /// Insert a bookmark at exactly this point of the stream.
     pub fn bookmark(&self, kind: BookmarkKind, name: &str) -> Result<u64, String> {
-        let mut g = self.stream.lock().unwrap();
-        let Some(st) = g.as_mut() else {
-            return Err("the volume is not protected by a pair".into());
-        };
-        if !st.streaming() {
-            return Err(format!(
-                "the pair is {} (no session with the PS); try again when it is replicating",
-                serde_json::to_value(st.mode())
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            ));
+        // A bookmark is only worth taking at a consistent point: while a
+        // bitmap drain or step II runs, wait for it (bounded) instead of
+        // inserting a point the MT would never offer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let mut g = self.stream.lock().unwrap();
+            let Some(st) = g.as_mut() else {
+                return Err("the volume is not protected by a pair".into());
+            };
+            let mode = serde_json::to_value(st.mode())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            if !st.streaming() {
+                return Err(format!(
+                    "the pair is {mode} (no session with the PS); try again when it is replicating"
+                ));
+            }
+            if st.consistent_after() && st.buffered + 256 <= st.cap {
+                let seq = st.push(RecordBody::Bookmark {
+                    kind,
+                    name: name.to_owned(),
+                });
+                drop(g);
+                self.notify.notify_one();
+                return Ok(seq);
+            }
+            drop(g);
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the pair stayed in {mode} for 60 s (writes outpace the link); no consistent point to bookmark: try again when it is in differential sync"
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        if st.buffered + 256 > st.cap {
-            return Err(
-                "the agent's buffer is full (bitmap mode); try again when it drains".into(),
-            );
-        }
-        let seq = st.push(RecordBody::Bookmark {
-            kind,
-            name: name.to_owned(),
-        });
-        let consistent = !st.buffer.back().is_some_and(|r| r.inconsistent);
-        drop(g);
-        self.notify.notify_one();
-        if !consistent {
-            return Err(format!(
-                "bookmark inserted at seq {seq}, but the pair is resyncing, so that point is not consistent and will not be offered"
-            ));
-        }
-        Ok(seq)
     }
 
     /// Step I / drain: copy one region of the volume into the stream, under
@@ -507,7 +508,8 @@ impl Volume {
         Ok(true)
     }
 
-    /// Hash of `[off, off+len)` read under the lock (for fast resync).
+    /// Read for fast resync; the caller holds the stream lock, so no write
+    /// can land between this read and the decision taken on it.
     pub fn read_locked(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, off)
     }
