@@ -765,7 +765,8 @@ listen = "127.0.0.1:0"
     let bytes = w["bytes"].as_u64().unwrap();
     wait_caught_up(&site, "bw", 120);
     // A lower bound only: the cap cannot be beaten, however fast the machine.
-    let floor = Duration::from_secs_f64(bytes as f64 / 2e6 * 0.8);
+    // The limiter lets one second of budget and one chunk go at once.
+    let floor = Duration::from_secs_f64((bytes as f64 - 2e6 - 1048576.0).max(0.0) / 2e6);
     assert!(
         t0.elapsed() >= floor,
         "{bytes} bytes applied in {:?} through a 2 MB/s cap",
