@@ -55,7 +55,6 @@ pub struct AgentRole {
     volumes: Mutex<HashMap<String, VolumeRt>>,
     pairs: Mutex<HashMap<String, PairRt>>,
     results: Mutex<Vec<CommandResult>>,
-    done_commands: Mutex<std::collections::HashSet<String>>,
     /// One filesystem freeze at a time (a second FIFREEZE would fail).
     freeze_lock: Mutex<()>,
     /// Asks the node's sync loop to report now (a command finished).
@@ -81,7 +80,6 @@ impl AgentRole {
             volumes: Mutex::default(),
             pairs: Mutex::default(),
             results: Mutex::default(),
-            done_commands: Mutex::default(),
             freeze_lock: Mutex::default(),
             report_now: Arc::new(tokio::sync::Notify::new()),
             shutdown,
@@ -218,10 +216,8 @@ impl AgentRole {
             }
         }
         drop(pairs);
+        // The CX hands each command out once.
         for c in &resp.commands {
-            if !self.done_commands.lock().unwrap().insert(c.id.clone()) {
-                continue;
-            }
             let me = self.clone();
             let c = c.clone();
             tokio::task::spawn_blocking(move || {
@@ -1037,18 +1033,17 @@ fn ack(st: &mut Stream, last: u64) {
         let r = st.buffer.pop_front().unwrap();
         st.buffered -= r.data_len() as u64 + 32;
     }
-    st.acked_seq = st.acked_seq.max(last);
 }
 
 /// Copy up to `n` step-I blocks from `c`, skipping those whose hash equals
-/// the MT's. Stops early when the buffer is full.
+/// the MT's. Each block is read once, under the lock; stops early when the
+/// buffer is full.
 fn step1_blocks(
     vol: &Volume,
     c: u64,
     n: u64,
     hashes: Option<Vec<[u8; 32]>>,
 ) -> std::io::Result<()> {
-    let mut buf = vec![0u8; RESYNC_BLOCK as usize];
     for i in 0..n {
         let off = c + i * RESYNC_BLOCK;
         let len = RESYNC_BLOCK.min(vol.size - off);
@@ -1058,25 +1053,25 @@ fn step1_blocks(
             // Restarted or finished meanwhile.
             return Ok(());
         }
-        let next = off + len;
-        let advance = |st: &mut Stream| {
-            st.step1 = (next < vol.size).then_some(next);
-        };
+        if !st.has_room(len) {
+            return Ok(());
+        }
+        let mut data = vec![0u8; len as usize];
+        vol.read(off, &mut data)?;
+        // Step I moves past the block before its copy is pushed, so the
+        // copy's flag tells whether the image after it is consistent.
+        st.step1 = (off + len < vol.size).then_some(off + len);
+        if st.step1.is_none() && st.bitmap.is_empty() {
+            st.resyncing = false;
+        }
         if let Some(h) = hashes.as_ref().and_then(|h| h.get(i as usize)) {
-            vol.read_locked(off, &mut buf[..len as usize])?;
             st.fast_compared += 1;
-            if blake3::hash(&buf[..len as usize]).as_bytes() == h {
+            if blake3::hash(&data).as_bytes() == h {
                 st.fast_matched += 1;
-                advance(st);
                 continue;
             }
         }
-        // Decide the flag of the copy as if step I were already past it.
-        advance(st);
-        if !vol.copy_region(st, off, len)? {
-            st.step1 = Some(off);
-            return Ok(());
-        }
+        st.push_copy(off, data);
         drop(g);
         vol.notify.notify_one();
     }

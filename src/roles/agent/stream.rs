@@ -151,8 +151,6 @@ pub struct Stream {
     pub bytes_sent: u64,
     pub resyncs: u64,
     pub error: Option<String>,
-    /// Highest seq acknowledged by the PS.
-    pub acked_seq: u64,
     /// The last record pushed left the image inconsistent: once the resync
     /// or drain is over, a marker record makes the end a consistent point.
     pub last_inconsistent: bool,
@@ -185,7 +183,6 @@ impl Stream {
             bytes_sent: 0,
             resyncs: 0,
             error: None,
-            acked_seq: 0,
             last_inconsistent: false,
             last_ts_us: 0,
             resync_base: None,
@@ -209,6 +206,17 @@ impl Stream {
         } else {
             AgentMode::Differential
         }
+    }
+
+    /// Room for a record carrying `len` bytes (an empty buffer always takes
+    /// one, so a record larger than the cap cannot stall the stream).
+    pub fn has_room(&self, len: u64) -> bool {
+        self.buffered == 0 || self.buffered + len + 32 <= self.cap
+    }
+
+    /// Append a copy of `data`, read from the volume at `off` under the lock.
+    pub fn push_copy(&mut self, off: u64, data: Vec<u8>) {
+        self.push(RecordBody::Write { offset: off, data });
     }
 
     /// Can records be appended now (a session exists, not paused)?
@@ -271,10 +279,6 @@ impl Stream {
     /// a marker so the present becomes a consistent point even when the
     /// source is idle. Returns whether one was added.
     pub fn mark_consistent_if_due(&mut self) -> bool {
-        if self.consistent_after() {
-            // Step I done and nothing dirty: the resync (step II) is over.
-            self.resyncing = false;
-        }
         if self.last_inconsistent
             && self.consistent_after()
             && self.streaming()
@@ -495,24 +499,6 @@ impl Volume {
         }
     }
 
-    /// Step I / drain: copy one region of the volume into the stream, under
-    /// the write lock. `len` ≤ RESYNC_BLOCK. Returns false if the buffer
-    /// has no room (the caller waits for the sender).
-    pub fn copy_region(&self, st: &mut Stream, off: u64, len: u64) -> io::Result<bool> {
-        if st.buffered + len + 32 > st.cap && st.buffered > 0 {
-            return Ok(false);
-        }
-        let mut data = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut data, off)?;
-        st.push(RecordBody::Write { offset: off, data });
-        Ok(true)
-    }
-
-    /// Read for fast resync; the caller holds the stream lock, so no write
-    /// can land between this read and the decision taken on it.
-    pub fn read_locked(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.file.read_exact_at(buf, off)
-    }
 }
 
 fn zero_range(f: &File, off: u64, len: u64) -> io::Result<()> {
@@ -554,9 +540,6 @@ pub enum Step {
 /// Drain the bitmap: copy the next run of dirty blocks (≤ RESYNC_BLOCK).
 pub fn drain_step(vol: &Volume, st: &mut Stream) -> io::Result<Step> {
     let Some(first) = st.bitmap.next_dirty(0) else {
-        if st.resyncing && st.step1.is_none() {
-            st.resyncing = false;
-        }
         return Ok(Step::Done);
     };
     let mut last = first;
@@ -565,24 +548,21 @@ pub fn drain_step(vol: &Volume, st: &mut Stream) -> io::Result<Step> {
     }
     let off = first * BITMAP_BLOCK;
     let end = ((last + 1) * BITMAP_BLOCK).min(vol.size);
-    if off >= vol.size {
-        for b in first..=last {
-            st.bitmap.clear(b);
-        }
-        return Ok(Step::Progress);
-    }
-    if st.buffered + (end - off) + 32 > st.cap && st.buffered > 0 {
+    if off < vol.size && !st.has_room(end - off) {
         return Ok(Step::Full);
     }
+    // Clear first: the copy's flag says whether the image after it is consistent.
     for b in first..=last {
         st.bitmap.clear(b);
     }
-    if st.bitmap.is_empty() && st.step1.is_none() {
+    if st.bitmap.is_empty() {
+        // The last dirty block: step II (or a bitmap drain) ends here.
         st.resyncing = false;
     }
-    if !vol.copy_region(st, off, end - off)? {
-        st.bitmap.mark(off, end - off);
-        return Ok(Step::Full);
+    if off < vol.size {
+        let mut data = vec![0u8; (end - off) as usize];
+        vol.read(off, &mut data)?;
+        st.push_copy(off, data);
     }
     Ok(Step::Progress)
 }

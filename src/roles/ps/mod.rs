@@ -18,7 +18,7 @@ pub mod bandwidth;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,6 @@ struct PsPair {
     error: Mutex<Option<String>>,
     wake: tokio::sync::Notify,
     stop: crate::engine::shutdown::ShutdownTrigger,
-    running: AtomicBool,
 }
 
 impl PsPair {
@@ -219,7 +218,6 @@ impl PsRole {
             error: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
             stop: crate::engine::shutdown::ShutdownTrigger::new(),
-            running: AtomicBool::new(true),
             intake: tokio::sync::Mutex::new(Intake::default()),
         });
         p.mirror(&intake);
@@ -394,7 +392,6 @@ impl PsRole {
                 p.mirror(&i);
             }
         }
-        p.running.store(false, Ordering::Relaxed);
     }
 }
 
