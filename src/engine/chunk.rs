@@ -13,7 +13,7 @@
 //! consecutive seqs, zero reserved bytes); nothing is returned from a chunk
 //! that fails a check.
 
-use crate::engine::journal::format::BookmarkKind;
+use crate::engine::journal::format::{BookmarkKind, u16_at, u32_at, u64_at};
 use crate::engine::journal::{Record, RecordBody};
 
 pub const MAGIC: [u8; 4] = *b"TCHK";
@@ -102,16 +102,6 @@ pub enum ChunkError {
 
 fn bad(m: impl Into<String>) -> ChunkError {
     ChunkError::Malformed(m.into())
-}
-
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
-}
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
 }
 
 /// The uncompressed payload of `records` (which must be non-empty and consecutive).
@@ -373,16 +363,22 @@ pub fn recode(b: &[u8], codec: Codec) -> Result<Vec<u8>, ChunkError> {
     if h.compressed == matches!(codec, Codec::Zstd(_)) {
         return Ok(b.to_vec());
     }
-    Ok(seal(
+    Ok(reseal(&h, &raw, codec))
+}
+
+/// Encode again the records of a chunk already [`verify`]'d (its header and
+/// raw payload) with `codec`, keeping its end-to-end hash.
+pub fn reseal(h: &ChunkHeader, raw: &[u8], codec: Codec) -> Vec<u8> {
+    seal(
         h.pair,
         h.resync,
         (h.first_seq, h.last_seq),
         (h.first_ts_us, h.last_ts_us),
         h.count,
-        &raw,
+        raw,
         h.raw_hash,
         codec,
-    ))
+    )
 }
 
 #[cfg(test)]

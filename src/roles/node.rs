@@ -442,16 +442,9 @@ impl HeartbeatLoop {
     }
 
     async fn beat(&self) -> anyhow::Result<()> {
-        let r = self.client.post(&self.url).json(&self.body).send().await?;
-        if !r.status().is_success() {
-            let status = r.status();
-            let msg = r
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            bail!("CX answered {status}: {msg}");
+        let a = transport::call(self.client.post(&self.url).json(&self.body)).await?;
+        if !a.status.is_success() {
+            bail!("CX answered {}: {}", a.status, a.error());
         }
         Ok(())
     }

@@ -69,13 +69,15 @@ pub enum DecodeError {
     Invalid(&'static str),
 }
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
+/// Little-endian integers at a byte offset (the caller checked the length);
+/// shared by every binary format in the crate.
+pub(crate) fn u16_at(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
 }
-fn u32_at(b: &[u8], o: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
 }
-fn u64_at(b: &[u8], o: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
 }
 

@@ -134,6 +134,51 @@ pub fn client(ca_pem: &str, id: Option<&Identity>) -> Result<reqwest::Client, Tr
         .build()?)
 }
 
+/// A JSON answer from a peer role: its HTTP status and body (`Null` when it
+/// sent none or not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: warp::http::StatusCode,
+    pub body: serde_json::Value,
+}
+
+impl Answer {
+    /// The peer's `{"error": …}` message.
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("no reason given")
+    }
+
+    /// The body of a 2xx answer, else the peer's error message.
+    pub fn ok(self) -> Result<serde_json::Value, String> {
+        if self.status.is_success() {
+            Ok(self.body)
+        } else {
+            Err(self.error().to_owned())
+        }
+    }
+
+    /// Pass the answer on unchanged (a proxy).
+    pub fn into_reply(self) -> warp::reply::Response {
+        json_reply(self.status, self.body)
+    }
+}
+
+/// Send a role-to-role request. `Err` only when no answer came (connection,
+/// TLS, timeout); any HTTP status is an [`Answer`].
+pub async fn call(req: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
+    let r = req.send().await?;
+    let status = warp::http::StatusCode::from_u16(r.status().as_u16())
+        .unwrap_or(warp::http::StatusCode::BAD_GATEWAY);
+    let body = r.json().await.unwrap_or_default();
+    Ok(Answer { status, body })
+}
+
+/// A JSON response with `status`.
+pub fn json_reply(status: warp::http::StatusCode, v: serde_json::Value) -> warp::reply::Response {
+    use warp::Reply;
+    warp::reply::with_status(warp::reply::json(&v), status).into_response()
+}
+
 /// A client for the one request that happens before the CA is known
 /// (enrollment's CA fetch, `tern login`'s first contact). The caller MUST
 /// verify what it receives some other way (token MAC, operator fingerprint).

@@ -32,6 +32,7 @@ use crate::engine::control::{
 };
 use crate::engine::journal::format::BookmarkKind;
 use crate::engine::shutdown::Shutdown;
+use crate::engine::transport;
 use stream::{RESYNC_BLOCK, Step, Stream, Volume};
 
 struct VolumeRt {
@@ -795,19 +796,15 @@ impl PairCtx {
     }
 
     async fn cursor(&self, base: &str) -> Result<u64, String> {
-        let r = self
-            .agent
-            .client
-            .get(format!("{base}/cursor"))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let st = r.status();
-        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
-        if !st.is_success() {
-            return Err(v["error"].as_str().unwrap_or("error").to_owned());
-        }
+        let v = transport::call(
+            self.agent
+                .client
+                .get(format!("{base}/cursor"))
+                .timeout(Duration::from_secs(30)),
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .ok()?;
         v["next_seq"]
             .as_u64()
             .ok_or_else(|| "PS cursor answer without next_seq".to_owned())
@@ -882,28 +879,24 @@ impl PairCtx {
     }
 
     async fn send(&self, base: &str, bytes: Vec<u8>, first: u64) -> SendOutcome {
-        let r = self
-            .agent
-            .client
-            .put(format!("{base}/chunk/{first}"))
-            .body(bytes)
-            .timeout(Duration::from_secs(120))
-            .send()
-            .await;
-        let r = match r {
-            Ok(r) => r,
+        let r = transport::call(
+            self.agent
+                .client
+                .put(format!("{base}/chunk/{first}"))
+                .body(bytes)
+                .timeout(Duration::from_secs(120)),
+        )
+        .await;
+        let a = match r {
+            Ok(a) => a,
             Err(e) => return SendOutcome::Failed(format!("sending to the PS: {e}")),
         };
-        let status = r.status().as_u16();
-        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        let (status, v) = (a.status.as_u16(), &a.body);
         match status {
             200 => SendOutcome::Acked,
             503 if v["throttled"].as_bool() == Some(true) => SendOutcome::Throttled,
             409 if v["next_seq"].is_u64() => SendOutcome::Gap(v["next_seq"].as_u64().unwrap()),
-            _ => SendOutcome::Failed(format!(
-                "PS refused the chunk ({status}): {}",
-                v["error"].as_str().unwrap_or("no reason given")
-            )),
+            _ => SendOutcome::Failed(format!("PS refused the chunk ({status}): {}", a.error())),
         }
     }
 
@@ -998,22 +991,18 @@ impl PairCtx {
         count: u64,
         min_seq: u64,
     ) -> Result<Vec<[u8; 32]>, String> {
-        let r = self
-            .agent
-            .client
-            .post(format!("{base}/hashes"))
-            .json(&serde_json::json!({
-                "offset": offset, "block": RESYNC_BLOCK, "count": count, "min_seq": min_seq,
-            }))
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let st = r.status();
-        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
-        if !st.is_success() {
-            return Err(v["error"].as_str().unwrap_or("error").to_owned());
-        }
+        let v = transport::call(
+            self.agent
+                .client
+                .post(format!("{base}/hashes"))
+                .json(&serde_json::json!({
+                    "offset": offset, "block": RESYNC_BLOCK, "count": count, "min_seq": min_seq,
+                }))
+                .timeout(Duration::from_secs(60)),
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .ok()?;
         let hs = v["hashes"].as_array().ok_or("no hashes")?;
         hs.iter()
             .map(|h| {

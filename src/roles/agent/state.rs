@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use super::stream::Bitmap;
+use crate::engine::journal::format;
 
 pub const MAGIC: [u8; 8] = *b"TERNAPST";
 pub const VERSION: u16 = 1;
@@ -48,15 +49,15 @@ pub fn decode(
     uuid: Option<&[u8; 16]>,
     volume_size: u64,
 ) -> Result<Option<PairState>, String> {
-    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let u32_at = |o: usize| format::u32_at(b, o);
+    let u64_at = |o: usize| format::u64_at(b, o);
     if b.len() < HEADER + 4 || b[0..8] != MAGIC {
         return Err("not an agent pair state (bad magic or too short)".into());
     }
     if crc32c::crc32c(&b[..60]) != u32_at(60) {
         return Err("header checksum mismatch".into());
     }
-    let v = u16::from_le_bytes([b[8], b[9]]);
+    let v = format::u16_at(b, 8);
     if v != VERSION {
         return Err(format!("unsupported version {v}"));
     }

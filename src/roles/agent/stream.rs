@@ -498,7 +498,6 @@ impl Volume {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
-
 }
 
 fn zero_range(f: &File, off: u64, len: u64) -> io::Result<()> {

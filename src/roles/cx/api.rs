@@ -91,7 +91,7 @@ pub async fn recover(r: Rejection) -> Result<impl Reply, Infallible> {
     ))
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Rejection> + Send + 'static,
 ) -> Result<T, Rejection> {
     tokio::task::spawn_blocking(f)

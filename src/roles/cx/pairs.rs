@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
-use super::api::{ApiError, ApiErrorWrap};
+use super::api::{ApiError, ApiErrorWrap, blocking};
 use super::{CxState, HostRecord};
 use crate::engine::control::{
     AgentMode, AgentPairStatus, Command, CommandResult, Compression, MtPairStatus, NodeReport,
@@ -54,14 +54,6 @@ impl Control {
     pub fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Rejection> + Send + 'static,
-) -> Result<T, Rejection> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ApiError::internal)?
 }
 
 fn bad(m: impl Into<String>) -> Rejection {
@@ -834,24 +826,17 @@ pub async fn mt_proxy(
             format!("pair {pair}: its MT has not reported a data address yet; is it running?"),
         ));
     };
-    let r = s
-        .client
-        .post(format!("https://{addr}/data/v1/mt/{pair}/admin/{op}"))
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| {
-            ApiError::reject(
-                StatusCode::BAD_GATEWAY,
-                format!("pair {pair}: cannot reach its MT at {addr}: {e}"),
-            )
-        })?;
-    let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let v: serde_json::Value = r.json().await.map_err(|e| {
+    let a = crate::engine::transport::call(
+        s.client
+            .post(format!("https://{addr}/data/v1/mt/{pair}/admin/{op}"))
+            .json(&body),
+    )
+    .await
+    .map_err(|e| {
         ApiError::reject(
             StatusCode::BAD_GATEWAY,
-            format!("pair {pair}: bad answer from its MT: {e}"),
+            format!("pair {pair}: cannot reach its MT at {addr}: {e}"),
         )
     })?;
-    Ok(warp::reply::with_status(warp::reply::json(&v), status))
+    Ok(a.into_reply())
 }

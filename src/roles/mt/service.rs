@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::engine::chunk;
 use crate::engine::control::{MtPairStatus, NodeReport, PairSpec, SyncResponse};
 use crate::engine::journal::{JournalError, PointSpec};
-use crate::engine::transport::PeerIdentity;
+use crate::engine::transport::{PeerIdentity, json_reply};
 use crate::roles::cx::api::ApiError;
 
 struct MtPair {
@@ -210,10 +210,6 @@ fn forbidden(what: &str) -> Rejection {
     ApiError::reject(StatusCode::FORBIDDEN, what.to_owned())
 }
 
-fn json_err(status: StatusCode, v: serde_json::Value) -> warp::reply::Response {
-    warp::reply::with_status(warp::reply::json(&v), status).into_response()
-}
-
 async fn apply_chunk(
     pair: String,
     _first: u64,
@@ -295,7 +291,7 @@ async fn apply_chunk(
             if status != StatusCode::CONFLICT {
                 tracing::warn!(pair = %pair, error = %msg, "chunk refused");
             }
-            json_err(status, serde_json::json!({"error": msg, "next_seq": next}))
+            json_reply(status, serde_json::json!({"error": msg, "next_seq": next}))
         }
     })
 }
@@ -331,7 +327,7 @@ async fn hashes(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while p.rp.journal.last_seq() < req.min_seq {
         if tokio::time::Instant::now() > deadline {
-            return Ok(json_err(
+            return Ok(json_reply(
                 StatusCode::CONFLICT,
                 serde_json::json!({"error": format!("the journal has not reached seq {} yet", req.min_seq)}),
             ));
@@ -450,7 +446,7 @@ async fn admin(
     .map_err(ApiError::internal)?;
     Ok(match r {
         Ok(v) => warp::reply::json(&v).into_response(),
-        Err((s, m)) => json_err(s, serde_json::json!({"error": m})),
+        Err((s, m)) => json_reply(s, serde_json::json!({"error": m})),
     })
 }
 

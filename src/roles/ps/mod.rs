@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use warp::http::StatusCode;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Rejection};
 
 use crate::config::Config;
 use crate::engine::chunk::{self, Codec};
 use crate::engine::control::{Compression, NodeReport, PairSpec, PsPairStatus, SyncResponse};
 use crate::engine::shutdown::Shutdown;
-use crate::engine::transport::PeerIdentity;
+use crate::engine::transport::{self, PeerIdentity, json_reply};
 use crate::roles::cx::api::ApiError;
 
 struct Cached {
@@ -275,22 +275,21 @@ impl PsRole {
             .or_insert_with(|| Arc::new(bandwidth::Limiter::new(self.schedule.clone())))
             .clone();
         limiter.acquire(n, spec.priority).await;
-        let r = self
-            .client
-            .put(url)
-            .body(bytes)
-            .timeout(Duration::from_secs(120))
-            .send()
-            .await
-            .map_err(|e| MtError::Down(format!("MT unreachable: {e}")))?;
-        let status = r.status();
-        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        let a = transport::call(
+            self.client
+                .put(url)
+                .body(bytes)
+                .timeout(Duration::from_secs(120)),
+        )
+        .await
+        .map_err(|e| MtError::Down(format!("MT unreachable: {e}")))?;
+        let status = a.status;
         if status.is_success() {
             p.bytes_out.fetch_add(n, Ordering::Relaxed);
             return Ok(());
         }
-        let msg = v["error"].as_str().unwrap_or("no reason given").to_owned();
-        match (status.as_u16(), v["next_seq"].as_u64()) {
+        let msg = a.error().to_owned();
+        match (status.as_u16(), a.body["next_seq"].as_u64()) {
             (409, Some(next)) => Err(MtError::Gap(next, msg)),
             (400, _) => Err(MtError::Refused(msg)),
             _ => Err(MtError::Down(format!("MT answered {status}: {msg}"))),
@@ -298,18 +297,14 @@ impl PsRole {
     }
 
     async fn mt_cursor(&self, p: &PsPair) -> Result<u64, String> {
-        let r = self
-            .client
-            .get(p.mt_url("cursor")?)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| format!("MT unreachable: {e}"))?;
-        let st = r.status();
-        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
-        if !st.is_success() {
-            return Err(v["error"].as_str().unwrap_or("error").to_owned());
-        }
+        let v = transport::call(
+            self.client
+                .get(p.mt_url("cursor")?)
+                .timeout(Duration::from_secs(30)),
+        )
+        .await
+        .map_err(|e| format!("MT unreachable: {e}"))?
+        .ok()?;
         v["next_seq"].as_u64().ok_or_else(|| "no next_seq".into())
     }
 
@@ -401,10 +396,6 @@ enum MtError {
     Refused(String),
 }
 
-fn reply(status: StatusCode, v: serde_json::Value) -> warp::reply::Response {
-    warp::reply::with_status(warp::reply::json(&v), status).into_response()
-}
-
 async fn take_chunk(
     pair: String,
     first: u64,
@@ -427,13 +418,15 @@ async fn take_chunk(
     let level = spec.zstd_level;
     let checked =
         tokio::task::spawn_blocking(move || -> Result<(chunk::ChunkHeader, Bytes), String> {
-            let (h, _) = chunk::verify(&body).map_err(|e| e.to_string())?;
+            let (h, raw) = chunk::verify(&body).map_err(|e| e.to_string())?;
             if h.pair != uuid {
                 return Err(chunk::ChunkError::WrongPair.to_string());
             }
+            // Verified once; compressing reuses the raw payload it produced.
             let out = if recode && !h.compressed {
-                Bytes::from(chunk::recode(&body, Codec::Zstd(level)).map_err(|e| e.to_string())?)
+                Bytes::from(chunk::reseal(&h, &raw, Codec::Zstd(level)))
             } else {
+                drop(raw);
                 body
             };
             Ok((h, out))
@@ -444,14 +437,14 @@ async fn take_chunk(
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(pair = %pair, first, error = %e, "chunk refused");
-            return Ok(reply(
+            return Ok(json_reply(
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({"error": format!("pair {pair}: chunk {first}: refused: {e}")}),
             ));
         }
     };
     if h.first_seq != first {
-        return Ok(reply(
+        return Ok(json_reply(
             StatusCode::BAD_REQUEST,
             serde_json::json!({"error": format!("pair {pair}: URL says chunk {first}, header says {}", h.first_seq)}),
         ));
@@ -465,7 +458,7 @@ async fn take_chunk(
                 n
             }
             Err(e) => {
-                return Ok(reply(
+                return Ok(json_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     serde_json::json!({"error": format!("pair {pair}: the PS cannot learn the MT's position: {e}")}),
                 ));
@@ -473,13 +466,13 @@ async fn take_chunk(
         },
     };
     if h.last_seq < next {
-        return Ok(reply(
+        return Ok(json_reply(
             StatusCode::OK,
             serde_json::json!({"duplicate": true, "next_seq": next}),
         ));
     }
     if h.first_seq > next {
-        return Ok(reply(
+        return Ok(json_reply(
             StatusCode::CONFLICT,
             serde_json::json!({"error": format!("pair {pair}: expected seq {next}, got {}", h.first_seq), "next_seq": next}),
         ));
@@ -491,7 +484,7 @@ async fn take_chunk(
     };
     if i.cache_bytes + bytes.len() as u64 > limit && !i.cached.is_empty() {
         *p.throttled_at.lock().unwrap() = Some(Instant::now());
-        return Ok(reply(
+        return Ok(json_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"throttled": true, "error": format!("pair {pair}: PS cache over its threshold ({} bytes); back off", limit)}),
         ));
@@ -504,7 +497,7 @@ async fn take_chunk(
                 i.next_seq = Some(h.last_seq + 1);
                 p.forwarded_seq.store(h.last_seq, Ordering::Relaxed);
                 *p.error.lock().unwrap() = None;
-                return Ok(reply(
+                return Ok(json_reply(
                     StatusCode::OK,
                     serde_json::json!({"next_seq": h.last_seq + 1}),
                 ));
@@ -513,18 +506,18 @@ async fn take_chunk(
                 // The MT is elsewhere than we thought: tell the agent where.
                 i.next_seq = Some(mt_next);
                 if mt_next > h.last_seq {
-                    return Ok(reply(
+                    return Ok(json_reply(
                         StatusCode::OK,
                         serde_json::json!({"duplicate": true, "next_seq": mt_next}),
                     ));
                 }
-                return Ok(reply(
+                return Ok(json_reply(
                     StatusCode::CONFLICT,
                     serde_json::json!({"error": msg, "next_seq": mt_next}),
                 ));
             }
             Err(MtError::Refused(msg)) => {
-                return Ok(reply(
+                return Ok(json_reply(
                     StatusCode::BAD_REQUEST,
                     serde_json::json!({"error": msg}),
                 ));
@@ -544,7 +537,7 @@ async fn take_chunk(
     .await
     .map_err(ApiError::internal)?;
     if let Err(e) = w {
-        return Ok(reply(
+        return Ok(json_reply(
             StatusCode::INSUFFICIENT_STORAGE,
             serde_json::json!({"error": format!("pair {pair}: cannot write the PS cache: {e}; free space on the PS")}),
         ));
@@ -561,7 +554,7 @@ async fn take_chunk(
     p.mirror(&i);
     drop(i);
     p.wake.notify_one();
-    Ok(reply(
+    Ok(json_reply(
         StatusCode::OK,
         serde_json::json!({"next_seq": h.last_seq + 1, "cached": true}),
     ))
@@ -590,14 +583,14 @@ async fn cursor(
         match ps.mt_cursor(&p).await {
             Ok(n) => i.next_seq = Some(n),
             Err(e) => {
-                return Ok(reply(
+                return Ok(json_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     serde_json::json!({"error": format!("pair {pair}: {e}")}),
                 ));
             }
         }
     }
-    Ok(reply(
+    Ok(json_reply(
         StatusCode::OK,
         serde_json::json!({"next_seq": i.next_seq}),
     ))
@@ -614,26 +607,22 @@ async fn hashes(
     let url = match p.mt_url("hashes") {
         Ok(u) => u,
         Err(e) => {
-            return Ok(reply(
+            return Ok(json_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({"error": e}),
             ));
         }
     };
-    let r = ps
-        .client
-        .post(url)
-        .json(&body)
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await;
+    let r = transport::call(
+        ps.client
+            .post(url)
+            .json(&body)
+            .timeout(Duration::from_secs(60)),
+    )
+    .await;
     match r {
-        Ok(r) => {
-            let s = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let v: serde_json::Value = r.json().await.unwrap_or_default();
-            Ok(reply(s, v))
-        }
-        Err(e) => Ok(reply(
+        Ok(a) => Ok(a.into_reply()),
+        Err(e) => Ok(json_reply(
             StatusCode::BAD_GATEWAY,
             serde_json::json!({"error": format!("MT unreachable: {e}")}),
         )),
