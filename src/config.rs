@@ -370,6 +370,9 @@ impl Config {
         if let Err(e) = crate::roles::ps::bandwidth::parse_schedule(&self.ps.bandwidth) {
             return Err(format!("ps.bandwidth: {e}"));
         }
+        if let Err(e) = crate::util::parse_window(&self.agent.resync_window) {
+            return Err(format!("agent.resync_window: {e}"));
+        }
         if !self.node.cx_url.starts_with("https://") {
             return Err(format!(
                 "node.cx_url `{}` must start with https:// (Tern has no plaintext role-to-role traffic)",

@@ -15,6 +15,61 @@ pub fn rfc3339_ms(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+/// Parse a rate like `20MB/s`, `100MiB/s`, `8Mbit/s`, `0` or `unlimited`
+/// (0 = unlimited) into bytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("/s");
+    if t == "0" || t.eq_ignore_ascii_case("unlimited") {
+        return Ok(0);
+    }
+    let scaled = |n: &str, k: u64| {
+        n.trim()
+            .parse::<u64>()
+            .map(|n| n * k)
+            .map_err(|_| format!("bad rate `{s}`"))
+    };
+    if let Some(n) = t.strip_suffix("MB") {
+        return scaled(n, 1_000_000);
+    }
+    if let Some(n) = t.strip_suffix("Mbit") {
+        return scaled(n, 125_000);
+    }
+    parse_size(t).map_err(|e| format!("bad rate `{s}`: {e}"))
+}
+
+/// Parse a daily window `HH:MM-HH:MM` (UTC; may wrap midnight; `24:00`
+/// allowed as an end) into minutes after midnight `[from, to)`.
+pub fn parse_window(w: &str) -> Result<(u32, u32), String> {
+    let hm = |s: &str| -> Result<u32, String> {
+        let (h, m) = s
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| format!("bad time `{s}`: use HH:MM"))?;
+        let (h, m): (u32, u32) = (
+            h.parse().map_err(|_| format!("bad hour in `{s}`"))?,
+            m.parse().map_err(|_| format!("bad minute in `{s}`"))?,
+        );
+        if h > 24 || m > 59 || (h == 24 && m > 0) {
+            return Err(format!("bad time `{s}`"));
+        }
+        Ok(h * 60 + m)
+    };
+    let (a, b) = w
+        .split_once('-')
+        .ok_or_else(|| format!("bad window `{w}`: use HH:MM-HH:MM"))?;
+    Ok((hm(a)?, hm(b)?))
+}
+
+/// Is the UTC wall-clock time `now_ms` inside `window` (from [`parse_window`])?
+pub fn in_window((a, b): (u32, u32), now_ms: u64) -> bool {
+    let m = ((now_ms / 60_000) % (24 * 60)) as u32;
+    if a <= b {
+        a <= m && m < b
+    } else {
+        m >= a || m < b
+    }
+}
+
 /// Parse a size like `4096`, `64MiB`, `1GiB`, `10G`, `512k` (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -37,6 +92,39 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_wrap_midnight_and_reject_nonsense() {
+        let at = |h: u64, m: u64| (h * 60 + m) * 60_000;
+        let win = |w: &str, t| in_window(parse_window(w).unwrap(), t);
+        assert!(win("00:00-24:00", at(13, 0)));
+        assert!(win("22:00-06:00", at(23, 0)));
+        assert!(win("22:00-06:00", at(5, 59)));
+        assert!(!win("22:00-06:00", at(12, 0)));
+        assert!(win("08:00-18:00", at(8, 0)));
+        assert!(!win("08:00-18:00", at(18, 0)));
+        for bad in [
+            "",
+            "8-18",
+            "08:00",
+            "25:00-01:00",
+            "08:60-09:00",
+            "24:01-01:00",
+        ] {
+            assert!(parse_window(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("20MB/s"), Ok(20_000_000));
+        assert_eq!(parse_rate("8Mbit/s"), Ok(1_000_000));
+        assert_eq!(parse_rate("1MiB/s"), Ok(1 << 20));
+        assert_eq!(parse_rate("unlimited"), Ok(0));
+        assert!(parse_rate("fast").is_err());
+    }
+
     #[test]
     fn sizes_parse_with_binary_units() {
         assert_eq!(super::parse_size("4096").unwrap(), 4096);

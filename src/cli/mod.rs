@@ -272,7 +272,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             compressibility,
             seed,
         } => {
-            let rate = parse_rate(&rate)?;
+            let rate = crate::util::parse_rate(&rate).map_err(|e| anyhow!(e))?;
             let (block_min, block_max) =
                 crate::engine::workload::parse_blocks(&block).map_err(|e| anyhow!(e))?;
             let w = crate::engine::workload::Workload {
@@ -408,15 +408,6 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Debug(cmd) => debug::run(cmd),
-        Command::Pair(pair::PairCmd::Pause { name }) => {
-            runtime()?.block_on(pair::action(&name, "pause", &g))
-        }
-        Command::Pair(pair::PairCmd::Resume { name }) => {
-            runtime()?.block_on(pair::action(&name, "resume", &g))
-        }
-        Command::Pair(pair::PairCmd::Resync { name }) => {
-            runtime()?.block_on(pair::action(&name, "resync", &g))
-        }
         Command::Pair(cmd) => runtime()?.block_on(pair::pair(cmd, &g)),
         Command::Bookmark(a) => runtime()?.block_on(pair::bookmark(a, &g)),
         Command::Agent(cmd) => runtime()?.block_on(pair::agent(cmd, &g)),
@@ -467,19 +458,6 @@ pub fn print_table(rows: &[Vec<String>]) {
 }
 
 const DEMO_NBD: &str = "127.0.0.1:10809";
-
-/// `20MB/s`, `100MiB/s`, `0`.
-fn parse_rate(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim().trim_end_matches("/s");
-    if let Some(n) = t.strip_suffix("MB") {
-        return Ok(n
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| anyhow!("bad rate `{s}`"))?
-            * 1_000_000);
-    }
-    crate::util::parse_size(t).map_err(|e| anyhow!("bad rate `{s}`: {e}"))
-}
 
 fn serve(cfg: Config, roles: Vec<Role>, g: &Global, banner: bool) -> anyhow::Result<()> {
     serve_opts(cfg, roles, g, banner, false)

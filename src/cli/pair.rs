@@ -266,9 +266,9 @@ pub async fn pair(cmd: PairCmd, g: &Global) -> anyhow::Result<()> {
             let v = api.get(&format!("/api/v1/pairs/{name}")).await?;
             show(g, &v);
         }
-        PairCmd::Pause { name } | PairCmd::Resume { name } | PairCmd::Resync { name } => {
-            unreachable!("handled by action(): {name}")
-        }
+        PairCmd::Pause { name } => action(&name, "pause", g).await?,
+        PairCmd::Resume { name } => action(&name, "resume", g).await?,
+        PairCmd::Resync { name } => action(&name, "resync", g).await?,
         PairCmd::Delete { name, yes } => {
             if !yes {
                 anyhow::bail!(
@@ -347,7 +347,7 @@ pub async fn pair(cmd: PairCmd, g: &Global) -> anyhow::Result<()> {
 }
 
 /// pause / resume / resync
-pub async fn action(name: &str, action: &str, g: &Global) -> anyhow::Result<()> {
+async fn action(name: &str, action: &str, g: &Global) -> anyhow::Result<()> {
     let api = Api::resolve(g.cx.as_deref(), g.data.as_deref())?;
     let v = api
         .post(&format!("/api/v1/pairs/{name}/{action}"), &json!({}))

@@ -713,7 +713,8 @@ impl PairCtx {
     fn maybe_auto_resync(&self) {
         let cfg = &self.agent.cfg.agent;
         let due = self.since_unclean.elapsed() >= cfg.auto_resync_delay.0
-            && in_window(&cfg.resync_window, crate::util::now_ms());
+            && crate::util::parse_window(&cfg.resync_window)
+                .is_ok_and(|w| crate::util::in_window(w, crate::util::now_ms()));
         if due {
             self.with_stream(|st| {
                 if st.resync_required && st.next_seq.is_some() {
@@ -1067,26 +1068,6 @@ fn step1_blocks(
     Ok(())
 }
 
-/// Is `now_ms` inside "HH:MM-HH:MM" (UTC; may wrap midnight)?
-pub fn in_window(w: &str, now_ms: u64) -> bool {
-    let parse = |s: &str| -> Option<u64> {
-        let (h, m) = s.trim().split_once(':')?;
-        Some(h.parse::<u64>().ok()? * 60 + m.parse::<u64>().ok()?)
-    };
-    let Some((a, b)) = w.split_once('-') else {
-        return true;
-    };
-    let (Some(a), Some(b)) = (parse(a), parse(b)) else {
-        return true;
-    };
-    let m = (now_ms / 60_000) % (24 * 60);
-    if a <= b {
-        a <= m && m < b
-    } else {
-        m >= a || m < b
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -1095,16 +1076,5 @@ mod tests {
         let r = super::freeze_and(d.path(), || Ok::<_, String>(()));
         let e = r.unwrap_err();
         assert!(e.contains("is not a mount point"), "{e}");
-    }
-
-    #[test]
-    fn resync_windows() {
-        let at = |h: u64, m: u64| (h * 60 + m) * 60_000;
-        assert!(super::in_window("00:00-24:00", at(13, 0)));
-        assert!(super::in_window("22:00-06:00", at(23, 0)));
-        assert!(super::in_window("22:00-06:00", at(5, 59)));
-        assert!(!super::in_window("22:00-06:00", at(12, 0)));
-        assert!(super::in_window("08:00-18:00", at(8, 0)));
-        assert!(!super::in_window("08:00-18:00", at(18, 0)));
     }
 }

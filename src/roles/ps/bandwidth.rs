@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::util::{in_window, parse_rate, parse_window};
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     /// Minutes after midnight, [from, to); None = all day.
@@ -22,43 +24,7 @@ pub struct Entry {
     pub rate: u64,
 }
 
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let t = s.trim().trim_end_matches("/s");
-    if t == "0" || t.eq_ignore_ascii_case("unlimited") {
-        return Ok(0);
-    }
-    if let Some(n) = t.strip_suffix("MB") {
-        return n
-            .trim()
-            .parse::<u64>()
-            .map(|n| n * 1_000_000)
-            .map_err(|_| format!("bad rate `{s}`"));
-    }
-    if let Some(n) = t.strip_suffix("Mbit") {
-        return n
-            .trim()
-            .parse::<u64>()
-            .map(|n| n * 125_000)
-            .map_err(|_| format!("bad rate `{s}`"));
-    }
-    crate::util::parse_size(t).map_err(|e| format!("bad rate `{s}`: {e}"))
-}
-
 pub fn parse_schedule(entries: &[String]) -> Result<Vec<Entry>, String> {
-    let hm = |s: &str| -> Result<u32, String> {
-        let (h, m) = s
-            .trim()
-            .split_once(':')
-            .ok_or_else(|| format!("bad time `{s}`: use HH:MM"))?;
-        let (h, m): (u32, u32) = (
-            h.parse().map_err(|_| format!("bad hour in `{s}`"))?,
-            m.parse().map_err(|_| format!("bad minute in `{s}`"))?,
-        );
-        if h > 24 || m > 59 || (h == 24 && m > 0) {
-            return Err(format!("bad time `{s}`"));
-        }
-        Ok(h * 60 + m)
-    };
     entries
         .iter()
         .map(|e| {
@@ -67,12 +33,7 @@ pub fn parse_schedule(entries: &[String]) -> Result<Vec<Entry>, String> {
             })?;
             let window = match when.trim() {
                 "*" => None,
-                w => {
-                    let (a, b) = w
-                        .split_once('-')
-                        .ok_or_else(|| format!("bad window `{w}`: use HH:MM-HH:MM"))?;
-                    Some((hm(a)?, hm(b)?))
-                }
+                w => Some(parse_window(w)?),
             };
             Ok(Entry {
                 window,
@@ -84,18 +45,10 @@ pub fn parse_schedule(entries: &[String]) -> Result<Vec<Entry>, String> {
 
 /// The rate in force at `now_ms` (UTC).
 pub fn rate_at(schedule: &[Entry], now_ms: u64) -> u64 {
-    let m = ((now_ms / 60_000) % (24 * 60)) as u32;
-    for e in schedule {
-        let hit = match e.window {
-            None => true,
-            Some((a, b)) if a <= b => a <= m && m < b,
-            Some((a, b)) => m >= a || m < b,
-        };
-        if hit {
-            return e.rate;
-        }
-    }
-    0
+    schedule
+        .iter()
+        .find(|e| e.window.is_none_or(|w| in_window(w, now_ms)))
+        .map_or(0, |e| e.rate)
 }
 
 struct State {
