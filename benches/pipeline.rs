@@ -9,13 +9,13 @@
 //!   50% and 90% of that rate;
 //! - the agent process's peak RSS against its buffer cap.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tern"))
-}
+#[path = "../tests/util/mod.rs"]
+mod util;
+use util::{aio_config, bin, rss_kib, volume};
 
 struct Up {
     child: Child,
@@ -49,32 +49,14 @@ const VOL: u64 = 2 << 30;
 const CAP: &str = "256MiB";
 
 fn start(dir: &Path) -> Up {
-    let cfg = dir.join("bench.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"data_dir = "{d}"
-[node]
-name = "b"
-data_listen = "127.0.0.1:0"
-report_interval = "100ms"
-[log]
-level = "warn"
-[cx]
-api_listen = "127.0.0.1:0"
-[agent]
-buffer_cap = "{CAP}"
-[[agent.volumes]]
-name = "vol"
-path = "{s}"
-size = {VOL}
-listen = "127.0.0.1:0"
-"#,
-            d = dir.join("tern-data").display(),
-            s = dir.join("src.img").display()
+    let cfg = aio_config(
+        dir,
+        "bench.toml",
+        &format!(
+            "[log]\nlevel = \"warn\"\n[agent]\nbuffer_cap = \"{CAP}\"\n{}",
+            volume(dir, VOL, "nbd")
         ),
-    )
-    .unwrap();
+    );
     let log = std::fs::File::create(dir.join("up.log")).unwrap();
     let child = Command::new(bin())
         .args([
@@ -157,15 +139,6 @@ fn workload(u: &str, rate: &str, secs: u64, c: f64, seed: u64) -> std::process::
         .unwrap()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -187,7 +160,7 @@ fn main() {
         tern_json(
             dir,
             &[
-                "pair", "create", "p", "--source", "b:vol", "--ps", "b", "--target", "b",
+                "pair", "create", "p", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
             ],
         );
         wait_caught_up(dir, "p");

@@ -22,34 +22,14 @@ struct Site {
 }
 
 fn config(dir: &Path, vol_size: u64, buffer_cap: &str) -> PathBuf {
-    let src = dir.join("src.img");
-    let cfg = dir.join("aio.toml");
-    write(
-        &cfg,
+    aio_config(
+        dir,
+        "aio.toml",
         &format!(
-            r#"data_dir = "{data}"
-[node]
-name = "aio"
-data_listen = "127.0.0.1:0"
-heartbeat_interval = "1s"
-report_interval = "200ms"
-[cx]
-api_listen = "127.0.0.1:0"
-[agent]
-buffer_cap = "{buffer_cap}"
-chunk_max = "4MiB"
-auto_resync_delay = "0s"
-[[agent.volumes]]
-name = "vol"
-path = "{src}"
-size = {vol_size}
-listen = "127.0.0.1:0"
-"#,
-            data = dir.join("tern-data").display(),
-            src = src.display(),
+            "[agent]\nbuffer_cap = \"{buffer_cap}\"\nchunk_max = \"4MiB\"\nauto_resync_delay = \"0s\"\n{}",
+            volume(dir, vol_size, "nbd")
         ),
-    );
-    cfg
+    )
 }
 
 impl Site {
@@ -426,33 +406,14 @@ fn ext4_over_fuse_capture_fs_bookmark_is_consistent() {
     let fusemnt = dir.join("fuse");
     let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let cfg = dir.join("fuse.toml");
-    write(
-        &cfg,
+    let cfg = aio_config(
+        dir,
+        "fuse.toml",
         &format!(
-            r#"data_dir = "{data}"
-[node]
-name = "aio"
-data_listen = "127.0.0.1:0"
-report_interval = "200ms"
-[cx]
-api_listen = "127.0.0.1:0"
-[agent]
-buffer_cap = "32MiB"
-consistency_interval = "1s"
-[[agent.volumes]]
-name = "vol"
-path = "{src}"
-size = {size}
-capture = "fuse"
-mount = "{fuse}"
-fs_mount = "{mnt}"
-"#,
-            data = dir.join("tern-data").display(),
-            src = dir.join("src.img").display(),
-            size = 64 * MIB,
-            fuse = fusemnt.display(),
-            mnt = mnt.display(),
+            "[agent]\nbuffer_cap = \"32MiB\"\nconsistency_interval = \"1s\"\n{}mount = \"{}\"\nfs_mount = \"{}\"\n",
+            volume(dir, 64 * MIB, "fuse"),
+            fusemnt.display(),
+            mnt.display(),
         ),
     );
     let site = Site::start_cfg(dir, &cfg);
@@ -638,28 +599,12 @@ fn scan_capture_sends_what_changed_at_each_pass() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let src = dir.join("src.img");
-    let cfg = dir.join("scan.toml");
-    write(
-        &cfg,
+    let cfg = aio_config(
+        dir,
+        "scan.toml",
         &format!(
-            r#"data_dir = "{data}"
-[node]
-name = "aio"
-data_listen = "127.0.0.1:0"
-report_interval = "200ms"
-[cx]
-api_listen = "127.0.0.1:0"
-[agent]
-scan_interval = "1s"
-[[agent.volumes]]
-name = "vol"
-path = "{src}"
-size = {size}
-capture = "scan"
-"#,
-            data = dir.join("tern-data").display(),
-            src = src.display(),
-            size = 16 * MIB,
+            "[agent]\nscan_interval = \"1s\"\n{}",
+            volume(dir, 16 * MIB, "scan")
         ),
     );
     let site = Site::start_cfg(dir, &cfg);
@@ -700,30 +645,12 @@ capture = "scan"
 fn ps_bandwidth_cap_holds() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let cfg = dir.join("bw.toml");
-    write(
-        &cfg,
+    let cfg = aio_config(
+        dir,
+        "bw.toml",
         &format!(
-            r#"data_dir = "{data}"
-[node]
-name = "aio"
-data_listen = "127.0.0.1:0"
-report_interval = "100ms"
-[cx]
-api_listen = "127.0.0.1:0"
-[ps]
-bandwidth = ["*=2MB/s"]
-[agent]
-chunk_max = "1MiB"
-[[agent.volumes]]
-name = "vol"
-path = "{src}"
-size = {size}
-listen = "127.0.0.1:0"
-"#,
-            data = dir.join("tern-data").display(),
-            src = dir.join("src.img").display(),
-            size = 16 * MIB,
+            "[ps]\nbandwidth = [\"*=2MB/s\"]\n[agent]\nchunk_max = \"1MiB\"\n{}",
+            volume(dir, 16 * MIB, "nbd")
         ),
     );
     let site = Site::start_cfg(dir, &cfg);

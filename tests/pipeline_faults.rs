@@ -291,15 +291,6 @@ fn writer(url: String, vol: u64, seed: u64, stop: Arc<AtomicBool>) -> std::threa
     })
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Acceptance 3: the MT is cut off under load (the PS caches), then the PS
 /// is stopped with a small agent buffer (bitmap mode, memory bounded); each
 /// time the pair drains back and the replica ends identical.

@@ -111,3 +111,50 @@ pub fn wait_file(path: &Path, secs: u64, d: &Daemon) -> String {
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
+
+/// Resident set of a process, in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// An all-in-one config at `dir/FILE` (data in `dir/tern-data`, loopback
+/// ports picked by the kernel, reports every 200 ms) followed by `sections`:
+/// TOML tables such as `[agent]`, `[ps]` and [`volume`] entries.
+pub fn aio_config(dir: &Path, file: &str, sections: &str) -> PathBuf {
+    let cfg = dir.join(file);
+    write(
+        &cfg,
+        &format!(
+            r#"data_dir = "{data}"
+[node]
+name = "aio"
+data_listen = "127.0.0.1:0"
+heartbeat_interval = "1s"
+report_interval = "200ms"
+[cx]
+api_listen = "127.0.0.1:0"
+{sections}"#,
+            data = dir.join("tern-data").display(),
+        ),
+    );
+    cfg
+}
+
+/// One `[[agent.volumes]]` entry named `vol` over `dir/src.img`; `capture`
+/// is `nbd` (served on a kernel-picked loopback port), `fuse` or `scan`.
+pub fn volume(dir: &Path, size: u64, capture: &str) -> String {
+    let src = dir.join("src.img");
+    let how = match capture {
+        "nbd" => "listen = \"127.0.0.1:0\"".to_owned(),
+        c => format!("capture = \"{c}\""),
+    };
+    format!(
+        "[[agent.volumes]]\nname = \"vol\"\npath = \"{}\"\nsize = {size}\n{how}\n",
+        src.display()
+    )
+}
