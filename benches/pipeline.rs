@@ -95,9 +95,11 @@ fn url(dir: &Path) -> String {
     }
 }
 
-fn caught_up(dir: &Path, pair: &str) -> bool {
+/// Caught up as of a report taken at or after `since` (Unix ms).
+fn caught_up(dir: &Path, pair: &str, since: u64) -> bool {
     let v = tern_json(dir, &["pair", "show", pair]);
-    v["state"] == "differential-sync"
+    v["status_as_of_ms"].as_u64().is_some_and(|t| t >= since)
+        && v["state"] == "differential-sync"
         && v["transit_agent_bytes"] == 0
         && v["transit_ps_bytes"] == 0
         && v["agent"]["last_seq"].as_u64().is_some()
@@ -106,7 +108,8 @@ fn caught_up(dir: &Path, pair: &str) -> bool {
 
 fn wait_caught_up(dir: &Path, pair: &str) {
     let t0 = Instant::now();
-    while !caught_up(dir, pair) {
+    let since = util::unix_ms();
+    while !caught_up(dir, pair, since) {
         assert!(
             t0.elapsed() < Duration::from_secs(600),
             "pair never caught up"

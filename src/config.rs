@@ -142,6 +142,9 @@ pub struct PsConfig {
     /// first): `["08:00-18:00=20MB/s", "*=0"]` — UTC windows, first match
     /// wins, 0 = unlimited. Empty: unlimited.
     pub bandwidth: Vec<String>,
+    /// At most this many of the PS's pairs resync (step I/II) at once;
+    /// the others wait in "resync-queued" (seed: batch resync, 3). 0 = no limit.
+    pub resync_batch: u32,
 }
 
 impl Default for PsConfig {
@@ -150,6 +153,7 @@ impl Default for PsConfig {
             resync_threshold: Size(2 << 30),
             differential_threshold: Size(8 << 30),
             bandwidth: Vec::new(),
+            resync_batch: 3,
         }
     }
 }

@@ -156,13 +156,17 @@ fn file_hash(p: &Path) -> String {
 
 /// The pair has applied everything the agent captured and sits in
 /// differential sync with RPO 0.
+/// Only reports taken after the call count: every write acknowledged
+/// before it is then in `agent.last_seq`.
 fn wait_caught_up(site: &Site, pair: &str, secs: u64) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
+    let since = unix_ms();
     loop {
         let v = site.pair(pair);
         let agent_last = v["agent"]["last_seq"].as_u64();
         let mt_last = v["mt"]["last_seq"].as_u64();
-        if v["state"] == "differential-sync"
+        if v["status_as_of_ms"].as_u64().is_some_and(|t| t >= since)
+            && v["state"] == "differential-sync"
             && v["transit_agent_bytes"] == 0
             && v["transit_ps_bytes"] == 0
             && agent_last.is_some()
@@ -699,4 +703,76 @@ fn ps_bandwidth_cap_holds() {
         "{bytes} bytes applied in {:?} through a 2 MB/s cap",
         t0.elapsed()
     );
+}
+
+/// The PS's resync batch limit: with `ps.resync_batch = 1`, three new pairs
+/// resync one at a time (the others show `resync-queued`), and each ends
+/// identical to its source.
+#[test]
+fn resyncs_queue_behind_the_ps_batch_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let size = 24 * MIB;
+    let mut vols = String::new();
+    let mut rng = StdRng::seed_from_u64(9);
+    for v in ["v1", "v2", "v3"] {
+        let mut data = vec![0u8; size as usize];
+        rng.fill(&mut data[..]);
+        std::fs::write(dir.join(format!("{v}.img")), &data).unwrap();
+        vols += &volume_named(dir, v, &format!("{v}.img"), size, "nbd");
+    }
+    let cfg = aio_config(
+        dir,
+        "batch.toml",
+        &format!(
+            "[ps]\nresync_batch = 1\nbandwidth = [\"*=12MB/s\"]\n[agent]\nchunk_max = \"1MiB\"\n{vols}"
+        ),
+    );
+    let site = Site::start_cfg(dir, &cfg);
+    wait_for(30, "three volumes", || {
+        let v = site.tern(&["agent", "volume", "list"]);
+        (v.as_array()?.len() == 3).then_some(())
+    });
+    for v in ["v1", "v2", "v3"] {
+        let src = format!("aio:{v}");
+        site.tern(&[
+            "pair", "create", v, "--source", &src, "--ps", "aio", "--target", "aio",
+        ]);
+    }
+    let mut saw_queued = false;
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let l = site.tern(&["pair", "list"]);
+        let states: Vec<String> = l
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["state"].as_str().unwrap_or("").to_owned())
+            .collect();
+        let copying = states
+            .iter()
+            .filter(|s| s.starts_with("resync-step"))
+            .count();
+        most = most.max(copying);
+        saw_queued |= states.iter().any(|s| s == "resync-queued");
+        assert!(copying <= 1, "more than one resync at once: {states:?}");
+        if states.iter().all(|s| s == "differential-sync") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "resyncs did not finish: {states:?}\nlog:\n{}",
+            tail(&site.up.log())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(saw_queued, "no pair was ever queued");
+    assert_eq!(most, 1);
+    for v in ["v1", "v2", "v3"] {
+        wait_caught_up(&site, v, 60);
+        let want = file_hash(&dir.join(format!("{v}.img")));
+        let got = site.tern(&["pair", "hash", v]);
+        assert_eq!(got["blake3"].as_str(), Some(want.as_str()), "pair {v}");
+    }
 }

@@ -217,10 +217,12 @@ impl Cluster {
 
     fn wait_caught_up(&self, secs: u64) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
+        let since = unix_ms();
         loop {
             if let Some(v) = self.try_pair("p") {
                 let agent_last = v["agent"]["last_seq"].as_u64();
-                if v["state"] == "differential-sync"
+                if v["status_as_of_ms"].as_u64().is_some_and(|t| t >= since)
+                    && v["state"] == "differential-sync"
                     && v["transit_agent_bytes"] == 0
                     && v["transit_ps_bytes"] == 0
                     && agent_last.is_some()

@@ -153,6 +153,8 @@ pub struct CommandResult {
 pub enum AgentMode {
     /// No session with the PS yet.
     Connecting,
+    /// A resync waits for one of the PS's resync slots (`ps.resync_batch`).
+    ResyncQueued,
     /// Step I: the whole volume is read and sent (fast resync skips equal blocks).
     ResyncStep1,
     /// Step II: the blocks written during step I are sent.
@@ -231,6 +233,9 @@ pub struct VolumeStatus {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeReport {
+    /// When the node took this report (its clock, Unix ms).
+    #[serde(default)]
+    pub at_ms: u64,
     #[serde(default)]
     pub volumes: Vec<VolumeStatus>,
     #[serde(default)]

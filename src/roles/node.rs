@@ -323,7 +323,10 @@ impl SyncLoop {
             .map(|a| a.report_now.clone())
             .unwrap_or_default();
         loop {
-            let mut report = NodeReport::default();
+            let mut report = NodeReport {
+                at_ms: crate::util::now_ms(),
+                ..NodeReport::default()
+            };
             if let Some(a) = &self.agent {
                 a.report(&mut report);
             }

@@ -148,13 +148,25 @@ api_listen = "127.0.0.1:0"
 /// One `[[agent.volumes]]` entry named `vol` over `dir/src.img`; `capture`
 /// is `nbd` (served on a kernel-picked loopback port), `fuse` or `scan`.
 pub fn volume(dir: &Path, size: u64, capture: &str) -> String {
-    let src = dir.join("src.img");
+    volume_named(dir, "vol", "src.img", size, capture)
+}
+
+/// The same for volume `name` over `dir/file`.
+pub fn volume_named(dir: &Path, name: &str, file: &str, size: u64, capture: &str) -> String {
     let how = match capture {
         "nbd" => "listen = \"127.0.0.1:0\"".to_owned(),
         c => format!("capture = \"{c}\""),
     };
     format!(
-        "[[agent.volumes]]\nname = \"vol\"\npath = \"{}\"\nsize = {size}\n{how}\n",
-        src.display()
+        "[[agent.volumes]]\nname = \"{name}\"\npath = \"{}\"\nsize = {size}\n{how}\n",
+        dir.join(file).display()
     )
+}
+
+/// Now, in Unix milliseconds (the clock node reports are stamped with).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }

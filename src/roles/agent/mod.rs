@@ -906,22 +906,61 @@ impl PairCtx {
     /// MT already holds: fast resync) under the volume's write lock.
     async fn resync_driver(self: Arc<Self>, mut sd: Shutdown) {
         let mut last_hash_fail: Option<Instant> = None;
+        // When the PS last granted (or renewed) this pair's resync slot.
+        let mut slot: Option<Instant> = None;
         loop {
             if sd.is_fired() {
                 break;
             }
-            let Some((step1, min_seq, streaming, room, dirty, cap)) = self.with_stream(|st| {
-                (
-                    st.step1,
-                    st.resync_base.or(st.next_seq.map(|n| n - 1)).unwrap_or(0),
-                    st.next_seq.is_some() && !st.mode_paused && !st.resync_required,
-                    st.cap.saturating_sub(st.buffered),
-                    !st.bitmap.is_empty(),
-                    st.cap,
-                )
-            }) else {
+            let Some((step1, min_seq, streaming, room, dirty, cap, resyncing)) =
+                self.with_stream(|st| {
+                    (
+                        st.step1,
+                        st.resync_base.or(st.next_seq.map(|n| n - 1)).unwrap_or(0),
+                        st.next_seq.is_some() && !st.mode_paused && !st.resync_required,
+                        st.cap.saturating_sub(st.buffered),
+                        !st.bitmap.is_empty(),
+                        st.cap,
+                        st.resyncing,
+                    )
+                })
+            else {
                 break;
             };
+            // A resync copies only while it holds one of the PS's slots.
+            if !(streaming && resyncing) && slot.take().is_some() {
+                self.with_stream(|st| st.resync_granted = false);
+                let _ = self.resync_slot(true).await;
+            }
+            if streaming && resyncing && slot.is_none_or(|t| t.elapsed() >= SLOT_RENEW) {
+                let r = self.resync_slot(false).await;
+                match &r {
+                    Ok(None) => slot = Some(Instant::now()),
+                    Ok(Some(place)) => {
+                        let place = *place;
+                        if slot.take().is_some() || place == 1 {
+                            tracing::info!(pair = %self.spec().name, place, "resync waits for a slot on the PS");
+                        }
+                    }
+                    // The sender reports an unreachable PS; a held slot
+                    // lasts its lease, so keep copying until it would end.
+                    Err(_) => {
+                        if slot.is_some_and(|t| t.elapsed() >= slots_lease_margin()) {
+                            slot = None;
+                        }
+                    }
+                }
+                self.with_stream(|st| st.resync_granted = slot.is_some());
+                if slot.is_none() || r.is_err() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = sd.wait() => break,
+                    }
+                }
+                if slot.is_none() {
+                    continue;
+                }
+            }
             // Work once half the buffer (at most half a batch) is free.
             let idle = !streaming
                 || (step1.is_none() && !dirty)
@@ -985,6 +1024,28 @@ impl PairCtx {
         }
     }
 
+    /// Ask for (`release` = false) or give back the pair's resync slot on
+    /// the PS: `Ok(None)` granted, `Ok(Some(n))` queued at place `n`.
+    async fn resync_slot(&self, release: bool) -> Result<Option<u64>, String> {
+        let spec = self.spec();
+        let ps = spec.ps_addr.ok_or("the PS has no data address yet")?;
+        let v = transport::call(
+            self.agent
+                .client
+                .post(format!("https://{ps}/data/v1/ps/{}/resync-slot", spec.name))
+                .json(&serde_json::json!({ "release": release }))
+                .timeout(Duration::from_secs(30)),
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .ok()?;
+        if release || v["granted"].as_bool() == Some(true) {
+            Ok(None)
+        } else {
+            Ok(Some(v["position"].as_u64().unwrap_or(1)))
+        }
+    }
+
     async fn target_hashes(
         &self,
         base: &str,
@@ -1012,6 +1073,15 @@ impl PairCtx {
             })
             .collect()
     }
+}
+
+/// A held resync slot is renewed this often (well inside its lease).
+const SLOT_RENEW: Duration = Duration::from_secs(20);
+
+/// A slot that could not be renewed is given up this long after it was
+/// last granted: before the PS would hand it to another pair.
+fn slots_lease_margin() -> Duration {
+    crate::roles::ps::slots::LEASE - Duration::from_secs(30)
 }
 
 /// Step I blocks per fast-resync hash request.

@@ -160,6 +160,9 @@ pub struct Stream {
     pub resync_base: Option<u64>,
     /// Capture `scan`: end-of-pass markers are named `tern:scan-pass`.
     pub scan: bool,
+    /// The PS granted this pair a resync slot (`ps.resync_batch`); a
+    /// resync without one waits in `ResyncQueued` and copies nothing.
+    pub resync_granted: bool,
 }
 
 impl Stream {
@@ -187,6 +190,7 @@ impl Stream {
             last_ts_us: 0,
             resync_base: None,
             scan: false,
+            resync_granted: false,
         }
     }
 
@@ -197,6 +201,8 @@ impl Stream {
             AgentMode::ResyncRequired
         } else if self.next_seq.is_none() {
             AgentMode::Connecting
+        } else if self.resyncing && !self.resync_granted {
+            AgentMode::ResyncQueued
         } else if self.step1.is_some() {
             AgentMode::ResyncStep1
         } else if self.resyncing {

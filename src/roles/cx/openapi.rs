@@ -83,7 +83,7 @@ pub fn document() -> Value {
                     "zstd_level": {"type": "integer"}, "retention": {"type": "string", "examples": ["24h"]},
                     "max_bytes": {"type": "integer"}, "rpo_threshold": {"type": "string", "examples": ["30m"]},
                     "priority": {"type": "integer"}}},
-                "Pair": {"type": "object", "description": "definition, state (differential-sync, resync-step-1, resync-step-2, bitmap, resync-required, connecting, paused), progress_pct, rpo_s, data in transit per stage, latest/oldest consistent point, per-role status"},
+                "Pair": {"type": "object", "description": "definition, state (differential-sync, resync-queued, resync-step-1, resync-step-2, bitmap, resync-required, connecting, paused), progress_pct, rpo_s, data in transit per stage, latest/oldest consistent point, per-role status"},
                 "PairList": {"type": "object", "properties": {"pairs": {"type": "array", "items": {"$ref": "#/components/schemas/Pair"}}}},
                 "BookmarkRequest": {"type": "object", "required": ["name"], "properties": {
                     "name": {"type": "string"}, "kind": {"type": "string", "enum": ["user", "fs", "app"]}}},

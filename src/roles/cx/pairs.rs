@@ -358,7 +358,7 @@ pub struct PairView {
     pub volume_size: u64,
     pub compression: Compression,
     pub paused: bool,
-    /// differential-sync, resync-step-1, resync-step-2, bitmap,
+    /// differential-sync, resync-queued, resync-step-1, resync-step-2, bitmap,
     /// resync-required, connecting, paused, unknown.
     pub state: String,
     pub progress_pct: Option<f64>,
@@ -380,6 +380,9 @@ pub struct PairView {
     pub bytes_in_ps: Option<u64>,
     pub bytes_raw_ps: Option<u64>,
     pub errors: Vec<String>,
+    /// The node reports this view is made of were all taken at or after
+    /// this time (Unix ms; None: no fresh report).
+    pub status_as_of_ms: Option<u64>,
     pub agent: Option<AgentPairStatus>,
     pub ps_status: Option<PsPairStatus>,
     pub mt: Option<MtPairStatus>,
@@ -410,6 +413,11 @@ pub fn pair_view(s: &CxState, p: &PairSpec, names: &HashMap<String, String>) -> 
             .filter(|(t, _)| now_ms().saturating_sub(*t) < 30_000)
             .map(|(_, r)| r)
     };
+    // The oldest of the reports this view is made of: nothing after it is known.
+    let status_as_of_ms = [&p.source_host, &p.ps_host, &p.target_host]
+        .into_iter()
+        .filter_map(|h| fresh(h).map(|r| r.at_ms))
+        .min();
     let agent = fresh(&p.source_host)
         .and_then(|r| r.agent_pairs.iter().find(|a| a.pair == p.name))
         .cloned();
@@ -428,6 +436,7 @@ pub fn pair_view(s: &CxState, p: &PairSpec, names: &HashMap<String, String>) -> 
             None => "unknown".into(),
             Some(a) => match a.mode {
                 AgentMode::Differential => "differential-sync",
+                AgentMode::ResyncQueued => "resync-queued",
                 AgentMode::ResyncStep1 => "resync-step-1",
                 AgentMode::ResyncStep2 => "resync-step-2",
                 AgentMode::Bitmap => "bitmap",
@@ -512,6 +521,7 @@ pub fn pair_view(s: &CxState, p: &PairSpec, names: &HashMap<String, String>) -> 
         bytes_in_ps: ps.as_ref().map(|x| x.bytes_in),
         bytes_raw_ps: ps.as_ref().map(|x| x.bytes_raw),
         errors,
+        status_as_of_ms,
         agent,
         ps_status: ps,
         mt,

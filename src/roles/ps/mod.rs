@@ -15,6 +15,7 @@
 //! acknowledged without being stored twice.
 
 pub mod bandwidth;
+pub mod slots;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -97,6 +98,8 @@ pub struct PsRole {
     /// One bandwidth budget per MT host (`ps.bandwidth`).
     limiters: Mutex<HashMap<String, Arc<bandwidth::Limiter>>>,
     schedule: Vec<bandwidth::Entry>,
+    /// Resync admission (`ps.resync_batch`).
+    slots: Mutex<slots::Slots>,
     shutdown: Shutdown,
 }
 
@@ -117,6 +120,7 @@ impl PsRole {
     ) -> Arc<PsRole> {
         // Validated with the config; an entry that does not parse means no cap.
         let schedule = bandwidth::parse_schedule(&cfg.ps.bandwidth).unwrap_or_default();
+        let batch = cfg.ps.resync_batch as usize;
         Arc::new(PsRole {
             cfg,
             host_id,
@@ -124,6 +128,7 @@ impl PsRole {
             pairs: Mutex::default(),
             limiters: Mutex::default(),
             schedule,
+            slots: Mutex::new(slots::Slots::new(batch)),
             shutdown,
         })
     }
@@ -596,6 +601,42 @@ async fn cursor(
     ))
 }
 
+#[derive(serde::Deserialize)]
+struct SlotRequest {
+    #[serde(default)]
+    release: bool,
+}
+
+/// `POST .../resync-slot`: ask for, renew or give back the pair's resync
+/// slot. Answers `{"granted": true}` or `{"granted": false, "position": N}`.
+async fn resync_slot(
+    pair: String,
+    peer: PeerIdentity,
+    req: SlotRequest,
+    ps: Arc<PsRole>,
+) -> Result<warp::reply::Response, Rejection> {
+    let p = ps.pair(&pair)?;
+    only_source(&p, &peer)?;
+    let mut s = ps.slots.lock().unwrap();
+    if req.release {
+        s.release(&pair);
+        return Ok(json_reply(
+            StatusCode::OK,
+            serde_json::json!({"released": true}),
+        ));
+    }
+    let batch = ps.cfg.ps.resync_batch;
+    Ok(json_reply(
+        StatusCode::OK,
+        match s.ask(&pair, p.spec().priority as i16, Instant::now()) {
+            slots::Grant::Granted => serde_json::json!({"granted": true, "batch": batch}),
+            slots::Grant::Queued(n) => {
+                serde_json::json!({"granted": false, "position": n, "batch": batch})
+            }
+        },
+    ))
+}
+
 async fn hashes(
     pair: String,
     peer: PeerIdentity,
@@ -658,5 +699,12 @@ pub fn routes(
         .and(warp::body::json())
         .and(with())
         .and_then(hashes);
-    chunk.or(cursor).unify().or(hashes).unify()
+    let slot = warp::path!("data" / "v1" / "ps" / String / "resync-slot")
+        .and(warp::post())
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(warp::body::content_length_limit(1 << 12))
+        .and(warp::body::json())
+        .and(with())
+        .and_then(resync_slot);
+    chunk.or(cursor).unify().or(hashes).unify().or(slot).unify()
 }
