@@ -16,7 +16,7 @@ pub mod fuse;
 pub mod state;
 pub mod stream;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -293,6 +293,7 @@ impl AgentRole {
             state_path: path,
             resync_gen: resync_gen.into(),
             since_unclean: Instant::now(),
+            session: 0.into(),
             scan: capture == Capture::Scan,
             last_scan: Mutex::new(Instant::now()),
             last_periodic: Mutex::new(Instant::now()),
@@ -553,12 +554,48 @@ struct PairCtx {
     state_path: PathBuf,
     resync_gen: std::sync::atomic::AtomicU64,
     since_unclean: Instant,
+    /// The session started by the last cursor call (0: none yet); chunks
+    /// carry it, and the PS refuses those of older sessions.
+    session: std::sync::atomic::AtomicU64,
     /// Capture `scan`: nothing is tapped; every `agent.scan_interval` a
     /// fast-resync pass compares every block with the MT's and sends the
     /// differing ones.
     scan: bool,
     last_scan: Mutex<Instant>,
     last_periodic: Mutex<Instant>,
+}
+
+/// Chunks a pair may have in flight to its PS at once.
+const SEND_WINDOW: usize = 3;
+
+/// Records taken for one chunk, encoded off the reactor.
+struct Outgoing {
+    uuid: [u8; 16],
+    codec: Codec,
+    first: u64,
+    last: u64,
+    raw: u64,
+    recs: Vec<chunk::WireRecord>,
+}
+
+impl Outgoing {
+    fn encode(self) -> Vec<u8> {
+        chunk::encode(self.uuid, &self.recs, self.codec)
+    }
+}
+
+/// A chunk being sent; its outcome is taken in sequence order.
+struct InFlight {
+    first: u64,
+    last: u64,
+    raw: u64,
+    handle: tokio::task::JoinHandle<SendOutcome>,
+}
+
+fn abort_all(inflight: &mut VecDeque<InFlight>) {
+    for f in inflight.drain(..) {
+        f.handle.abort();
+    }
 }
 
 enum SendOutcome {
@@ -582,6 +619,8 @@ impl PairCtx {
         let mut spec_rx = self.spec.clone();
         let mut backoff = Duration::from_millis(100);
         let mut last_mode = None;
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        let mut resession = false;
         loop {
             if sd.is_fired() {
                 break;
@@ -615,6 +654,7 @@ impl PairCtx {
                 tracing::info!(pair = %name, "resync requested: step I starts");
             }
             if spec.paused {
+                abort_all(&mut inflight);
                 tokio::select! {
                     _ = spec_rx.changed() => {}
                     _ = sd.wait() => break,
@@ -631,10 +671,16 @@ impl PairCtx {
                 continue;
             };
             let base = format!("https://{ps}/data/v1/ps/{name}");
-            // A session: learn where the PS stands.
-            if self.with_stream(|st| st.next_seq.is_none()) == Some(true) {
+            // A session: learn where the PS stands. Again after a gap: the
+            // position a later chunk was refused with may predate an earlier
+            // chunk that has since been applied; a new session's is exact.
+            if resession || self.with_stream(|st| st.next_seq.is_none()) == Some(true) {
+                abort_all(&mut inflight);
                 match self.cursor(&base).await {
-                    Ok(n) => self.reconcile(n),
+                    Ok(n) => {
+                        self.reconcile(n);
+                        resession = false;
+                    }
                     Err(e) => {
                         self.set_error(Some(format!("cannot reach the PS at {ps}: {e}")));
                         self.sleep(&mut sd, &mut backoff).await;
@@ -645,9 +691,34 @@ impl PairCtx {
             self.maybe_auto_resync();
             self.maybe_scan();
             self.maybe_periodic_bookmark();
-            // Send what is buffered.
-            let chunk = self.take_chunk();
-            let Some((bytes, first, last, raw_len)) = chunk else {
+            // Send what is buffered: up to SEND_WINDOW chunks in flight, so
+            // the agent, the PS and the MT work on different chunks at once.
+            // The PS applies them in order; outcomes are taken in order.
+            while inflight.len() < SEND_WINDOW {
+                let after = inflight.back().map(|f| f.last);
+                let Some(c) = self.take_chunk(after) else {
+                    break;
+                };
+                let me = self.clone();
+                let base = base.clone();
+                let session = self.session.load(std::sync::atomic::Ordering::Relaxed);
+                let (first, last, raw) = (c.first, c.last, c.raw);
+                let handle = tokio::spawn(async move {
+                    let bytes = match tokio::task::spawn_blocking(move || c.encode()).await {
+                        Ok(b) => b,
+                        Err(e) => return SendOutcome::Failed(e.to_string()),
+                    };
+                    me.send(&base, bytes, first, session).await
+                });
+                inflight.push_back(InFlight {
+                    first,
+                    last,
+                    raw,
+                    handle,
+                });
+            }
+            let room = inflight.len() < SEND_WINDOW;
+            let Some(front) = inflight.front_mut() else {
                 // Idle: wait for a write, a spec change or a tick.
                 tokio::select! {
                     _ = self.vol.notify.notified() => {}
@@ -657,14 +728,26 @@ impl PairCtx {
                 }
                 continue;
             };
-            match self.send(&base, bytes, first).await {
+            let outcome = tokio::select! {
+                r = &mut front.handle => r.unwrap_or_else(|e| SendOutcome::Failed(e.to_string())),
+                _ = self.vol.notify.notified(), if room => continue,
+                _ = spec_rx.changed() => continue,
+                _ = sd.wait() => break,
+            };
+            let done = inflight.pop_front().expect("front exists");
+            if !matches!(outcome, SendOutcome::Acked) {
+                // Later chunks are resent after this one: the PS takes a
+                // chunk again without storing it twice.
+                abort_all(&mut inflight);
+            }
+            match outcome {
                 SendOutcome::Acked => {
                     backoff = Duration::from_millis(100);
                     self.with_stream(|st| {
                         st.flow_controlled = false;
                         st.error = None;
-                        st.bytes_sent += raw_len;
-                        ack(st, last);
+                        st.bytes_sent += done.raw;
+                        ack(st, done.last);
                     });
                     self.vol.room.notify_one();
                 }
@@ -673,8 +756,8 @@ impl PairCtx {
                     self.sleep(&mut sd, &mut backoff).await;
                 }
                 SendOutcome::Gap(next) => {
-                    tracing::warn!(pair = %name, next, "PS expects another sequence; resuming from it");
-                    self.reconcile(next);
+                    tracing::info!(pair = %name, next, first = done.first, "PS expects another sequence; asking where to resume");
+                    resession = true;
                 }
                 SendOutcome::Failed(e) => {
                     self.set_error(Some(e));
@@ -682,6 +765,7 @@ impl PairCtx {
                 }
             }
         }
+        abort_all(&mut inflight);
         tracing::debug!(pair = %name, "pair tasks stopped");
     }
 
@@ -796,19 +880,24 @@ impl PairCtx {
         }
     }
 
+    /// Start a new session with the PS and learn where the stream continues.
     async fn cursor(&self, base: &str) -> Result<u64, String> {
+        let session = rand::random::<u64>() | 1;
         let v = transport::call(
             self.agent
                 .client
-                .get(format!("{base}/cursor"))
+                .get(format!("{base}/cursor?session={session}"))
                 .timeout(Duration::from_secs(30)),
         )
         .await
         .map_err(|e| e.to_string())?
         .ok()?;
-        v["next_seq"]
+        let next = v["next_seq"]
             .as_u64()
-            .ok_or_else(|| "PS cursor answer without next_seq".to_owned())
+            .ok_or_else(|| "PS cursor answer without next_seq".to_owned())?;
+        self.session
+            .store(session, std::sync::atomic::Ordering::Relaxed);
+        Ok(next)
     }
 
     /// The PS expects `next` next: line our stream up with it.
@@ -844,14 +933,20 @@ impl PairCtx {
         self.vol.notify.notify_one();
     }
 
-    /// The next chunk to send: (bytes, first seq, last seq, raw bytes).
-    fn take_chunk(&self) -> Option<(Vec<u8>, u64, u64, u64)> {
+    /// The next chunk to send: the buffered records after seq `after`
+    /// (from the front when None), up to `agent.chunk_max`.
+    fn take_chunk(&self, after: Option<u64>) -> Option<Outgoing> {
         let spec = self.spec();
         let max = self.agent.cfg.agent.chunk_max.0.max(RESYNC_BLOCK + 4096);
         let recs = self.with_stream(|st| {
             let mut v = Vec::new();
             let mut n = 0u64;
-            for r in &st.buffer {
+            let skip = after.map_or(0, |a| {
+                st.buffer
+                    .front()
+                    .map_or(0, |f| (a + 1).saturating_sub(f.record.seq) as usize)
+            });
+            for r in st.buffer.iter().skip(skip) {
                 let l = r.data_len() as u64 + 32;
                 if !v.is_empty() && n + l > max {
                     break;
@@ -861,29 +956,25 @@ impl PairCtx {
             }
             v
         })?;
-        if recs.is_empty() {
-            return None;
-        }
-        let codec = match spec.compression {
-            Compression::Source => Codec::Zstd(spec.zstd_level),
-            _ => Codec::None,
-        };
-        let raw: u64 = recs.iter().map(|r| r.data_len() as u64).sum();
-        let first = recs[0].record.seq;
-        let last = recs.last().unwrap().record.seq;
-        Some((
-            chunk::encode(spec.uuid_bytes(), &recs, codec),
+        let first = recs.first()?.record.seq;
+        Some(Outgoing {
+            uuid: spec.uuid_bytes(),
+            codec: match spec.compression {
+                Compression::Source => Codec::Zstd(spec.zstd_level),
+                _ => Codec::None,
+            },
             first,
-            last,
-            raw,
-        ))
+            last: recs.last().unwrap().record.seq,
+            raw: recs.iter().map(|r| r.data_len() as u64).sum(),
+            recs,
+        })
     }
 
-    async fn send(&self, base: &str, bytes: Vec<u8>, first: u64) -> SendOutcome {
+    async fn send(&self, base: &str, bytes: Vec<u8>, first: u64, session: u64) -> SendOutcome {
         let r = transport::call(
             self.agent
                 .client
-                .put(format!("{base}/chunk/{first}"))
+                .put(format!("{base}/chunk/{first}?session={session}"))
                 .body(bytes)
                 .timeout(Duration::from_secs(120)),
         )

@@ -36,6 +36,10 @@ struct MtPair {
     spec: PairSpec,
     rp: Arc<ReplicaPair>,
     applied_bytes: AtomicU64,
+    /// Held from before a chunk's apply starts until it ends (even if the
+    /// PS hangs up meanwhile); the cursor takes it too, so the position it
+    /// answers is never overtaken by an apply already under way.
+    applying: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub struct MtRole {
@@ -157,6 +161,7 @@ impl MtRole {
             spec: spec.clone(),
             rp: Arc::new(rp),
             applied_bytes: AtomicU64::new(0),
+            applying: Default::default(),
         })
     }
 
@@ -223,8 +228,10 @@ async fn apply_chunk(
             "pair {pair}: only its process server may send chunks"
         )));
     }
+    let guard = p.applying.clone().lock_owned().await;
     let r = tokio::task::spawn_blocking(
         move || -> Result<(u64, u64), (StatusCode, String, Option<u64>)> {
+            let _applying = guard;
             let (h, recs) = chunk::decode(&body, &p.spec.uuid_bytes()).map_err(|e| {
                 (
                     StatusCode::BAD_REQUEST,
@@ -479,6 +486,7 @@ pub fn routes(
                         "pair {pair}: only its process server may ask"
                     )));
                 }
+                let _quiet = p.applying.lock().await;
                 Ok::<_, Rejection>(
                     warp::reply::json(
                         &serde_json::json!({"next_seq": p.rp.journal.last_seq() + 1}),

@@ -46,6 +46,10 @@ struct Cached {
 struct Intake {
     /// The next seq this PS expects from the agent (None: ask the MT).
     next_seq: Option<u64>,
+    /// The agent's current session (from its last cursor call): chunks of
+    /// an older session are refused, so the position a cursor call returns
+    /// stays exact even when older requests are still on their way.
+    session: Option<u64>,
     cached: VecDeque<Cached>,
     cache_bytes: u64,
 }
@@ -65,6 +69,9 @@ struct PsPair {
     throttled_at: Mutex<Option<Instant>>,
     error: Mutex<Option<String>>,
     wake: tokio::sync::Notify,
+    /// The intake's `next_seq` (0 = unknown), for chunks that arrive
+    /// before their predecessor and wait for it.
+    next_tx: tokio::sync::watch::Sender<u64>,
     stop: crate::engine::shutdown::ShutdownTrigger,
 }
 
@@ -72,6 +79,12 @@ impl PsPair {
     fn spec(&self) -> PairSpec {
         self.spec.lock().unwrap().clone()
     }
+    /// Set where the agent's stream continues, and wake waiting chunks.
+    fn set_next(&self, i: &mut Intake, n: Option<u64>) {
+        i.next_seq = n;
+        self.next_tx.send_replace(n.unwrap_or(0));
+    }
+
     fn mirror(&self, i: &Intake) {
         self.cache_bytes.store(i.cache_bytes, Ordering::Relaxed);
         self.cache_chunks
@@ -222,6 +235,7 @@ impl PsRole {
             throttled_at: Mutex::new(None),
             error: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
+            next_tx: tokio::sync::watch::Sender::new(intake.next_seq.unwrap_or(0)),
             stop: crate::engine::shutdown::ShutdownTrigger::new(),
             intake: tokio::sync::Mutex::new(Intake::default()),
         });
@@ -356,7 +370,7 @@ impl PsRole {
                         let _ = std::fs::remove_file(&c.path);
                     }
                     i.cache_bytes = 0;
-                    i.next_seq = None;
+                    p.set_next(&mut i, None);
                     p.mirror(&i);
                     continue;
                 }
@@ -401,10 +415,16 @@ enum MtError {
     Refused(String),
 }
 
+#[derive(serde::Deserialize, Default)]
+struct SessionQuery {
+    session: Option<u64>,
+}
+
 async fn take_chunk(
     pair: String,
     first: u64,
     peer: PeerIdentity,
+    q: SessionQuery,
     body: Bytes,
     ps: Arc<PsRole>,
 ) -> Result<warp::reply::Response, Rejection> {
@@ -454,12 +474,48 @@ async fn take_chunk(
             serde_json::json!({"error": format!("pair {pair}: URL says chunk {first}, header says {}", h.first_seq)}),
         ));
     }
+    // In order: a chunk that overtook its predecessor (the agent keeps a
+    // few in flight) waits for it, bounded; then it is a gap as before.
+    let mut waiting = p.next_tx.subscribe();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(60),
+        waiting.wait_for(|&n| n == 0 || first <= n),
+    )
+    .await;
+    // Admitted in a task of its own: once it holds the intake, it runs to
+    // the end (forwarded or cached, `next_seq` moved) even if the agent
+    // hangs up, so a later cursor call sees where it really ended.
+    let pair2 = pair.clone();
+    tokio::spawn(admit(ps, p, pair2, first, q.session, h, bytes))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+async fn admit(
+    ps: Arc<PsRole>,
+    p: Arc<PsPair>,
+    pair: String,
+    first: u64,
+    session: Option<u64>,
+    h: chunk::ChunkHeader,
+    bytes: Bytes,
+) -> Result<warp::reply::Response, Rejection> {
     let mut i = p.intake.lock().await;
+    match (i.session, session) {
+        (Some(cur), Some(s)) if cur != s => {
+            return Ok(json_reply(
+                StatusCode::CONFLICT,
+                serde_json::json!({"error": format!("pair {pair}: chunk {first} belongs to an earlier session of the agent; dropped"), "stale_session": true}),
+            ));
+        }
+        (None, Some(s)) => i.session = Some(s),
+        _ => {}
+    }
     let next = match i.next_seq {
         Some(n) => n,
         None => match ps.mt_cursor(&p).await {
             Ok(n) => {
-                i.next_seq = Some(n);
+                p.set_next(&mut i, Some(n));
                 n
             }
             Err(e) => {
@@ -499,7 +555,7 @@ async fn take_chunk(
     if i.cached.is_empty() {
         match ps.to_mt(&p, first, bytes.clone()).await {
             Ok(()) => {
-                i.next_seq = Some(h.last_seq + 1);
+                p.set_next(&mut i, Some(h.last_seq + 1));
                 p.forwarded_seq.store(h.last_seq, Ordering::Relaxed);
                 *p.error.lock().unwrap() = None;
                 return Ok(json_reply(
@@ -509,7 +565,7 @@ async fn take_chunk(
             }
             Err(MtError::Gap(mt_next, msg)) => {
                 // The MT is elsewhere than we thought: tell the agent where.
-                i.next_seq = Some(mt_next);
+                p.set_next(&mut i, Some(mt_next));
                 if mt_next > h.last_seq {
                     return Ok(json_reply(
                         StatusCode::OK,
@@ -555,7 +611,7 @@ async fn take_chunk(
         path,
     });
     i.cache_bytes += n;
-    i.next_seq = Some(h.last_seq + 1);
+    p.set_next(&mut i, Some(h.last_seq + 1));
     p.mirror(&i);
     drop(i);
     p.wake.notify_one();
@@ -576,17 +632,24 @@ fn only_source(p: &PsPair, peer: &PeerIdentity) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// `GET .../cursor?session=S`: where the pair's stream continues. With a
+/// session, the agent starts session S: chunks of earlier ones are refused
+/// from now on, so the answer cannot be overtaken by an older request.
 async fn cursor(
     pair: String,
     peer: PeerIdentity,
+    q: SessionQuery,
     ps: Arc<PsRole>,
 ) -> Result<warp::reply::Response, Rejection> {
     let p = ps.pair(&pair)?;
     only_source(&p, &peer)?;
     let mut i = p.intake.lock().await;
+    if q.session.is_some() {
+        i.session = q.session;
+    }
     if i.next_seq.is_none() {
         match ps.mt_cursor(&p).await {
-            Ok(n) => i.next_seq = Some(n),
+            Ok(n) => p.set_next(&mut i, Some(n)),
             Err(e) => {
                 return Ok(json_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -681,6 +744,7 @@ pub fn routes(
     let chunk = warp::path!("data" / "v1" / "ps" / String / "chunk" / u64)
         .and(warp::put())
         .and(warp::ext::get::<PeerIdentity>())
+        .and(warp::query::<SessionQuery>())
         .and(warp::body::content_length_limit(
             chunk::MAX_RAW as u64 + 4096,
         ))
@@ -690,6 +754,7 @@ pub fn routes(
     let cursor = warp::path!("data" / "v1" / "ps" / String / "cursor")
         .and(warp::get())
         .and(warp::ext::get::<PeerIdentity>())
+        .and(warp::query::<SessionQuery>())
         .and(with())
         .and_then(cursor);
     let hashes = warp::path!("data" / "v1" / "ps" / String / "hashes")
