@@ -407,6 +407,26 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 mod tests {
     use super::*;
 
+    /// The shipped examples stay in step with the code: each parses and
+    /// passes validation.
+    #[test]
+    fn shipped_configs_parse_and_validate() {
+        for (name, text) in [
+            ("agent.toml", include_str!("../configs/agent.toml")),
+            (
+                "all-in-one.toml",
+                include_str!("../configs/all-in-one.toml"),
+            ),
+            ("cx.toml", include_str!("../configs/cx.toml")),
+            ("mt.toml", include_str!("../configs/mt.toml")),
+            ("ps-mt.toml", include_str!("../configs/ps-mt.toml")),
+            ("ps.toml", include_str!("../configs/ps.toml")),
+        ] {
+            let c = Config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"));
+            c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
     #[test]
     fn typo_field_reports_file_line_and_expected_names() {
         let text = "data_dir = \"/x\"\n\n[node]\nhearbeat_interval = \"5s\"\n";
