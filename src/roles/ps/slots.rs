@@ -115,7 +115,9 @@ mod tests {
         // Renewal keeps a slot; release frees it for the head of the queue.
         assert_eq!(s.ask("a", 0, t0), Grant::Granted);
         s.release("a");
-        assert_eq!(s.ask("c", 0, t0), Grant::Queued(2));
+        // The free slot is kept for e, the head of the queue: c does not
+        // take it, and is next after it.
+        assert_eq!(s.ask("c", 0, t0), Grant::Queued(1));
         assert_eq!(s.ask("e", 5, t0), Grant::Granted);
         assert_eq!(s.running(t0), 2);
         // b stops renewing, c and d keep asking: b's lease ends, c goes next.
