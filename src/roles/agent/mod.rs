@@ -1036,7 +1036,7 @@ impl PairCtx {
                     // The sender reports an unreachable PS; a held slot
                     // lasts its lease, so keep copying until it would end.
                     Err(_) => {
-                        if slot.is_some_and(|t| t.elapsed() >= slots_lease_margin()) {
+                        if slot.is_some_and(|t| t.elapsed() >= SLOT_GIVE_UP) {
                             slot = None;
                         }
                     }
@@ -1171,9 +1171,8 @@ const SLOT_RENEW: Duration = Duration::from_secs(20);
 
 /// A slot that could not be renewed is given up this long after it was
 /// last granted: before the PS would hand it to another pair.
-fn slots_lease_margin() -> Duration {
-    crate::roles::ps::slots::LEASE - Duration::from_secs(30)
-}
+const SLOT_GIVE_UP: Duration = Duration::from_secs(60);
+const _: () = assert!(SLOT_GIVE_UP.as_secs() < crate::roles::ps::slots::LEASE.as_secs());
 
 /// Step I blocks per fast-resync hash request.
 const STEP1_BATCH: u64 = 16;

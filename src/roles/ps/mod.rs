@@ -485,8 +485,7 @@ async fn take_chunk(
     // Admitted in a task of its own: once it holds the intake, it runs to
     // the end (forwarded or cached, `next_seq` moved) even if the agent
     // hangs up, so a later cursor call sees where it really ended.
-    let pair2 = pair.clone();
-    tokio::spawn(admit(ps, p, pair2, first, q.session, h, bytes))
+    tokio::spawn(admit(ps, p, pair, first, q.session, h, bytes))
         .await
         .map_err(ApiError::internal)?
 }
