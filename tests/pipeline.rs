@@ -98,14 +98,24 @@ impl Site {
             .then(|| serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null))
     }
 
-    fn nbd_url(&self) -> String {
-        wait_for(30, "the agent to serve vol", || {
+    /// Volume `name` as the agent reports it, once `ready` holds (bounded).
+    fn volume(&self, name: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        wait_for(30, &format!("the agent to report volume {name}"), || {
             let v = self.tern(&["agent", "volume", "list"]);
-            v.as_array()?.iter().find(|x| x["name"] == "vol")?["export"]
-                .as_str()
-                .filter(|e| e.starts_with("nbd://"))
-                .map(str::to_owned)
+            v.as_array()?
+                .iter()
+                .find(|x| x["name"] == name && ready(x))
+                .cloned()
         })
+    }
+
+    fn nbd_url(&self) -> String {
+        let v = self.volume("vol", |x| {
+            x["export"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("nbd://"))
+        });
+        v["export"].as_str().unwrap().to_owned()
     }
 
     fn pair(&self, name: &str) -> serde_json::Value {
@@ -427,12 +437,8 @@ fn ext4_over_fuse_capture_fs_bookmark_is_consistent() {
         ),
     );
     let site = Site::start_cfg(dir, &cfg);
-    let file = wait_for(30, "the FUSE export", || {
-        let v = site.tern(&["agent", "volume", "list"]);
-        v.as_array()?.iter().find(|x| x["name"] == "vol")?["export"]
-            .as_str()
-            .map(PathBuf::from)
-    });
+    let v = site.volume("vol", |x| x["export"].is_string());
+    let file = PathBuf::from(v["export"].as_str().unwrap());
     assert_eq!(file, fusemnt.join("vol"));
     site.tern(&[
         "pair", "create", "fs", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
@@ -619,13 +625,7 @@ fn scan_capture_sends_what_changed_at_each_pass() {
         ),
     );
     let site = Site::start_cfg(dir, &cfg);
-    wait_for(30, "the scan volume", || {
-        let v = site.tern(&["agent", "volume", "list"]);
-        v.as_array()?
-            .iter()
-            .any(|x| x["name"] == "vol")
-            .then_some(())
-    });
+    site.volume("vol", |_| true);
     site.tern(&[
         "pair", "create", "s", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
     ]);
@@ -736,10 +736,9 @@ fn resyncs_queue_behind_the_ps_batch_limit() {
         ),
     );
     let site = Site::start_cfg(dir, &cfg);
-    wait_for(30, "three volumes", || {
-        let v = site.tern(&["agent", "volume", "list"]);
-        (v.as_array()?.len() == 3).then_some(())
-    });
+    for v in ["v1", "v2", "v3"] {
+        site.volume(v, |_| true);
+    }
     for v in ["v1", "v2", "v3"] {
         let src = format!("aio:{v}");
         site.tern(&[
