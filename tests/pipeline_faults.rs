@@ -16,14 +16,6 @@ use util::*;
 
 const MIB: u64 = 1 << 20;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Node {
     name: String,
     cfg: PathBuf,
