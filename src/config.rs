@@ -242,6 +242,10 @@ pub struct NodeConfig {
     /// How often pair status (RPO, progress, caches) is reported to the CX;
     /// configuration changes arrive at once whatever this is.
     pub report_interval: Dur,
+    /// A plain-HTTP listener serving this process's `/metrics` (Prometheus
+    /// text format) for scrapers. Off unless set; bind it to a management
+    /// address (the CX also serves `/metrics` on its API, with a token).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -253,6 +257,7 @@ impl Default for NodeConfig {
             tls_names: Vec::new(),
             heartbeat_interval: Dur(Duration::from_secs(10)),
             report_interval: Dur(Duration::from_secs(2)),
+            metrics_listen: None,
         }
     }
 }
@@ -294,14 +299,32 @@ pub struct CxConfig {
     /// A plaintext HTTP listener for the UI/API. Off unless set: only for a
     /// TLS-terminating proxy on the same host.
     pub plaintext_api_listen: Option<SocketAddr>,
-    /// A host whose last heartbeat is older than this is shown as overdue.
-    pub heartbeat_overdue: Dur,
+    /// A host whose last heartbeat is older than this is overdue, and its
+    /// heartbeat-lost alert fires. Unset: 1.5 of the host's own heartbeat
+    /// interval (so a stopped node alerts within two intervals).
+    pub heartbeat_overdue: Option<Dur>,
     /// Default lifetime of an enrollment token.
     pub enroll_token_ttl: Dur,
     /// Lifetime of a browser session or `tern login` token.
     pub session_ttl: Dur,
     /// Organisation name written into the CA certificate.
     pub organization: String,
+    /// Trends: one raw sample per series this often (must divide a minute);
+    /// kept 2 days, then 1-minute, 10-minute and 1-hour averages and maxima
+    /// for 9, 35 and 400 days (the day, week, month and year views).
+    pub trends_step: Dur,
+    /// An active alert is notified again this often (0s: never).
+    pub alert_repeat: Dur,
+    /// Alert when the disk holding a node's data directory has less free
+    /// space than this percentage.
+    pub alert_disk_free_pct: f64,
+    /// Alert when a pair's journal uses more than this percentage of its
+    /// space limit (`max_bytes`).
+    pub alert_retention_space_pct: f64,
+    /// Alert when a node certificate or the CA expires within this.
+    pub alert_cert_expiry: Dur,
+    /// When daily e-mail digests go out (UTC, HH:MM).
+    pub digest_at: String,
 }
 
 impl Default for CxConfig {
@@ -309,10 +332,16 @@ impl Default for CxConfig {
         CxConfig {
             api_listen: "0.0.0.0:8443".parse().expect("valid"),
             plaintext_api_listen: None,
-            heartbeat_overdue: Dur(Duration::from_secs(30)),
+            heartbeat_overdue: None,
             enroll_token_ttl: Dur(Duration::from_secs(3600)),
             session_ttl: Dur(Duration::from_secs(12 * 3600)),
             organization: "Tern".into(),
+            trends_step: Dur(Duration::from_secs(10)),
+            alert_repeat: Dur(Duration::from_secs(3600)),
+            alert_disk_free_pct: 10.0,
+            alert_retention_space_pct: 90.0,
+            alert_cert_expiry: Dur(Duration::from_secs(30 * 24 * 3600)),
+            digest_at: "08:00".into(),
         }
     }
 }
@@ -368,8 +397,31 @@ impl Config {
         if self.node.heartbeat_interval.0 < Duration::from_millis(100) {
             return Err("node.heartbeat_interval must be at least 100ms".into());
         }
-        if self.cx.heartbeat_overdue.0 < self.node.heartbeat_interval.0 {
+        if let Some(o) = self.cx.heartbeat_overdue
+            && o.0 < self.node.heartbeat_interval.0
+        {
             return Err("cx.heartbeat_overdue must be at least node.heartbeat_interval".into());
+        }
+        let step = self.cx.trends_step.0;
+        if step.subsec_nanos() != 0 || !crate::engine::trends::valid_step(step.as_secs() as i64) {
+            return Err(format!(
+                "cx.trends_step `{}` must be whole seconds dividing a minute (1s, 2s, 5s, 10s, 15s, 30s, 60s)",
+                humantime::format_duration(step)
+            ));
+        }
+        if let Err(e) = crate::util::parse_hhmm(&self.cx.digest_at) {
+            return Err(format!("cx.digest_at: {e}"));
+        }
+        for (what, v) in [
+            ("cx.alert_disk_free_pct", self.cx.alert_disk_free_pct),
+            (
+                "cx.alert_retention_space_pct",
+                self.cx.alert_retention_space_pct,
+            ),
+        ] {
+            if !(0.0..=100.0).contains(&v) {
+                return Err(format!("{what} must be between 0 and 100"));
+            }
         }
         if let Err(e) = crate::roles::ps::bandwidth::parse_schedule(&self.ps.bandwidth) {
             return Err(format!("ps.bandwidth: {e}"));

@@ -40,24 +40,67 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 /// Parse a daily window `HH:MM-HH:MM` (UTC; may wrap midnight; `24:00`
 /// allowed as an end) into minutes after midnight `[from, to)`.
 pub fn parse_window(w: &str) -> Result<(u32, u32), String> {
-    let hm = |s: &str| -> Result<u32, String> {
-        let (h, m) = s
-            .trim()
-            .split_once(':')
-            .ok_or_else(|| format!("bad time `{s}`: use HH:MM"))?;
-        let (h, m): (u32, u32) = (
-            h.parse().map_err(|_| format!("bad hour in `{s}`"))?,
-            m.parse().map_err(|_| format!("bad minute in `{s}`"))?,
-        );
-        if h > 24 || m > 59 || (h == 24 && m > 0) {
-            return Err(format!("bad time `{s}`"));
-        }
-        Ok(h * 60 + m)
-    };
     let (a, b) = w
         .split_once('-')
         .ok_or_else(|| format!("bad window `{w}`: use HH:MM-HH:MM"))?;
-    Ok((hm(a)?, hm(b)?))
+    Ok((parse_hhmm(a)?, parse_hhmm(b)?))
+}
+
+/// `HH:MM` (UTC; `24:00` allowed) into minutes after midnight.
+pub fn parse_hhmm(s: &str) -> Result<u32, String> {
+    let (h, m) = s
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| format!("bad time `{s}`: use HH:MM"))?;
+    let (h, m): (u32, u32) = (
+        h.parse().map_err(|_| format!("bad hour in `{s}`"))?,
+        m.parse().map_err(|_| format!("bad minute in `{s}`"))?,
+    );
+    if h > 24 || m > 59 || (h == 24 && m > 0) {
+        return Err(format!("bad time `{s}`"));
+    }
+    Ok(h * 60 + m)
+}
+
+/// The UTC calendar day (`YYYY-MM-DD`) of a Unix-millisecond time.
+pub fn utc_date(ms: u64) -> String {
+    rfc3339_ms(ms)[..10].to_owned()
+}
+
+/// Midnight UTC (Unix ms) of a `YYYY-MM-DD` day.
+pub fn parse_date(s: &str) -> Result<u64, String> {
+    let t = humantime::parse_rfc3339(&format!("{}T00:00:00Z", s.trim()))
+        .map_err(|_| format!("bad date `{s}`: use YYYY-MM-DD"))?;
+    Ok(t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64)
+}
+
+/// A time as operators type it, into Unix seconds: `now`, `-1h` (before
+/// `now_s`), Unix seconds, `YYYY-MM-DD` or RFC 3339.
+pub fn parse_time(s: &str, now_s: i64) -> Result<i64, String> {
+    let t = s.trim();
+    if t == "now" {
+        return Ok(now_s);
+    }
+    if let Some(d) = t.strip_prefix('-') {
+        let d = humantime::parse_duration(d)
+            .map_err(|e| format!("bad relative time `{s}`: {e} (e.g. -1h, -7d)"))?;
+        return Ok(now_s - d.as_secs() as i64);
+    }
+    if let Ok(n) = t.parse::<i64>() {
+        return Ok(n);
+    }
+    if t.len() == 10 {
+        return parse_date(t).map(|ms| (ms / 1000) as i64);
+    }
+    humantime::parse_rfc3339_weak(t)
+        .map(|x| {
+            x.duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_secs() as i64
+        })
+        .map_err(|_| format!("bad time `{s}`: use now, -1h, Unix seconds, YYYY-MM-DD or RFC 3339"))
 }
 
 /// Is the UTC wall-clock time `now_ms` inside `window` (from [`parse_window`])?

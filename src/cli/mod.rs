@@ -7,6 +7,7 @@
 pub mod client;
 pub mod debug;
 pub mod enroll;
+pub mod monitor;
 pub mod mt;
 pub mod pair;
 
@@ -129,6 +130,15 @@ pub enum Command {
     /// Agent volumes.
     #[command(subcommand)]
     Agent(pair::AgentCmd),
+    /// Trends (day/week/month/year): fetch as text, CSV or JSON.
+    #[command(subcommand)]
+    Trends(monitor::TrendsCmd),
+    /// Alerts and where they are sent (SNMP traps, e-mail).
+    #[command(subcommand)]
+    Alert(monitor::AlertCmd),
+    /// Reports: the per-volume daily health report.
+    #[command(subcommand)]
+    Report(monitor::ReportCmd),
     /// Test helpers (hidden).
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCmd),
@@ -411,6 +421,9 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Pair(cmd) => runtime()?.block_on(pair::pair(cmd, &g)),
         Command::Bookmark(a) => runtime()?.block_on(pair::bookmark(a, &g)),
         Command::Agent(cmd) => runtime()?.block_on(pair::agent(cmd, &g)),
+        Command::Trends(cmd) => runtime()?.block_on(monitor::trends(cmd, &g)),
+        Command::Alert(cmd) => runtime()?.block_on(monitor::alert(cmd, &g)),
+        Command::Report(cmd) => runtime()?.block_on(monitor::report(cmd, &g)),
         Command::Mt(cmd) => mt::run(cmd, &g),
         Command::Health => runtime()?.block_on(async {
             let api = Api::resolve(g.cx.as_deref(), g.data.as_deref())?;

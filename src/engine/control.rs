@@ -217,6 +217,13 @@ pub struct MtPairStatus {
     pub oldest_point: Option<(u64, u64)>,
     pub journal_bytes: u64,
     pub bytes_applied: u64,
+    /// Bookmarks inside the retention window (available consistency points).
+    #[serde(default)]
+    pub bookmarks: u64,
+    /// Times the journal dropped history to stay inside its space limit
+    /// ("retention log reset", seed line 5425).
+    #[serde(default)]
+    pub retention_resets: u64,
     pub error: Option<String>,
 }
 
@@ -246,6 +253,9 @@ pub struct NodeReport {
     pub mt_pairs: Vec<MtPairStatus>,
     #[serde(default)]
     pub results: Vec<CommandResult>,
+    /// The machine: load, CPU, memory, disks, network (seed table 5-1).
+    #[serde(default)]
+    pub system: Option<crate::engine::sysstats::SystemStats>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -72,6 +72,15 @@ pub async fn start(
             format!("{url}\n").as_bytes(),
             0o644,
         )?;
+        let trends_dir = cfg.data_dir.join("trends");
+        let trends = {
+            let step = cfg.cx.trends_step.0.as_secs() as i64;
+            tokio::task::spawn_blocking(move || {
+                crate::engine::trends::Trends::open(&trends_dir, step)
+            })
+            .await??
+        };
+        let (alerts, alert_rx) = cx::alerts::Alerts::new();
         let state = Arc::new(CxState {
             cfg: cfg.clone(),
             store: store.clone(),
@@ -81,7 +90,15 @@ pub async fn start(
             started_ms: now_ms(),
             control: Default::default(),
             client: transport::client(&boot.identity.ca_pem, Some(&boot.identity))?,
+            monitor: cx::monitor::Monitor::new(trends),
+            alerts,
         });
+        tasks.spawn(cx::monitor::run(state.clone(), trigger.subscribe()));
+        tasks.spawn(cx::alerts::dispatcher(
+            state.clone(),
+            alert_rx,
+            trigger.subscribe(),
+        ));
         let tls = transport::server_config(&boot.identity, ClientAuth::Optional)?;
         tracing::info!(role = "cx", listen = %addr, url = %url, ca = %state.ca.fingerprint(), "role started: UI and API listening (HTTPS)");
         tasks.spawn(transport::serve(
@@ -194,12 +211,38 @@ pub async fn start(
             roles: roles.clone(),
             version: crate::VERSION.into(),
             data_addr: data_addr.map(|a| advertised(a).to_string()),
+            interval_ms: Some(cfg.node.heartbeat_interval.0.as_millis() as u64),
         },
         interval: cfg.node.heartbeat_interval.0,
     };
     tasks.spawn(hb.run(trigger.subscribe()));
 
+    let last_report: Arc<std::sync::Mutex<Option<crate::engine::control::NodeReport>>> =
+        Arc::default();
+    if let Some(addr) = cfg.node.metrics_listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (node.metrics_listen)"))?;
+        tracing::info!(listen = %l.local_addr()?, "metrics listening (plain HTTP, GET /metrics)");
+        crate::engine::fsutil::write_durable(
+            &cfg.data_dir.join("metrics.addr"),
+            format!("{}\n", l.local_addr()?).as_bytes(),
+            0o644,
+        )?;
+        tasks.spawn(transport::serve(
+            "metrics",
+            l,
+            None,
+            metrics_routes(cfg.node_name(), roles.clone(), last_report.clone()),
+            trigger.subscribe(),
+        ));
+    }
+
     let sync = SyncLoop {
+        stats: Arc::new(std::sync::Mutex::new(
+            crate::engine::sysstats::Collector::new(&cfg.data_dir),
+        )),
+        last_report: last_report.clone(),
         client: node_client,
         url: format!(
             "{}/api/v1/node/sync",
@@ -302,8 +345,41 @@ fn data_routes(
         .recover(cx::api::recover)
 }
 
+/// `GET /metrics`: this process's last report in the Prometheus text format.
+fn metrics_routes(
+    name: String,
+    roles: Vec<Role>,
+    last: Arc<std::sync::Mutex<Option<crate::engine::control::NodeReport>>>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .map(move || {
+            let mut e = crate::engine::metrics::Exposition::new();
+            let rs: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            e.gauge(
+                "tern_build_info",
+                "This process's version and roles",
+                &[("version", crate::VERSION), ("roles", &rs.join(","))],
+                1.0,
+            );
+            if let Some(r) = last.lock().unwrap().as_ref() {
+                crate::engine::metrics::node_report(&mut e, &name, r);
+            }
+            warp::reply::with_header(
+                e.render(),
+                "content-type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        })
+        .recover(cx::api::recover)
+}
+
 /// The node's control-plane loop: report, receive pairs/volumes/commands.
 struct SyncLoop {
+    /// The machine's figures, sent with every report.
+    stats: Arc<std::sync::Mutex<crate::engine::sysstats::Collector>>,
+    /// The last report sent (served by `/metrics`).
+    last_report: Arc<std::sync::Mutex<Option<crate::engine::control::NodeReport>>>,
     client: reqwest::Client,
     url: String,
     interval: Duration,
@@ -336,6 +412,11 @@ impl SyncLoop {
             if let Some(m) = &self.mt {
                 m.report(&mut report);
             }
+            let stats = self.stats.clone();
+            report.system = tokio::task::spawn_blocking(move || stats.lock().unwrap().collect())
+                .await
+                .ok();
+            *self.last_report.lock().unwrap() = Some(report.clone());
             let results = report.results.clone();
             let req = SyncRequest {
                 known_version: known,

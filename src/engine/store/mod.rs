@@ -25,11 +25,17 @@ pub const ENROLL_TOKENS: Table = TableDefinition::new("enroll_tokens");
 pub const HOSTS: Table = TableDefinition::new("hosts");
 pub const PAIRS: Table = TableDefinition::new("pairs");
 pub const VOLUMES: Table = TableDefinition::new("volumes");
+/// Alerts, active and cleared, keyed by zero-padded id (oldest first).
+pub const ALERTS: Table = TableDefinition::new("alerts");
+/// Notification receivers (SNMP, SMTP), keyed by id.
+pub const RECEIVERS: Table = TableDefinition::new("alert_receivers");
+/// Health report rows, keyed `PAIR/YYYY-MM-DD` (UTC days).
+pub const HEALTH: Table = TableDefinition::new("health_days");
 
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// Ordered upgrades; the schema version is `MIGRATIONS.len()`.
-pub const MIGRATIONS: &[Migration] = &[migrate_0_to_1, migrate_1_to_2];
+pub const MIGRATIONS: &[Migration] = &[migrate_0_to_1, migrate_1_to_2, migrate_2_to_3];
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 
 /// Version 1: the skeleton's tables.
@@ -43,6 +49,14 @@ fn migrate_0_to_1(tx: &WriteTransaction) -> Result<(), StoreError> {
 /// Version 2: replication pairs and agent volumes added through the API.
 fn migrate_1_to_2(tx: &WriteTransaction) -> Result<(), StoreError> {
     for t in [PAIRS, VOLUMES] {
+        tx.open_table(t)?;
+    }
+    Ok(())
+}
+
+/// Version 3: monitoring (alerts, receivers, health report days).
+fn migrate_2_to_3(tx: &WriteTransaction) -> Result<(), StoreError> {
+    for t in [ALERTS, RECEIVERS, HEALTH] {
         tx.open_table(t)?;
     }
     Ok(())
@@ -195,6 +209,25 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError>
         key: key.to_owned(),
         source,
     })
+}
+
+/// Every record of a table inside a write transaction.
+pub fn list_in<T: DeserializeOwned>(
+    tx: &WriteTransaction,
+    table: Table,
+) -> Result<Vec<(String, T)>, StoreError> {
+    let t = tx.open_table(table)?;
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        out.push((k.value().to_owned(), decode(k.value(), v.value())?));
+    }
+    Ok(out)
+}
+
+/// Remove a record inside a write transaction.
+pub fn remove_in(tx: &WriteTransaction, table: Table, key: &str) -> Result<bool, StoreError> {
+    Ok(tx.open_table(table)?.remove(key)?.is_some())
 }
 
 /// Read a record inside a write transaction.

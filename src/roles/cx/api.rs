@@ -136,7 +136,7 @@ fn authed(s: Arc<CxState>) -> impl Filter<Extract = (Principal,), Error = Reject
         )
 }
 
-fn admin_only(p: &Principal) -> Result<(), Rejection> {
+pub(super) fn admin_only(p: &Principal) -> Result<(), Rejection> {
     if p.role == "admin" {
         Ok(())
     } else {
@@ -291,6 +291,79 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(with_state(s.clone()))
         .and_then(pairs::add_volume);
 
+    use super::{alerts, health, monitor};
+    let alerts_list = warp::path!("api" / "v1" / "alerts")
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(warp::query::<alerts::ListQuery>())
+        .and(with_state(s.clone()))
+        .and_then(alerts::list);
+    let alert_ack = warp::path!("api" / "v1" / "alerts" / u64 / "ack")
+        .and(warp::post())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(alerts::ack);
+    let alerts_test = warp::path!("api" / "v1" / "alerts" / "test")
+        .and(warp::post())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(alerts::test);
+    let alerts_digest = warp::path!("api" / "v1" / "alerts" / "digest")
+        .and(warp::post())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(alerts::digest_now);
+    let receivers_list = warp::path!("api" / "v1" / "alerts" / "receivers")
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(alerts::receivers_list);
+    let receivers_add = warp::path!("api" / "v1" / "alerts" / "receivers")
+        .and(warp::post())
+        .and(authed(s.clone()))
+        .and(json_body::<alerts::AddReceiver>())
+        .and(with_state(s.clone()))
+        .and_then(alerts::receivers_add);
+    let receivers_remove = warp::path!("api" / "v1" / "alerts" / "receivers" / String)
+        .and(warp::delete())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(alerts::receivers_remove);
+    let trends_list = warp::path!("api" / "v1" / "trends")
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(monitor::trends_list);
+    let trends_fetch = warp::path!("api" / "v1" / "trends" / String)
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(warp::query::<monitor::TrendsQuery>())
+        .and(with_state(s.clone()))
+        .and_then(monitor::trends_fetch);
+    let health_report = warp::path!("api" / "v1" / "reports" / "health")
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(warp::query::<health::ReportQuery>())
+        .and(with_state(s.clone()))
+        .and_then(health::report);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(monitor::metrics);
+    let monitoring = alerts_list
+        .or(alert_ack)
+        .or(alerts_test)
+        .or(alerts_digest)
+        .or(receivers_list)
+        .or(receivers_add)
+        .or(receivers_remove)
+        .or(trends_list)
+        .or(trends_fetch)
+        .or(health_report)
+        .or(metrics)
+        .boxed();
+
     let ui = super::ui::routes();
 
     health
@@ -314,6 +387,7 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(pair_action)
         .or(volumes_list)
         .or(volumes_add)
+        .or(monitoring)
         .or(ui)
         .recover(recover)
         .with(warp::log::custom(|info| {
@@ -441,9 +515,9 @@ pub struct HostView {
 }
 
 async fn list_hosts(_p: Principal, s: Arc<CxState>) -> Result<impl Reply, Rejection> {
-    let overdue_ms = s.cfg.cx.heartbeat_overdue.0.as_millis() as u64;
+    let s2 = s.clone();
     let hosts = blocking(move || {
-        s.store
+        s2.store
             .list::<HostRecord>(HOSTS)
             .map_err(ApiError::internal)
     })
@@ -452,7 +526,8 @@ async fn list_hosts(_p: Principal, s: Arc<CxState>) -> Result<impl Reply, Reject
     let mut views: Vec<HostView> = hosts
         .into_iter()
         .map(|(_, h)| {
-            let age = h.last_heartbeat_ms.map(|t| now.saturating_sub(t));
+            let age = h.heartbeat_age_ms(now);
+            let overdue_ms = h.overdue_ms(&s.cfg.cx);
             HostView {
                 overdue: age.is_none_or(|a| a > overdue_ms),
                 heartbeat_age_s: age.map(|a| a as f64 / 1000.0),
@@ -649,6 +724,7 @@ async fn enroll(req: EnrollRequest, s: Arc<CxState>) -> Result<impl Reply, Rejec
                     last_heartbeat_ms: None,
                     data_addr: None,
                     cert_not_after,
+                    heartbeat_interval_ms: None,
                 };
                 store::put_in(tx, HOSTS, &hid, &host)?;
                 Ok(())
@@ -672,6 +748,9 @@ pub struct Heartbeat {
     pub version: String,
     /// Where this node's data port answers (PS, MT), if it has one.
     pub data_addr: Option<String>,
+    /// How often this node heartbeats: the CX calls it lost after 1.5 of it.
+    #[serde(default)]
+    pub interval_ms: Option<u64>,
 }
 
 /// The host id in the caller's node certificate, or 401 saying what `what` needs.
@@ -704,6 +783,9 @@ async fn heartbeat(
                 h.roles = hb.roles;
                 h.version = Some(hb.version);
                 h.data_addr = hb.data_addr;
+                if hb.interval_ms.is_some() {
+                    h.heartbeat_interval_ms = hb.interval_ms;
+                }
                 h.last_heartbeat_ms = Some(now_ms());
                 store::put_in(tx, HOSTS, &host_id, &h)?;
                 Ok(())

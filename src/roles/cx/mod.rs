@@ -1,15 +1,19 @@
 //! The configuration server (CX): control plane, PKI, UI and REST API.
 //!
 //! Owns: the CA, users and tokens, the host registry (enrollment and
-//! heartbeats). Later: plans, pairs, policies, alerts, trends.
+//! heartbeats), pairs and volumes, monitoring (trends, health report,
+//! alerts and their notification). Later: plans, policies, workflows.
 //!
 //! Invariants: the CA key never leaves this node; a host appears in the
 //! registry only through enrollment (or as the CX's own node); a heartbeat is
 //! accepted only over a connection whose client certificate names a
 //! registered host.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
+pub mod health;
+pub mod monitor;
 pub mod openapi;
 pub mod pairs;
 pub mod ui;
@@ -35,6 +39,25 @@ pub struct HostRecord {
     pub data_addr: Option<String>,
     /// Expiry of the certificate issued at enrollment (Unix seconds).
     pub cert_not_after: Option<i64>,
+    /// The interval the node says it heartbeats at.
+    #[serde(default)]
+    pub heartbeat_interval_ms: Option<u64>,
+}
+
+impl HostRecord {
+    /// A silence longer than this means the host is lost: `cx.heartbeat_overdue`
+    /// if set, else 1.5 of the host's own interval (10 s if it never said).
+    pub fn overdue_ms(&self, cx: &crate::config::CxConfig) -> u64 {
+        match cx.heartbeat_overdue {
+            Some(d) => d.0.as_millis() as u64,
+            None => self.heartbeat_interval_ms.unwrap_or(10_000) * 3 / 2,
+        }
+    }
+
+    /// Milliseconds since the last heartbeat (None: never).
+    pub fn heartbeat_age_ms(&self, now_ms: u64) -> Option<u64> {
+        self.last_heartbeat_ms.map(|t| now_ms.saturating_sub(t))
+    }
 }
 
 /// Shared by every CX handler.
@@ -49,6 +72,10 @@ pub struct CxState {
     pub control: pairs::Control,
     /// Calls the data ports of nodes as the CX (mutual TLS).
     pub client: reqwest::Client,
+    /// Trends and the sampling state.
+    pub monitor: monitor::Monitor,
+    /// The notification queue.
+    pub alerts: alerts::Alerts,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -135,6 +162,7 @@ pub fn bootstrap(
                 data_addr: None,
                 cert_not_after: pki::pem_to_der(&identity.cert_pem)
                     .and_then(|d| pki::not_after_unix(&d)),
+                heartbeat_interval_ms: Some(cfg.node.heartbeat_interval.0.as_millis() as u64),
             },
         )?;
     }

@@ -54,6 +54,11 @@ impl Control {
     pub fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
     }
+
+    /// The latest report of every node (host id → (received at, report)).
+    pub fn reports(&self) -> HashMap<String, (u64, NodeReport)> {
+        self.reports.lock().unwrap().clone()
+    }
 }
 
 fn bad(m: impl Into<String>) -> Rejection {
@@ -158,7 +163,7 @@ pub async fn node_sync(
 }
 
 /// Stored pairs, with their hosts' current data addresses filled in.
-fn pair_specs(store: &Store) -> Result<Vec<PairSpec>, Rejection> {
+pub(crate) fn pair_specs(store: &Store) -> Result<Vec<PairSpec>, Rejection> {
     let hosts: HashMap<String, HostRecord> = store
         .list::<HostRecord>(HOSTS)
         .map_err(ApiError::internal)?
@@ -528,7 +533,7 @@ pub fn pair_view(s: &CxState, p: &PairSpec, names: &HashMap<String, String>) -> 
     }
 }
 
-fn host_names(store: &Store) -> Result<HashMap<String, String>, Rejection> {
+pub(crate) fn host_names(store: &Store) -> Result<HashMap<String, String>, Rejection> {
     Ok(store
         .list::<HostRecord>(HOSTS)
         .map_err(ApiError::internal)?

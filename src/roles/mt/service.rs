@@ -179,6 +179,8 @@ impl MtRole {
                 oldest_point: oldest.map(|p| (p.seq, p.ts_us)),
                 journal_bytes: st.bytes,
                 bytes_applied: p.applied_bytes.load(Ordering::Relaxed),
+                bookmarks: st.bookmarks,
+                retention_resets: st.resets,
                 error: st.failed.clone(),
             });
         }
@@ -191,6 +193,8 @@ impl MtRole {
                 oldest_point: None,
                 journal_bytes: 0,
                 bytes_applied: 0,
+                bookmarks: 0,
+                retention_resets: 0,
                 error: Some(e.clone()),
             });
         }
