@@ -8,8 +8,11 @@
 //!   and client commands that call the CX REST API (`host list`, `token create`, …).
 //! - [`config`]: the TOML configuration, its defaults and validation.
 //! - [`roles`]: what a process runs.
-//!   - [`roles::cx`]: configuration server: PKI, users, host registry, REST API, UI.
-//!   - [`roles::node`]: what every process does: identity, data port, heartbeat.
+//!   - [`roles::cx`]: configuration server: PKI, users, host registry, pairs,
+//!     REST API, UI, monitoring (trends, health report, alerts).
+//!   - [`roles::agent`], [`roles::ps`], [`roles::mt`]: the replication pipeline.
+//!   - [`roles::node`]: what every process does: identity, data port,
+//!     heartbeat, reports (with machine figures), `/metrics`.
 //! - [`engine`]: shared machinery.
 //!   - [`engine::pki`]: the CX's CA and node identities.
 //!   - [`engine::enroll`]: the enrollment protocol (token, CA MAC).
@@ -17,6 +20,11 @@
 //!   - [`engine::store`]: redb state with schema migrations.
 //!   - [`engine::shutdown`]: the one shutdown signal.
 //!   - [`engine::fsutil`]: durable writes, secret files.
+//!   - [`engine::journal`], [`engine::chunk`], [`engine::nbd`], [`engine::control`]:
+//!     retention journal, wire chunks, NBD, control-plane messages.
+//!   - [`engine::trends`]: the time-series tiers (tsink).
+//!   - [`engine::notify`]: SNMP traps/informs and e-mail.
+//!   - [`engine::metrics`], [`engine::sysstats`]: Prometheus text, machine figures.
 //!
 //! The design is described in `docs/ARCHITECTURE.md`; every byte format in
 //! `docs/FORMATS.md`.

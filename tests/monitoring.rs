@@ -236,6 +236,13 @@ fn rpo_violation_reaches_the_noc_by_trap_and_mail_and_clears() {
         "add",
         &format!("snmp://public@127.0.0.1:{}", traps.port),
     ]);
+    // The same station as an acknowledged inform (retried until answered).
+    site.tern(&[
+        "alert",
+        "receiver",
+        "add",
+        &format!("snmp://public@127.0.0.1:{}?inform=1", traps.port),
+    ]);
     let pw = dir.join("smtp-password");
     write(&pw, "s3cret\n");
     let added = site.tern(&[
@@ -254,6 +261,19 @@ fn rpo_violation_reaches_the_noc_by_trap_and_mail_and_clears() {
         !added.to_string().contains("s3cret"),
         "the password is never shown: {added}"
     );
+    // A daily digest instead of a message per alert.
+    site.tern(&[
+        "alert",
+        "receiver",
+        "add",
+        &format!(
+            "smtp://ops@127.0.0.1:{}?to=digest@example.net&tls=starttls&ca={}&digest=daily",
+            mail.port,
+            mail.ca.display()
+        ),
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
 
     // The path to the NOC works: a test trap and a test e-mail.
     let r = site.tern(&["alert", "test"]);
@@ -345,9 +365,26 @@ fn rpo_violation_reaches_the_noc_by_trap_and_mail_and_clears() {
         .unwrap();
     assert_eq!(a["state"], "cleared", "{a}");
     assert_eq!(a["count"], 2, "raised once, cleared once: {a}");
+    // The digest lists the day's alert; its receiver got no per-alert mail.
+    let r = site.tern(&["alert", "digest"]);
+    assert_eq!(r["results"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["results"][0]["ok"], true, "{r}");
+    let d = mail.wait(30, "the digest", |m| subject(m).contains("daily digest"));
+    assert!(d.contains("X-Rcpt: digest@example.net"), "{d}");
+    assert!(d.contains("rpo") && d.contains("cleared"), "{d}");
+    assert!(
+        !mail
+            .messages()
+            .iter()
+            .any(|m| m.contains("X-Rcpt: digest@example.net") && subject(m).contains("rpo")),
+        "a digest receiver gets digests only"
+    );
     let recv = site.tern(&["alert", "receiver", "list"]);
+    assert_eq!(recv.as_array().unwrap().len(), 4, "{recv}");
     for r in recv.as_array().unwrap() {
-        assert!(r["sent"].as_u64().unwrap() >= 3, "{r}");
+        // test + raise + clear, or test + digest; informs were acknowledged.
+        let want = if r["digest"] == true { 2 } else { 3 };
+        assert!(r["sent"].as_u64().unwrap() >= want, "{r}");
         assert!(r["last_error"].is_null(), "{r}");
     }
 }

@@ -216,6 +216,8 @@ pub async fn pair(cmd: PairCmd, g: &Global) -> anyhow::Result<()> {
                     "RPO",
                     "AGENT",
                     "PS",
+                    "MT",
+                    "MOSTLY ON",
                     "LATEST POINT",
                 ]
                 .iter()
@@ -249,6 +251,8 @@ pub async fn pair(cmd: PairCmd, g: &Global) -> anyhow::Result<()> {
                     rpo,
                     bytes(p["transit_agent_bytes"].as_u64().unwrap_or(0)),
                     bytes(p["transit_ps_bytes"].as_u64().unwrap_or(0)),
+                    bytes(p["transit_mt_bytes"].as_u64().unwrap_or(0)),
+                    p["bottleneck"].as_str().unwrap_or("-").to_owned(),
                     p["latest_point"]["time"]
                         .as_str()
                         .map(|t| format!("{t} (seq {})", p["latest_point"]["seq"]))

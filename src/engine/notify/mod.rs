@@ -183,9 +183,15 @@ impl Target {
         let mut params: Vec<(String, String)> = Vec::new();
         for kv in query.split('&').filter(|s| !s.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            params.push((k.to_owned(), pct_decode(v)));
+            params.push((k.to_owned(), v.to_owned()));
         }
-        let get = |k: &str| params.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(x, _)| x == k)
+                .map(|(_, v)| pct_decode(v))
+        };
+        let raw = |k: &str| params.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
         let known = |allowed: &[&str]| -> Result<(), String> {
             for (k, _) in &params {
                 if !allowed.contains(&k.as_str()) {
@@ -212,10 +218,10 @@ impl Target {
             }
             "smtp" => {
                 known(&["to", "from", "tls", "ca", "digest"])?;
-                let to: Vec<String> = get("to")
+                let to: Vec<String> = raw("to")
                     .unwrap_or_default()
                     .split(',')
-                    .map(|s| s.trim().to_owned())
+                    .map(|s| pct_decode(s).trim().to_owned())
                     .filter(|s| !s.is_empty())
                     .collect();
                 if to.is_empty() {
@@ -271,7 +277,8 @@ impl Target {
                 port,
                 inform,
             } => format!(
-                "snmp://{community}@{}:{port}{}",
+                "snmp://{}@{}:{port}{}",
+                pct(community),
                 bracket(host),
                 if *inform { "?inform=1" } else { "" }
             ),
@@ -285,9 +292,10 @@ impl Target {
                 ca,
                 digest,
             } => {
+                let to: Vec<String> = to.iter().map(|a| pct(a).replace(',', "%2C")).collect();
                 let mut q = vec![format!("to={}", to.join(","))];
                 if let Some(f) = from {
-                    q.push(format!("from={f}"));
+                    q.push(format!("from={}", pct(f)));
                 }
                 q.push(format!(
                     "tls={}",
@@ -298,20 +306,37 @@ impl Target {
                     }
                 ));
                 if let Some(c) = ca {
-                    q.push(format!("ca={}", c.display()));
+                    q.push(format!("ca={}", pct(&c.to_string_lossy())));
                 }
                 if *digest {
                     q.push("digest=daily".into());
                 }
                 format!(
                     "smtp://{}{}:{port}?{}",
-                    user.as_ref().map(|u| format!("{u}@")).unwrap_or_default(),
+                    user.as_ref()
+                        .map(|u| format!("{}@", pct(u)))
+                        .unwrap_or_default(),
                     bracket(host),
                     q.join("&")
                 )
             }
         }
     }
+}
+
+/// Percent-encode what would change the meaning of a URL part.
+fn pct(s: &str) -> String {
+    let mut o = String::new();
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() || "-._~!$'()*+;=:/,@".contains(c) {
+            o.push(c);
+        } else {
+            for b in c.to_string().bytes() {
+                o.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    o
 }
 
 fn bracket(h: &str) -> String {

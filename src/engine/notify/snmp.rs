@@ -124,3 +124,70 @@ pub async fn send(target: &Target, ev: &Event, uptime_cs: u32) -> Result<(), Str
             .map_err(|e| format!("snmp trap to {host}:{port}: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::notify::Severity;
+
+    /// The varbinds sent are the objects TERN-MIB declares, in its order,
+    /// under the numbers it gives them (docs/FORMATS.md has the table).
+    #[test]
+    fn varbinds_follow_the_shipped_mib() {
+        let mib = include_str!("../../../docs/TERN-MIB.txt");
+        let number_of = |name: &str| -> u32 {
+            let decl = mib
+                .find(&format!("\n{name} OBJECT-TYPE"))
+                .unwrap_or_else(|| panic!("{name} not in the MIB"));
+            let rest = &mib[decl..];
+            let a = rest.find("::= { ternObjects ").expect("assignment") + 18;
+            rest[a..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let ev = Event {
+            kind: Kind::Cleared,
+            alert_id: 7,
+            rule: "rpo".into(),
+            severity: Severity::Major,
+            host: "h".into(),
+            pair: "p".into(),
+            message: "m".repeat(300),
+            action: "a".into(),
+            first_seen_ms: 0,
+            count: 2,
+            source: "cx".into(),
+        };
+        let vb = varbinds(&ev, 100);
+        assert_eq!(vb[0].0, oid(SYS_UPTIME));
+        assert_eq!(vb[1].0, oid(SNMP_TRAP_OID));
+        assert_eq!(
+            vb[1].1,
+            ObjectValue::ObjectId(oid(&[1, 3, 6, 1, 4, 1, 32473, 0, 2]))
+        );
+        let names = [
+            "ternAlertId",
+            "ternAlertSeverity",
+            "ternAlertRule",
+            "ternAlertHost",
+            "ternAlertPair",
+            "ternAlertMessage",
+            "ternAlertAction",
+            "ternAlertFirstSeen",
+            "ternAlertCount",
+            "ternAlertSource",
+        ];
+        assert_eq!(vb.len(), 2 + names.len());
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(vb[2 + i].0, sub(&[1, number_of(n), 0]), "{n}");
+        }
+        assert!(mib.contains("::= { enterprises 32473 }"));
+        assert!(mib.contains("ternAlertCleared NOTIFICATION-TYPE"));
+        assert_eq!(vb[3].1, ObjectValue::Integer(2));
+        // DisplayString: at most 255 octets.
+        assert_eq!(vb[7].1, ObjectValue::String(vec![b'm'; 255]));
+    }
+}

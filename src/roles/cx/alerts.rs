@@ -718,10 +718,16 @@ pub async fn list(
 }
 
 pub async fn ack(
-    id: u64,
+    id: String,
     p: super::auth::Principal,
     s: Arc<CxState>,
 ) -> Result<impl Reply, Rejection> {
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::reject(
+            StatusCode::NOT_FOUND,
+            format!("no alert `{id}`: alert ids are numbers (`tern alert list`)"),
+        )
+    })?;
     let a = blocking(move || {
         s.store
             .update(|tx| -> Result<AlertRecord, ApiErrorWrap> {

@@ -298,7 +298,7 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::query::<alerts::ListQuery>())
         .and(with_state(s.clone()))
         .and_then(alerts::list);
-    let alert_ack = warp::path!("api" / "v1" / "alerts" / u64 / "ack")
+    let alert_ack = warp::path!("api" / "v1" / "alerts" / String / "ack")
         .and(warp::post())
         .and(authed(s.clone()))
         .and(with_state(s.clone()))

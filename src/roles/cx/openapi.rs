@@ -95,7 +95,51 @@ pub fn document() -> Value {
                     "capture": {"type": "string", "enum": ["nbd", "fuse", "scan"]},
                     "listen": {"type": "string"}, "mount": {"type": "string"}, "size": {"type": "integer"},
                     "fs_mount": {"type": "string"}}},
-                "VolumeList": {"type": "object", "properties": {"volumes": {"type": "array", "items": {"$ref": "#/components/schemas/Volume"}}}}
+                "VolumeList": {"type": "object", "properties": {"volumes": {"type": "array", "items": {"$ref": "#/components/schemas/Volume"}}}},
+                "Alert": {"type": "object", "properties": {
+                    "id": {"type": "integer"}, "key": {"type": "string"},
+                    "rule": {"type": "string", "enum": ["rpo", "heartbeat-lost", "bitmap-mode", "resync-required", "flow-controlled", "retention-window", "retention-space", "disk-free", "pair-error", "cert-expiry"]},
+                    "severity": {"type": "string", "enum": ["critical", "major", "minor", "warning", "info"]},
+                    "host": {"type": "string"}, "pair": {"type": "string"},
+                    "message": {"type": "string"}, "action": {"type": "string", "description": "what to do"},
+                    "state": {"type": "string", "enum": ["active", "cleared"]},
+                    "first_seen": {"type": "string", "format": "date-time"}, "last_seen": {"type": "string", "format": "date-time"},
+                    "cleared": {"type": ["string", "null"], "format": "date-time"},
+                    "count": {"type": "integer", "description": "notifications sent"},
+                    "acked_by": {"type": ["string", "null"]}}},
+                "AlertList": {"type": "object", "properties": {"alerts": {"type": "array", "items": {"$ref": "#/components/schemas/Alert"}}}},
+                "Receiver": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "url": {"type": "string", "description": "without secrets"},
+                    "kind": {"type": "string", "enum": ["snmp", "snmp-inform", "smtp"]}, "digest": {"type": "boolean"},
+                    "has_password": {"type": "boolean"}, "created": {"type": "string", "format": "date-time"},
+                    "sent": {"type": "integer"}, "last_ok": {"type": ["string", "null"]}, "last_error": {"type": ["string", "null"]}}},
+                "ReceiverList": {"type": "object", "properties": {"receivers": {"type": "array", "items": {"$ref": "#/components/schemas/Receiver"}}}},
+                "AddReceiver": {"type": "object", "required": ["url"], "properties": {
+                    "url": {"type": "string", "examples": ["snmp://public@noc.example.net:162", "smtp://ops@mail.example.net:587?to=noc@example.net&tls=starttls"]},
+                    "password": {"type": "string", "description": "SMTP password (stored, never shown)"}}},
+                "Delivery": {"type": "object", "properties": {"results": {"type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "url": {"type": "string"}, "ok": {"type": "boolean"}, "error": {"type": ["string", "null"]}}}}}},
+                "TrendsList": {"type": "object", "properties": {"metrics": {"type": "array", "items": {"type": "string"}},
+                    "tiers": {"type": "array", "items": {"type": "object", "properties": {
+                        "name": {"type": "string"}, "view": {"type": "string"}, "res_s": {"type": "integer"}, "retention_s": {"type": "integer"}, "epoch_s": {"type": "integer"}}}}}},
+                "Trend": {"type": "object", "properties": {
+                    "metric": {"type": "string"}, "resolution": {"type": "string"}, "step_s": {"type": "integer"},
+                    "cf": {"type": "string", "enum": ["avg", "max"]}, "start": {"type": "integer"}, "end": {"type": "integer"},
+                    "series": {"type": "array", "items": {"type": "object", "properties": {
+                        "metric": {"type": "string"}, "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "points": {"type": "array", "items": {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "number"}]}}}}}}},
+                "HealthReport": {"type": "object", "properties": {
+                    "start": {"type": "string", "format": "date"}, "end": {"type": "string", "format": "date"},
+                    "rows": {"type": "array", "items": {"$ref": "#/components/schemas/HealthRow"}},
+                    "totals": {"type": "array", "items": {"$ref": "#/components/schemas/HealthRow"}}}},
+                "HealthRow": {"type": "object", "description": "one pair, one UTC day (date `total` in totals)", "properties": {
+                    "date": {"type": "string"}, "pair": {"type": "string"}, "source": {"type": "string"},
+                    "changes_mb_compressed": {"type": "number"}, "changes_mb": {"type": "number"},
+                    "retention_policy_days": {"type": "number"}, "retention_available_days": {"type": "number"},
+                    "rpo_threshold_min": {"type": "number"}, "rpo_max_min": {"type": "number"},
+                    "rpo_not_met_hours": {"type": "number"}, "flow_controlled_hours": {"type": "number"},
+                    "retention_log_reset": {"type": "boolean"}, "consistency_points": {"type": "integer"},
+                    "protection_coverage_pct": {"type": "number"}, "observed_hours": {"type": "number"}}}
             }
         },
         "paths": {
@@ -151,7 +195,44 @@ pub fn document() -> Value {
                 "get": {"summary": "agent volumes (reported and added)", "security": [{"bearer": []}, {"session": []}],
                     "responses": {"200": ok("VolumeList")}},
                 "post": {"summary": "add a volume to an agent", "security": [{"bearer": []}, {"session": []}],
-                    "requestBody": body("Volume"), "responses": {"201": ok("Volume"), "400": err(), "404": err()}}}
+                    "requestBody": body("Volume"), "responses": {"201": ok("Volume"), "400": err(), "404": err()}}},
+            "/api/v1/alerts": {"get": {"summary": "active alerts (?all=true: cleared ones too, newest first)", "security": [{"bearer": []}, {"session": []}],
+                "parameters": [{"name": "all", "in": "query", "schema": {"type": "boolean"}}],
+                "responses": {"200": ok("AlertList")}}},
+            "/api/v1/alerts/{id}/ack": {"post": {"summary": "acknowledge: no more repeats (it still clears)", "security": [{"bearer": []}, {"session": []}],
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "responses": {"200": ok("Alert"), "404": err()}}},
+            "/api/v1/alerts/test": {"post": {"summary": "send a test notification to every receiver now", "security": [{"bearer": []}, {"session": []}],
+                "responses": {"200": ok("Delivery")}}},
+            "/api/v1/alerts/digest": {"post": {"summary": "send the daily digest to every digest receiver now", "security": [{"bearer": []}, {"session": []}],
+                "responses": {"200": ok("Delivery")}}},
+            "/api/v1/alerts/receivers": {
+                "get": {"summary": "notification receivers", "security": [{"bearer": []}, {"session": []}],
+                    "responses": {"200": ok("ReceiverList")}},
+                "post": {"summary": "add a receiver (admin)", "security": [{"bearer": []}, {"session": []}],
+                    "requestBody": body("AddReceiver"), "responses": {"201": ok("Receiver"), "400": err(), "403": err()}}},
+            "/api/v1/alerts/receivers/{id}": {"delete": {"summary": "remove a receiver (admin)", "security": [{"bearer": []}, {"session": []}],
+                "responses": {"200": {"description": "removed"}, "404": err()}}},
+            "/api/v1/trends": {"get": {"summary": "metrics and resolutions kept", "security": [{"bearer": []}, {"session": []}],
+                "responses": {"200": ok("TrendsList")}}},
+            "/api/v1/trends/{metric}": {"get": {"summary": "points of a metric (like rrdtool fetch)", "security": [{"bearer": []}, {"session": []}],
+                "parameters": [
+                    {"name": "host", "in": "query", "schema": {"type": "string"}},
+                    {"name": "pair", "in": "query", "schema": {"type": "string"}},
+                    {"name": "start", "in": "query", "schema": {"type": "string", "examples": ["-1d", "2026-11-27", "1764201600"]}},
+                    {"name": "end", "in": "query", "schema": {"type": "string", "examples": ["now"]}},
+                    {"name": "resolution", "in": "query", "schema": {"type": "string", "enum": ["raw", "1m", "10m", "1h", "day", "week", "month", "year"]}},
+                    {"name": "cf", "in": "query", "schema": {"type": "string", "enum": ["avg", "max"]}}],
+                "responses": {"200": ok("Trend"), "400": err(), "404": err()}}},
+            "/api/v1/reports/health": {"get": {"summary": "health report: per pair per UTC day (?format=csv for CSV)", "security": [{"bearer": []}, {"session": []}],
+                "parameters": [
+                    {"name": "pair", "in": "query", "schema": {"type": "string"}},
+                    {"name": "start", "in": "query", "schema": {"type": "string", "format": "date"}},
+                    {"name": "end", "in": "query", "schema": {"type": "string", "format": "date"}},
+                    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]}}],
+                "responses": {"200": ok("HealthReport"), "400": err()}}},
+            "/metrics": {"get": {"summary": "everything the CX knows, in the Prometheus text format (a token, any user)", "security": [{"bearer": []}],
+                "responses": {"200": {"description": "text/plain; version=0.0.4"}}}}
         }
     })
 }

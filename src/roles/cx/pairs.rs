@@ -376,6 +376,9 @@ pub struct PairView {
     pub transit_agent_bytes: u64,
     pub transit_ps_bytes: u64,
     pub transit_mt_bytes: u64,
+    /// Where most data in transit waits (seed line 5414): primary, ps,
+    /// target, ps+target or spread; None when little is in transit.
+    pub bottleneck: Option<String>,
     pub fast_resync_unmatched_pct: Option<f64>,
     pub latest_point: Option<PointView>,
     pub oldest_point: Option<PointView>,
@@ -433,6 +436,13 @@ pub fn pair_view(s: &CxState, p: &PairSpec, names: &HashMap<String, String>) -> 
         .and_then(|r| r.mt_pairs.iter().find(|a| a.pair == p.name))
         .cloned();
     drop(reports);
+    let transit_agent_bytes = agent
+        .as_ref()
+        .map(|a| a.buffered_bytes + a.dirty_bytes)
+        .unwrap_or(0);
+    let transit_ps_bytes = ps.as_ref().map(|x| x.cache_bytes).unwrap_or(0);
+    // The MT applies each chunk as it arrives: it holds nothing in transit.
+    let transit_mt_bytes = 0;
     let name = |h: &str| names.get(h).cloned().unwrap_or_else(|| h.to_owned());
     let state = if p.paused {
         "paused".to_owned()
@@ -511,12 +521,15 @@ pub fn pair_view(s: &CxState, p: &PairSpec, names: &HashMap<String, String>) -> 
         rpo_ok: rpo_s.map(|r| r <= p.rpo_threshold_s as f64),
         rpo_s,
         rpo_threshold_s: p.rpo_threshold_s,
-        transit_agent_bytes: agent
-            .as_ref()
-            .map(|a| a.buffered_bytes + a.dirty_bytes)
-            .unwrap_or(0),
-        transit_ps_bytes: ps.as_ref().map(|x| x.cache_bytes).unwrap_or(0),
-        transit_mt_bytes: 0,
+        transit_agent_bytes,
+        transit_ps_bytes,
+        transit_mt_bytes,
+        bottleneck: super::monitor::bottleneck(
+            transit_agent_bytes,
+            transit_ps_bytes,
+            transit_mt_bytes,
+        )
+        .map(str::to_owned),
         fast_resync_unmatched_pct: agent.as_ref().and_then(|a| a.fast_resync_unmatched_pct),
         latest_point: point(mt.as_ref().and_then(|m| m.latest_point)),
         oldest_point: point(mt.as_ref().and_then(|m| m.oldest_point)),
