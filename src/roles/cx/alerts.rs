@@ -280,6 +280,23 @@ pub fn rules(
             }
         }
     }
+    if let Some(na) = crate::engine::pki::not_after_unix(&s.ca.cert_der) {
+        let left_s = na - (now / 1000) as i64;
+        if left_s < cfg.cx.alert_cert_expiry.0.as_secs() as i64 {
+            out.push(Condition {
+                key: "ca-expiry".into(),
+                rule: "cert-expiry",
+                severity: Severity::Critical,
+                host: cfg.node_name(),
+                pair: String::new(),
+                message: format!(
+                    "the CX's certificate authority expires {}: every node certificate stops working then",
+                    rfc3339_ms((na.max(0) as u64) * 1000)
+                ),
+                action: "plan a new CA and re-enroll every node before then".into(),
+            });
+        }
+    }
     for p in pair_specs(&s.store).map_err(|_| anyhow::anyhow!("cannot read pairs"))? {
         let v = pair_view(s, &p, &names);
         let src_name = names
