@@ -116,11 +116,19 @@ pub fn ensure_admin(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<Option<std::path::PathBuf>> {
     let pw_path = data_dir.join("admin-password");
+    // An installer (the appliance's first boot, from its OVF property) may
+    // leave the first password here, mode 0600; else one is made up.
+    let preset = if pw_path.exists() {
+        let b = crate::engine::fsutil::read_secret(&pw_path)?;
+        Some(String::from_utf8_lossy(&b).trim().to_owned()).filter(|p| p.len() >= 8)
+    } else {
+        None
+    };
     let created = store.update(|tx| -> Result<Option<String>, StoreError> {
         if store::get_in::<User>(tx, USERS, "admin")?.is_some() {
             return Ok(None);
         }
-        let pw = random_secret()[..24].to_owned();
+        let pw = preset.unwrap_or_else(|| random_secret()[..24].to_owned());
         let user = User {
             name: "admin".into(),
             password_hash: hash_password(&pw),
