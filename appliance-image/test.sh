@@ -66,6 +66,65 @@ secs=$(boot iso-uefi 90 -bios "$ovmf" -cdrom "$iso" -boot d)
 echo "ok: ISO answered /api/v1/health after ${secs}s (UEFI, OVMF)"
 stop iso-uefi
 
+echo "== 2. V2P failback target"
+# A CX + PS + agent on this host (the guest reaches it at 10.0.2.2); the ISO
+# boots in failback mode from a seed CD with a blank disk; a pair from a
+# host volume to that disk syncs; then the disk equals the source.
+fb="$work/failback"; mkdir -p "$fb/seed"
+tern="$repo/target/appliance/iso-work/root/usr/bin/tern"
+api=$(free_port); dport=$(free_port); nbd=$(free_port); psport=$(free_port)
+cat > "$fb/host.toml" <<TOML
+data_dir = "$fb/data"
+roles = ["cx", "ps", "agent"]
+[node]
+name = "src-host"
+data_listen = "127.0.0.1:$psport"
+tls_names = ["10.0.2.2"]
+heartbeat_interval = "2s"
+report_interval = "500ms"
+[cx]
+api_listen = "127.0.0.1:$api"
+[[agent.volumes]]
+name = "vol"
+path = "$fb/src.img"
+size = 33554432
+listen = "127.0.0.1:$nbd"
+TOML
+"$tern" serve --config "$fb/host.toml" > "$fb/host.log" 2>&1 &
+hostpid=$!
+trap 'kill $hostpid 2>/dev/null; stop failback 2>/dev/null' EXIT
+t() { "$tern" --data "$fb/data" --json "$@"; }
+for _ in $(seq 1 60); do [ -s "$fb/data/cx.url" ] && break; sleep 0.5; done
+qemu-io -f raw "nbd://127.0.0.1:$nbd/vol" -c "write -P 0x5a 0 4M" -c "write -P 0xa5 8M 2M" -c "write -z 12M 1M" >/dev/null
+token=$(t token create | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+printf 'role=failback\ncx=https://10.0.2.2:%s\ntoken=%s\ndata_port=%s\nhostname=fb-target\n' "$api" "$token" "$dport" > "$fb/seed/tern-seed.conf"
+xorriso -as mkisofs -quiet -V TERN_SEED -o "$fb/seed.iso" "$fb/seed"
+truncate -s 32M "$fb/disk.raw"
+qemu-system-x86_64 -machine accel=tcg -m 1536 -smp 2 -display none -serial "file:$work/failback.console" \
+  -nic "user,model=e1000,hostfwd=tcp:127.0.0.1:$dport-:$dport" \
+  -drive "file=$iso,media=cdrom,index=0" -drive "file=$fb/seed.iso,media=cdrom,index=1" \
+  -drive "file=$fb/disk.raw,format=raw,if=virtio" -boot d >"$work/failback.qemu.log" 2>&1 &
+echo $! > "$work/failback.pid"
+t0=$(date +%s)
+until t host list | python3 -c 'import json,sys; sys.exit(0 if any(h["name"]=="fb-target" and not h["overdue"] for h in json.load(sys.stdin)) else 1)'; do
+  [ $(( $(date +%s) - t0 )) -lt 180 ] || fail "the failback target never enrolled; console: $(tail -20 "$work/failback.console")"
+  sleep 2
+done
+echo "ok: the failback target booted, enrolled and heartbeats after $(( $(date +%s) - t0 ))s"
+grep -a -A5 "disks that can receive" "$work/failback.console" | tr -d "\r" | grep -a "^/dev/" > "$fb/disks.txt" || true
+grep -q "^/dev/vda  32 MiB" "$fb/disks.txt" || fail "the blank disk is not offered: $(cat "$fb/disks.txt")"
+grep -Eq "/dev/sr|/dev/hd" "$fb/disks.txt" && fail "the boot medium is offered: $(cat "$fb/disks.txt")"
+echo "ok: local disks offered, boot medium excluded: $(tr '\n' ';' < "$fb/disks.txt")"
+t pair create fb --source src-host:vol --ps src-host --target fb-target:/dev/vda --retention 1s >/dev/null
+qemu-io -f raw "nbd://127.0.0.1:$nbd/vol" -c "write -P 0x11 20M 3M" >/dev/null
+t0=$(date +%s)
+until qemu-img compare -q -f raw -F raw "$fb/src.img" "$fb/disk.raw" 2>/dev/null; do
+  [ $(( $(date +%s) - t0 )) -lt 240 ] || fail "the disk never matched the source; pair: $(t pair show fb)"
+  sleep 3
+done
+echo "ok: qemu-img compare: the failback disk equals the source ($(( $(date +%s) - t0 ))s after the pair was created)"
+kill $hostpid; stop failback; trap - EXIT
+
 echo "== 3. OVA"
 mkdir -p "$work/ova"; tar -C "$work/ova" -xf "$ova"
 order=$(tar -tf "$ova" | tr '\n' ' ')
