@@ -660,7 +660,7 @@ fn trends_health_report_and_metrics_agree_with_a_workload() {
             .trim()
             .parse::<u64>()
             .is_ok()
-            && line.contains("e+0"),
+            && (line.contains("e+") || line.contains("e-")),
         "rrdtool-like lines `TIME: 1.0000000000e+00`: {txt}"
     );
 
