@@ -296,21 +296,7 @@ fn rpo_violation_reaches_the_noc_by_trap_and_mail_and_clears() {
     assert!(m.contains("X-Rcpt: noc@example.net"), "{m}");
 
     // A pair with a 3 s RPO threshold behind a 400 KB/s link.
-    site.tern(&[
-        "pair",
-        "create",
-        "slow",
-        "--source",
-        "aio:vol",
-        "--ps",
-        "aio",
-        "--target",
-        "aio",
-        "--compression",
-        "none",
-        "--rpo-threshold",
-        "3s",
-    ]);
+    site.create_pair("slow", &["--compression", "none", "--rpo-threshold", "3s"]);
     wait_caught_up(&site, "slow", 120);
     // 6 MB takes about 15 s to cross the link: the RPO climbs past 3 s.
     qemu_io(
@@ -420,20 +406,7 @@ fn heartbeat_loss_alerts_within_two_intervals() {
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
     };
-    let tok = cx_tern(&["token", "create"]);
-    let o = tern(
-        dir,
-        &[
-            "enroll",
-            "--cx",
-            &url,
-            "--token",
-            tok["token"].as_str().unwrap(),
-            "--config",
-            agent_cfg.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    enroll(dir, &cx_data, &url, &agent_cfg);
     let spawn_agent = || {
         Daemon::spawn(
             dir,
@@ -568,9 +541,7 @@ fn trends_health_report_and_metrics_agree_with_a_workload() {
     write(&cfg, &text);
     let site = Site::start_cfg(dir, &cfg);
     let url = site.nbd_url();
-    site.tern(&[
-        "pair", "create", "w", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
-    ]);
+    site.create_pair("w", &[]);
     wait_caught_up(&site, "w", 120);
     let start = unix_ms() / 1000 - 2;
     let o = tern(

@@ -77,9 +77,7 @@ fn writes_through_resync_and_differential_sync_arrive_exactly() {
     let url = site.nbd_url();
     let mut rng = StdRng::seed_from_u64(42);
 
-    site.tern(&[
-        "pair", "create", "p1", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
-    ]);
+    site.create_pair("p1", &[]);
     // Write while step I runs (qemu-io connections back to back).
     let mut saw = std::collections::BTreeSet::new();
     let t0 = Instant::now();
@@ -166,19 +164,7 @@ fn bad_chunks_are_refused_and_nothing_is_applied() {
     let vol = 16 * MIB;
     let site = Site::start(tmp.path(), vol, false);
     let url = site.nbd_url();
-    site.tern(&[
-        "pair",
-        "create",
-        "p2",
-        "--source",
-        "aio:vol",
-        "--ps",
-        "aio",
-        "--target",
-        "aio",
-        "--compression",
-        "none",
-    ]);
+    site.create_pair("p2", &["--compression", "none"]);
     qemu_io(&url, &["write -P 7 0 65536".to_owned()]);
     let before = wait_caught_up(&site, "p2", 60);
     let last = before["mt"]["last_seq"].as_u64().unwrap();
@@ -312,9 +298,7 @@ fn ext4_over_fuse_capture_fs_bookmark_is_consistent() {
     let v = site.volume("vol", |x| x["export"].is_string());
     let file = PathBuf::from(v["export"].as_str().unwrap());
     assert_eq!(file, fusemnt.join("vol"));
-    site.tern(&[
-        "pair", "create", "fs", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
-    ]);
+    site.create_pair("fs", &[]);
     wait_caught_up(&site, "fs", 60);
     let mut guard = Cleanup(Vec::new());
     let loopdev = sh(&[
@@ -498,9 +482,7 @@ fn scan_capture_sends_what_changed_at_each_pass() {
     );
     let site = Site::start_cfg(dir, &cfg);
     site.volume("vol", |_| true);
-    site.tern(&[
-        "pair", "create", "s", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
-    ]);
+    site.create_pair("s", &[]);
     let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
     for round in 0..3u8 {
         let off = round as u64 * 3 * MIB + 12345;
@@ -538,19 +520,7 @@ fn ps_bandwidth_cap_holds() {
     );
     let site = Site::start_cfg(dir, &cfg);
     let url = site.nbd_url();
-    site.tern(&[
-        "pair",
-        "create",
-        "bw",
-        "--source",
-        "aio:vol",
-        "--ps",
-        "aio",
-        "--target",
-        "aio",
-        "--compression",
-        "none",
-    ]);
+    site.create_pair("bw", &["--compression", "none"]);
     wait_caught_up(&site, "bw", 60);
     let t0 = Instant::now();
     let o = tern(

@@ -64,31 +64,7 @@ impl Cluster {
                 ));
             }
             write(&cfg, &text);
-            let o = tern(
-                dir,
-                &[
-                    "--data",
-                    cx_data.to_str().unwrap(),
-                    "token",
-                    "create",
-                    "--json",
-                ],
-            );
-            assert!(o.status.success(), "{}", stderr(&o));
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            let o = tern(
-                dir,
-                &[
-                    "enroll",
-                    "--cx",
-                    &url,
-                    "--token",
-                    v["token"].as_str().unwrap(),
-                    "--config",
-                    cfg.to_str().unwrap(),
-                ],
-            );
-            assert!(o.status.success(), "enroll {role}: {}", stderr(&o));
+            enroll(dir, &cx_data, &url, &cfg);
             nodes.push(Node {
                 name: role.to_owned(),
                 cfg,

@@ -192,3 +192,38 @@ pub fn free_udp_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Enroll the node configured in `cfg` with the CX whose data directory is
+/// `cx_data` (a fresh token from it), as `tern enroll` on that node would.
+pub fn enroll(dir: &Path, cx_data: &Path, url: &str, cfg: &Path) {
+    let o = tern(
+        dir,
+        &[
+            "--data",
+            cx_data.to_str().unwrap(),
+            "token",
+            "create",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "token create: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = tern(
+        dir,
+        &[
+            "enroll",
+            "--cx",
+            url,
+            "--token",
+            v["token"].as_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "enroll {}: {}",
+        cfg.display(),
+        stderr(&o)
+    );
+}

@@ -85,6 +85,15 @@ impl Site {
         v["export"].as_str().unwrap().to_owned()
     }
 
+    /// `tern pair create NAME` from `aio:vol` through `aio` to `aio`, plus `extra`.
+    pub fn create_pair(&self, name: &str, extra: &[&str]) -> serde_json::Value {
+        let mut a = vec![
+            "pair", "create", name, "--source", "aio:vol", "--ps", "aio", "--target", "aio",
+        ];
+        a.extend_from_slice(extra);
+        self.tern(&a)
+    }
+
     pub fn pair(&self, name: &str) -> serde_json::Value {
         self.tern(&["pair", "show", name])
     }
