@@ -273,6 +273,10 @@ pub async fn trends(cmd: TrendsCmd, g: &Global) -> anyhow::Result<()> {
 }
 
 fn print_alerts(v: &Value) {
+    if v["alerts"].as_array().is_none_or(|a| a.is_empty()) {
+        println!("no alerts");
+        return;
+    }
     let mut rows = vec![vec![
         "ID".to_owned(),
         "STATE".into(),
