@@ -91,7 +91,8 @@ cat <<OVF
       <Category>Appliance</Category>
 OVF
 prop role string cx-ps "Role" "cx-ps (configuration + process server), ps, mt or failback"
-prop ip string dhcp "IP address" "dhcp, or ADDRESS/PREFIX such as 10.0.0.5/24"
+prop ip string dhcp "IP address" "dhcp, or a static address (10.0.0.5, or 10.0.0.5/24)"
+prop netmask string "255.255.255.0" "Netmask" "Netmask of a static address given without /PREFIX"
 prop gateway string "" "Gateway" "Default gateway (static addressing)"
 prop dns string "" "DNS server" "Name server address"
 prop hostname string tern "Host name" "This appliance's host name"

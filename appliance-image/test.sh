@@ -40,6 +40,7 @@ boot() {
     -nic "user,model=e1000,hostfwd=tcp:127.0.0.1:$port-:8443" "$@" >"$work/$name.qemu.log" 2>&1 &
   local pid=$!
   echo "$pid" > "$work/$name.pid"
+  echo "$port" > "$work/$name.port"
   while :; do
     if curl -sk --max-time 2 "https://127.0.0.1:$port/api/v1/health" > "$work/$name.health" 2>/dev/null \
        && grep -q '"status":"ok"' "$work/$name.health"; then
@@ -169,7 +170,7 @@ for t in ["3", "4", "10", "17"]:
 hosts = {i.find(R + "HostResource").text for i in items if i.find(R + "HostResource") is not None}
 assert hosts == {"ovf:/disk/" + i for i in ids}, hosts
 keys = {p.get(O + "key") for p in vs.find(O + "ProductSection").findall(O + "Property")}
-for k in ["role", "ip", "gateway", "dns", "hostname", "admin_password", "cx", "token"]:
+for k in ["role", "ip", "netmask", "gateway", "dns", "hostname", "admin_password", "cx", "token"]:
     assert "tern." + k in keys, k
 print("ok: OVF envelope structure (References, DiskSection, NetworkSection, VirtualSystem, ProductSection properties, VirtualHardwareSection) is complete")
 PY
@@ -179,9 +180,32 @@ for v in tern-system tern-data; do
 done
 qemu-img convert -O raw "$work/ova/tern-system.vmdk" "$work/system.raw"
 qemu-img convert -O qcow2 "$work/ova/tern-data.vmdk" "$work/data.qcow2"
-secs=$(boot ova 90 -drive "file=$work/system.raw,format=raw,if=ide,index=0" -drive "file=$work/data.qcow2,format=qcow2,if=ide,index=1" -boot c)
-echo "ok: the OVA's disk booted and answered health after ${secs}s"
+# The OVF environment as vSphere's ISO transport delivers it.
+mkdir -p "$work/ovfenv"
+cat > "$work/ovfenv/ovf-env.xml" <<'ENV'
+<?xml version="1.0" encoding="UTF-8"?>
+<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="tern">
+  <PropertySection>
+    <Property oe:key="tern.role" oe:value="cx-ps"/>
+    <Property oe:key="tern.hostname" oe:value="ova-test"/>
+    <Property oe:key="tern.ip" oe:value="dhcp"/>
+    <Property oe:key="tern.admin_password" oe:value="ovf-Secret-42"/>
+  </PropertySection>
+</Environment>
+ENV
+xorriso -as mkisofs -quiet -V OVF_ENV -o "$work/ovfenv.iso" "$work/ovfenv"
+secs=$(boot ova 90 -drive "file=$work/system.raw,format=raw,if=ide,index=0" -drive "file=$work/data.qcow2,format=qcow2,if=ide,index=1" \
+  -drive "file=$work/ovfenv.iso,media=cdrom,index=2" -boot c)
+echo "ok: the OVA's disk booted (BIOS) and answered health after ${secs}s"
 grep -q "state on .*(persistent)" "$work/ova.console" || fail "the data disk was not used: $(grep tern-init "$work/ova.console")"
 echo "ok: state on the data disk (TERN-DATA)"
+grep -aq "OVF environment on" "$work/ova.console" || fail "the OVF environment was not read"
+port=$(cat "$work/ova.port")
+curl -sk "https://127.0.0.1:$port/api/v1/login" -H 'content-type: application/json' \
+  -d '{"user":"admin","password":"ovf-Secret-42"}' | grep -q '"token"' || fail "the admin password from the OVF environment does not log in"
+echo "ok: OVF environment read at first boot (host name, admin password: login works)"
 stop ova
+secs=$(boot ova-uefi 90 -bios "$ovmf" -drive "file=$work/system.raw,format=raw,if=ide,index=0" -boot c)
+echo "ok: the OVA's disk booted (UEFI) and answered health after ${secs}s"
+stop ova-uefi
 echo "appliance tests passed"
