@@ -445,12 +445,49 @@ pub fn rules(
     Ok((out, unknown, next_deadline))
 }
 
+/// An active alert's `last_seen` (and message) is stored at most this often.
+const LAST_SEEN_EVERY_MS: u64 = 10_000;
+/// Cleared alerts are kept this long.
+const HISTORY_MS: u64 = 30 * 86_400_000;
+
 /// Evaluate the rules now, update the alerts, queue the notifications.
 /// Returns the next heartbeat deadline, when the monitor should look again.
 pub fn evaluate(s: &CxState, now: u64) -> anyhow::Result<Option<u64>> {
     let (conds, unknown, deadline) = rules(s, now)?;
     let repeat = s.cfg.cx.alert_repeat.0.as_millis() as u64;
     let source = s.cfg.node_name();
+    // Most evaluations change nothing worth a commit (an fsync): look first.
+    let all: Vec<AlertRecord> = s
+        .store
+        .list::<AlertRecord>(ALERTS)?
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    let active: HashMap<&str, &AlertRecord> = all
+        .iter()
+        .filter(|a| a.state == "active")
+        .map(|a| (a.key.as_str(), a))
+        .collect();
+    let holding: HashSet<&str> = conds.iter().map(|c| c.key.as_str()).collect();
+    let need_write = conds.iter().any(|c| match active.get(c.key.as_str()) {
+        None => true,
+        Some(a) => {
+            a.severity != c.severity
+                || now.saturating_sub(a.last_seen_ms) >= LAST_SEEN_EVERY_MS
+                || (repeat > 0
+                    && a.acked_ms.is_none()
+                    && now.saturating_sub(a.last_notified_ms) >= repeat)
+        }
+    }) || active
+        .keys()
+        .any(|k| !holding.contains(k) && !unknown.contains(*k))
+        || all.iter().any(|a| {
+            a.cleared_ms
+                .is_some_and(|c| now.saturating_sub(c) > HISTORY_MS)
+        });
+    if !need_write {
+        return Ok(deadline);
+    }
     let events = s.store.update(|tx| -> Result<Vec<Event>, StoreError> {
         let mut events = Vec::new();
         let mut by_key: HashMap<String, AlertRecord> = store::list_in::<AlertRecord>(tx, ALERTS)?
@@ -520,7 +557,7 @@ pub fn evaluate(s: &CxState, now: u64) -> anyhow::Result<Option<u64>> {
             .into_iter()
             .filter(|(_, a)| {
                 a.cleared_ms
-                    .is_some_and(|c| now.saturating_sub(c) > 30 * 86_400_000)
+                    .is_some_and(|c| now.saturating_sub(c) > HISTORY_MS)
             })
             .map(|(k, _)| k)
             .collect();
