@@ -175,13 +175,7 @@ impl Store {
 
     pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, StoreError> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(table)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value().to_owned(), decode(k.value(), v.value())?));
-        }
-        Ok(out)
+        rows(&tx.open_table(table)?)
     }
 
     pub fn put<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), StoreError> {
@@ -216,7 +210,13 @@ pub fn list_in<T: DeserializeOwned>(
     tx: &WriteTransaction,
     table: Table,
 ) -> Result<Vec<(String, T)>, StoreError> {
-    let t = tx.open_table(table)?;
+    rows(&tx.open_table(table)?)
+}
+
+/// Every record of an open table, decoded.
+fn rows<T: DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, T)>, StoreError> {
     let mut out = Vec::new();
     for row in t.iter()? {
         let (k, v) = row?;
