@@ -180,7 +180,6 @@ pub fn rules(
     let mut next_deadline: Option<u64> = None;
     let names = host_names(&s.store).map_err(|_| anyhow::anyhow!("cannot read hosts"))?;
     let hosts = s.store.list::<HostRecord>(HOSTS)?;
-    let reports = s.control.reports();
     let up_ms = now.saturating_sub(s.started_ms);
     for (id, h) in &hosts {
         let overdue = h.overdue_ms(&cfg.cx);
@@ -242,11 +241,8 @@ pub fn rules(
                 });
             }
         }
-        match reports
-            .get(id)
-            .filter(|(t, _)| now.saturating_sub(*t) < 30_000)
-        {
-            Some((_, r)) => {
+        match s.control.fresh_report(id, now) {
+            Some(r) => {
                 if let Some(d) = r.system.as_ref().and_then(|x| x.data_disk())
                     && d.total_bytes > 0
                 {
@@ -401,10 +397,9 @@ pub fn rules(
             ));
         }
         if let Some(w) = p.retention.window
-            && let (Some(o), Some(n)) = (&v.oldest_point, &v.latest_point)
+            && let Some(avail) = v.retention_available_s()
         {
             let age_s = now.saturating_sub(p.created_ms) / 1000;
-            let avail = n.ts_us.saturating_sub(o.ts_us) / 1_000_000;
             if age_s > w.as_secs() + 3600 && (avail as f64) < 0.9 * w.as_secs() as f64 {
                 out.push(mk(
                     "retention-window",

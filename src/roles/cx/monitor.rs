@@ -158,10 +158,7 @@ pub fn sample(s: &CxState, t_ms: u64) -> anyhow::Result<()> {
         if let Some(j) = v.journal_bytes {
             samples.push(Sample::new("pair_journal_bytes", &l, j as f64));
         }
-        let available = match (&v.oldest_point, &v.latest_point) {
-            (Some(o), Some(n)) => Some(n.ts_us.saturating_sub(o.ts_us) / 1_000_000),
-            _ => None,
-        };
+        let available = v.retention_available_s();
         if let Some(a) = available {
             samples.push(Sample::new(
                 "pair_retention_available_seconds",
@@ -194,7 +191,6 @@ pub fn sample(s: &CxState, t_ms: u64) -> anyhow::Result<()> {
         .store
         .list::<HostRecord>(HOSTS)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let reports = s.control.reports();
     let mut next_hosts = HashMap::new();
     for (id, h) in &hosts {
         let l = [("host", h.name.as_str())];
@@ -202,11 +198,7 @@ pub fn sample(s: &CxState, t_ms: u64) -> anyhow::Result<()> {
             .heartbeat_age_ms(t_ms)
             .is_some_and(|a| a <= h.overdue_ms(&s.cfg.cx));
         samples.push(Sample::new("host_up", &l, if up { 1.0 } else { 0.0 }));
-        let Some(sys) = reports
-            .get(id)
-            .filter(|(t, _)| t_ms.saturating_sub(*t) < 30_000)
-            .and_then(|(_, r)| r.system.as_ref())
-        else {
+        let Some(sys) = s.control.fresh_report(id, t_ms).and_then(|r| r.system) else {
             continue;
         };
         samples.push(Sample::new("host_load1", &l, sys.load1));

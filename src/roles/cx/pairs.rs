@@ -50,7 +50,20 @@ impl Default for Control {
     }
 }
 
+/// A node report older than this is stale: the node is down or cut off.
+pub const REPORT_FRESH_MS: u64 = 30_000;
+
 impl Control {
+    /// The report of `host` if it is fresh at `now`.
+    pub fn fresh_report(&self, host: &str, now: u64) -> Option<NodeReport> {
+        self.reports
+            .lock()
+            .unwrap()
+            .get(host)
+            .filter(|(t, _)| now.saturating_sub(*t) < REPORT_FRESH_MS)
+            .map(|(_, r)| r.clone())
+    }
+
     pub fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
     }
@@ -396,6 +409,16 @@ pub struct PairView {
     pub mt: Option<MtPairStatus>,
 }
 
+impl PairView {
+    /// Source time between the oldest and the latest recoverable point, s.
+    pub fn retention_available_s(&self) -> Option<u64> {
+        match (&self.oldest_point, &self.latest_point) {
+            (Some(o), Some(n)) => Some(n.ts_us.saturating_sub(o.ts_us) / 1_000_000),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PointView {
     pub seq: u64,
@@ -418,7 +441,7 @@ pub fn pair_view(s: &CxState, p: &PairSpec, names: &HashMap<String, String>) -> 
     let fresh = |h: &str| {
         reports
             .get(h)
-            .filter(|(t, _)| now_ms().saturating_sub(*t) < 30_000)
+            .filter(|(t, _)| now_ms().saturating_sub(*t) < REPORT_FRESH_MS)
             .map(|(_, r)| r)
     };
     // The oldest of the reports this view is made of: nothing after it is known.
