@@ -289,6 +289,15 @@ mod tests {
         Ok(())
     }
 
+    /// This build's migrations and one more.
+    fn with_add_column() -> Vec<Migration> {
+        MIGRATIONS
+            .iter()
+            .copied()
+            .chain([add_column as Migration])
+            .collect()
+    }
+
     #[test]
     fn a_later_migration_upgrades_existing_records() {
         let d = tempfile::tempdir().unwrap();
@@ -296,11 +305,7 @@ mod tests {
         s.put(HOSTS, "h1", &serde_json::json!({"name": "a"}))
             .unwrap();
         drop(s);
-        let next: Vec<Migration> = MIGRATIONS
-            .iter()
-            .copied()
-            .chain([add_column as Migration])
-            .collect();
+        let next = with_add_column();
         let s = Store::open_with(d.path(), &next).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION + 1);
         let v: serde_json::Value = s.get(HOSTS, "h1").unwrap().unwrap();
@@ -310,11 +315,7 @@ mod tests {
     #[test]
     fn database_from_a_newer_tern_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        let next: Vec<Migration> = MIGRATIONS
-            .iter()
-            .copied()
-            .chain([add_column as Migration])
-            .collect();
+        let next = with_add_column();
         let s = Store::open_with(d.path(), &next).unwrap();
         drop(s);
         match Store::open(d.path()) {
