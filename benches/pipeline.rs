@@ -1,103 +1,40 @@
 //! End-to-end replication figures: agent → PS → MT with the journal on, zstd
-//! at the PS, all roles of the real binary on loopback.
+//! at the PS. A CX, the agent, the PS and the MT each run in their own
+//! `tern serve` process on loopback, so each role's CPU and memory are its
+//! own; the writer (`tern workload` over the agent's NBD export) shares the
+//! same 2 cores.
 //!
-//! `cargo bench --bench pipeline` prints:
-//! - sustained throughput (writes through the agent's NBD export as fast as
-//!   they are taken, until the MT has applied everything) for 50%-compressible
-//!   and incompressible data;
-//! - RPO p50/p99 (sampled from `pair show` every 100 ms) with the workload at
-//!   50% and 90% of that rate;
-//! - the agent process's peak RSS against its buffer cap.
+//! `cargo bench --bench pipeline [50|incompressible|resync]` prints:
+//! - sustained throughput: 20 s of writes as fast as the export takes them,
+//!   bytes through the PS until the MT has applied everything (overwrites
+//!   coalesced in bitmap mode cross once), for 50%-compressible and
+//!   incompressible data;
+//! - CPU seconds per GB of each role, and the PS's GB per CPU-second beside
+//!   `zstd -1` compressing the source volume (the same data) in the same run;
+//! - the agent's peak RSS against its buffer cap;
+//! - RPO p50/p99 (from `pair show` every 100 ms) at 50% and 90% of that rate;
+//! - fast resync of an unchanged volume against reading it raw, both from a
+//!   cold page cache.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "../tests/util/mod.rs"]
 mod util;
-use util::{aio_config, bin, rss_kib, volume};
-
-struct Up {
-    child: Child,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-fn tern_json(dir: &Path, args: &[&str]) -> serde_json::Value {
-    let data = dir.join("tern-data");
-    let mut a = vec!["--data", data.to_str().unwrap(), "--json"];
-    a.extend_from_slice(args);
-    let o = Command::new(bin())
-        .args(&a)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "tern {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap_or_default()
-}
+use util::{Cluster, bin, rss_kib};
 
 const VOL: u64 = 2 << 30;
 const CAP: &str = "256MiB";
-
-fn start(dir: &Path) -> Up {
-    let cfg = aio_config(
-        dir,
-        "bench.toml",
-        &format!(
-            "[log]\nlevel = \"warn\"\n[agent]\nbuffer_cap = \"{CAP}\"\n{}",
-            volume(dir, VOL, "nbd")
-        ),
-    );
-    let log = std::fs::File::create(dir.join("up.log")).unwrap();
-    let child = Command::new(bin())
-        .args([
-            "serve",
-            "--role",
-            "cx,ps,mt,agent",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let up = Up { child };
-    let t0 = Instant::now();
-    while !dir.join("tern-data/cx.url").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    up
-}
-
-fn url(dir: &Path) -> String {
-    let t0 = Instant::now();
-    loop {
-        let v = tern_json(dir, &["agent", "volume", "list"]);
-        if let Some(u) = v
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|x| x["export"].as_str())
-        {
-            return u.to_owned();
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// The fast-resync volume (filled with random data first).
+const RESYNC_VOL: u64 = 4 << 30;
+const ROLES: [&str; 3] = ["agent", "PS", "MT"];
 
 /// Caught up as of a report taken at or after `since` (Unix ms).
-fn caught_up(dir: &Path, pair: &str, since: u64) -> bool {
-    let v = tern_json(dir, &["pair", "show", pair]);
+fn caught_up(c: &Cluster, since: u64) -> bool {
+    let Some(v) = c.try_pair("p") else {
+        return false;
+    };
     v["status_as_of_ms"].as_u64().is_some_and(|t| t >= since)
         && v["state"] == "differential-sync"
         && v["transit_agent_bytes"] == 0
@@ -106,13 +43,14 @@ fn caught_up(dir: &Path, pair: &str, since: u64) -> bool {
         && v["agent"]["last_seq"] == v["mt"]["last_seq"]
 }
 
-fn wait_caught_up(dir: &Path, pair: &str) {
+fn wait_caught_up(c: &Cluster) {
     let t0 = Instant::now();
     let since = util::unix_ms();
-    while !caught_up(dir, pair, since) {
+    while !caught_up(c, since) {
         assert!(
             t0.elapsed() < Duration::from_secs(600),
-            "pair never caught up"
+            "pair never caught up\n{}",
+            c.logs()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -147,81 +85,272 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// User + system CPU seconds a process has used so far.
+fn cpu_s(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after ')'.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn cpus(c: &Cluster) -> [f64; 3] {
+    [cpu_s(c.pid(0)), cpu_s(c.pid(1)), cpu_s(c.pid(2))]
+}
+
+/// `zstd -1` over `file` to /dev/null: (bytes, CPU seconds of the zstd process).
+fn zstd_1(file: &Path) -> (u64, f64) {
+    let before = children_cpu_s();
+    let st = Command::new("zstd")
+        .args(["-1", "-q", "-c", "--single-thread"])
+        .arg(file)
+        .stdout(Stdio::null())
+        .status()
+        .expect("zstd (apt install zstd)");
+    assert!(st.success());
+    (
+        std::fs::metadata(file).unwrap().len(),
+        children_cpu_s() - before,
+    )
+}
+
+fn children_cpu_s() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+fn drop_caches() -> bool {
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// Read `files` sequentially in 1 MiB pieces: bytes per second.
+fn raw_read(files: &[std::path::PathBuf]) -> f64 {
+    use std::io::Read;
+    let mut buf = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    let mut n = 0u64;
+    for file in files {
+        let mut f = std::fs::File::open(file).unwrap();
+        loop {
+            let k = f.read(&mut buf).unwrap();
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Every regular file under `dir`.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn start(dir: &Path) -> Cluster {
+    let c = Cluster::start(
+        dir,
+        VOL,
+        &format!("buffer_cap = \"{CAP}\""),
+        "[log]\nlevel = \"warn\"\n",
+    );
+    c.create_pair();
+    wait_caught_up(&c);
+    c
+}
+
+fn throughput(label: &str, comp: f64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = start(tmp.path());
+    let u = c.url();
+    // Sustained: 20 s of writes as fast as they are taken, then drain.
+    let secs = 20;
+    let raw0 = c.tern(&["pair", "show", "p"])["bytes_raw_ps"]
+        .as_u64()
+        .unwrap_or(0);
+    let cpu0 = cpus(&c);
+    let t0 = Instant::now();
+    let mut w = workload(&u, "0", secs, comp, 1);
+    let mut peak = 0;
+    let mut watch = || peak = peak.max(rss_kib(c.pid(0)));
+    while w.try_wait().unwrap().is_none() {
+        watch();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out: serde_json::Value =
+        serde_json::from_slice(&w.wait_with_output().unwrap().stdout).unwrap();
+    let bytes = out["bytes"].as_u64().unwrap();
+    let since = util::unix_ms();
+    while !caught_up(&c, since) {
+        watch();
+        assert!(t0.elapsed() < Duration::from_secs(900), "never caught up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = t0.elapsed().as_secs_f64();
+    let cpu1 = cpus(&c);
+    let captured = out["mb_per_s"].as_f64().unwrap();
+    let v = c.tern(&["pair", "show", "p"]);
+    let moved = v["bytes_raw_ps"].as_u64().unwrap() - raw0;
+    let e2e = moved as f64 / took / 1e6;
+    let ratio = v["ps_status"]["bytes_out"].as_f64().unwrap() / v["bytes_raw_ps"].as_f64().unwrap();
+    println!(
+        "pipeline {label}: {e2e:.1} MB/s end to end ({moved} bytes through the PS in {took:.1} s, until the MT had all; the workload wrote {bytes} bytes at {captured:.1} MB/s); PS out/in {ratio:.2}"
+    );
+    let gb = moved as f64 / 1e9;
+    let per_gb: Vec<String> = (0..3)
+        .map(|i| format!("{} {:.2}", ROLES[i], (cpu1[i] - cpu0[i]) / gb))
+        .collect();
+    println!(
+        "pipeline {label}: CPU seconds per GB: {}",
+        per_gb.join(", ")
+    );
+    let ps_gbps = gb / (cpu1[1] - cpu0[1]);
+    let (zb, zs) = zstd_1(&c.src);
+    let z_gbps = zb as f64 / 1e9 / zs;
+    println!(
+        "pipeline {label}: PS {ps_gbps:.2} GB per CPU-second (verify, zstd, TLS in and out) vs zstd -1 {z_gbps:.2} GB per CPU-second on the source volume: {:.2}x",
+        ps_gbps / z_gbps
+    );
+    println!(
+        "pipeline {label}: agent peak RSS {} MiB with a {CAP} buffer cap",
+        peak / 1024
+    );
+    // RPO at 50% and 90% of that rate.
+    for frac in [0.5, 0.9] {
+        let rate = format!("{}", (e2e * frac * 1e6) as u64);
+        let mut w = workload(&u, &rate, 15, comp, 2);
+        let mut rpo = Vec::new();
+        let t = Instant::now();
+        while w.try_wait().unwrap().is_none() {
+            if t.elapsed() > Duration::from_secs(2)
+                && let Some(r) = c.try_pair("p").and_then(|v| v["rpo_s"].as_f64())
+            {
+                rpo.push(r);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = w.wait();
+        wait_caught_up(&c);
+        println!(
+            "pipeline {label}: at {:.0}% ({:.1} MB/s) RPO p50 {:.2} s, p99 {:.2} s ({} samples)",
+            frac * 100.0,
+            e2e * frac,
+            pct(&mut rpo, 0.5),
+            pct(&mut rpo, 0.99),
+            rpo.len()
+        );
+    }
+}
+
+/// Fast resync of a volume the replica already equals, against a plain
+/// sequential read of the same volume. The volume is filled with random
+/// data first (no holes: every block is really read and hashed).
+fn fast_resync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let size = RESYNC_VOL;
+    {
+        use rand::RngCore;
+        use std::io::Write;
+        let mut f = std::fs::File::create(tmp.path().join("src.img")).unwrap();
+        let mut rng = rand::rng();
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..size >> 20 {
+            rng.fill_bytes(&mut buf);
+            f.write_all(&buf).unwrap();
+        }
+    }
+    let c = Cluster::start(
+        tmp.path(),
+        size,
+        &format!("buffer_cap = \"{CAP}\""),
+        "[log]\nlevel = \"warn\"\n",
+    );
+    c.create_pair();
+    wait_caught_up(&c);
+    let resyncs = |v: &serde_json::Value| v["agent"]["resyncs"].as_u64().unwrap_or(0);
+    let before = resyncs(&c.tern(&["pair", "show", "p"]));
+    // What this host's disk gives one reader, and two readers at once: the
+    // source volume, and the MT's journal segments (where the replica's
+    // data sits), which is what a fast resync reads on its two sides.
+    let cold = drop_caches();
+    let raw = raw_read(std::slice::from_ref(&c.src));
+    drop_caches();
+    let segs: Vec<_> = files_under(&c.dir.join("mt-data").join("mt").join("pairs"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "tj"))
+        .collect();
+    let t = Instant::now();
+    let other = std::thread::spawn(move || raw_read(&segs));
+    raw_read(std::slice::from_ref(&c.src));
+    other.join().unwrap();
+    let raw_shared = size as f64 / t.elapsed().as_secs_f64();
+    if cold {
+        drop_caches();
+    }
+    if std::env::var_os("TERN_BENCH_PAUSE").is_some() {
+        println!("pids agent {} ps {} mt {}", c.pid(0), c.pid(1), c.pid(2));
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    let t0 = Instant::now();
+    c.tern(&["pair", "resync", "p"]);
+    let since = util::unix_ms();
+    let v = loop {
+        assert!(t0.elapsed() < Duration::from_secs(600), "never caught up");
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(v) = c.try_pair("p")
+            && resyncs(&v) > before
+            && caught_up(&c, since)
+        {
+            break v;
+        }
+    };
+    let step1 = v["agent"]["last_step1_s"].as_f64().expect("step I time");
+    let speed = size as f64 / step1;
+    println!(
+        "fast resync of an unchanged {} GiB volume: step I {:.0} MB/s ({step1:.2} s; unmatched {}%; {:.2} s from the command to caught up)",
+        size >> 30,
+        speed / 1e6,
+        v["fast_resync_unmatched_pct"],
+        t0.elapsed().as_secs_f64(),
+    );
+    println!(
+        "fast resync: raw sequential read ({} page cache) {:.0} MB/s with one reader, {:.0} MB/s each with the source and the MT's journal read at once: step I is {:.2}x the shared figure, {:.2}x the lone one (source and replica share this host's disk and 2 cores)",
+        if cold { "cold" } else { "warm" },
+        raw / 1e6,
+        raw_shared / 1e6,
+        speed / raw_shared,
+        speed / raw,
+    );
+}
+
 fn main() {
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    let want = |l: &str| only.is_empty() || only.iter().any(|o| l.starts_with(o.as_str()));
     for (label, c) in [("50% compressible", 0.5), ("incompressible", 0.0)] {
-        if !only.is_empty() && !only.iter().any(|o| label.starts_with(o.as_str())) {
-            continue;
+        if want(label) {
+            throughput(label, c);
         }
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let up = start(dir);
-        let u = url(dir);
-        tern_json(
-            dir,
-            &[
-                "pair", "create", "p", "--source", "aio:vol", "--ps", "aio", "--target", "aio",
-            ],
-        );
-        wait_caught_up(dir, "p");
-        // Sustained: 20 s of writes as fast as they are taken, then drain.
-        let secs = 20;
-        let raw0 = tern_json(dir, &["pair", "show", "p"])["bytes_raw_ps"]
-            .as_u64()
-            .unwrap_or(0);
-        let t0 = Instant::now();
-        let mut w = workload(&u, "0", secs, c, 1);
-        let mut peak = 0;
-        while w.try_wait().unwrap().is_none() {
-            peak = peak.max(rss_kib(up.child.id()));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let out: serde_json::Value =
-            serde_json::from_slice(&w.wait_with_output().unwrap().stdout).unwrap();
-        let bytes = out["bytes"].as_u64().unwrap();
-        wait_caught_up(dir, "p");
-        let took = t0.elapsed().as_secs_f64();
-        let captured = out["mb_per_s"].as_f64().unwrap();
-        let v = tern_json(dir, &["pair", "show", "p"]);
-        // What crossed agent → PS → MT (overwrites coalesced in bitmap
-        // mode cross once), over the time until the MT had all of it.
-        let moved = v["bytes_raw_ps"].as_u64().unwrap() - raw0;
-        let e2e = moved as f64 / took / 1e6;
-        let ratio =
-            v["ps_status"]["bytes_out"].as_f64().unwrap() / v["bytes_raw_ps"].as_f64().unwrap();
-        println!(
-            "pipeline {label}: {e2e:.1} MB/s end to end ({moved} bytes through the PS in {took:.1} s, until the MT had all; the workload wrote {bytes} bytes at {captured:.1} MB/s); PS out/in {ratio:.2}; peak RSS of the all-in-one process {} MiB with a {CAP} agent buffer",
-            peak / 1024
-        );
-        // RPO at 50% and 90% of that rate.
-        for frac in [0.5, 0.9] {
-            let rate = format!("{}", (e2e * frac * 1e6) as u64);
-            let mut w = workload(&u, &rate, 15, c, 2);
-            let mut rpo = Vec::new();
-            let t = Instant::now();
-            while w.try_wait().unwrap().is_none() {
-                if t.elapsed() > Duration::from_secs(2) {
-                    let v = tern_json(dir, &["pair", "show", "p"]);
-                    if let Some(r) = v["rpo_s"].as_f64() {
-                        rpo.push(r);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = w.wait();
-            wait_caught_up(dir, "p");
-            println!(
-                "pipeline {label}: at {:.0}% ({:.1} MB/s) RPO p50 {:.2} s, p99 {:.2} s ({} samples)",
-                frac * 100.0,
-                e2e * frac,
-                pct(&mut rpo, 0.5),
-                pct(&mut rpo, 0.99),
-                rpo.len()
-            );
-        }
-        drop(up);
+    }
+    if want("resync") {
+        fast_resync();
     }
 }

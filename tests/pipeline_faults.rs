@@ -4,7 +4,6 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,225 +14,8 @@ use rand::{Rng, SeedableRng};
 use util::*;
 
 const MIB: u64 = 1 << 20;
-
-struct Node {
-    name: String,
-    cfg: PathBuf,
-    daemon: Option<Daemon>,
-    starts: u32,
-}
-
-struct Cluster {
-    dir: PathBuf,
-    cx_data: PathBuf,
-    _cx: Daemon,
-    nodes: Vec<Node>,
-    src: PathBuf,
-    nbd_port: u16,
-}
-
-impl Cluster {
-    /// A CX, and an agent, a PS and an MT in their own processes.
-    fn start(dir: &Path, vol: u64, buffer_cap: &str) -> Cluster {
-        let cx_data = dir.join("cx-data");
-        let cx_cfg = dir.join("cx.toml");
-        write(
-            &cx_cfg,
-            &format!(
-                "data_dir = \"{}\"\nroles = [\"cx\"]\n[node]\nname = \"cx\"\nheartbeat_interval = \"300ms\"\nreport_interval = \"200ms\"\n[cx]\napi_listen = \"127.0.0.1:0\"\nheartbeat_overdue = \"2s\"\n",
-                cx_data.display()
-            ),
-        );
-        let cx = Daemon::spawn(dir, "cx", &["serve", "--config", cx_cfg.to_str().unwrap()]);
-        let url = wait_file(&cx_data.join("cx.url"), 30, &cx);
-        let src = dir.join("src.img");
-        let nbd_port = free_port();
-        let mut nodes = Vec::new();
-        for role in ["agent", "ps", "mt"] {
-            let data = dir.join(format!("{role}-data"));
-            let cfg = dir.join(format!("{role}.toml"));
-            let mut text = format!(
-                "data_dir = \"{}\"\nroles = [\"{role}\"]\n[node]\nname = \"{role}\"\ncx_url = \"{url}\"\ndata_listen = \"127.0.0.1:{}\"\nheartbeat_interval = \"300ms\"\nreport_interval = \"200ms\"\n",
-                data.display(),
-                free_port()
-            );
-            if role == "agent" {
-                text.push_str(&format!(
-                    "[agent]\nbuffer_cap = \"{buffer_cap}\"\nchunk_max = \"1MiB\"\nauto_resync_delay = \"0s\"\n[[agent.volumes]]\nname = \"vol\"\npath = \"{}\"\nsize = {vol}\nlisten = \"127.0.0.1:{nbd_port}\"\n",
-                    src.display()
-                ));
-            }
-            write(&cfg, &text);
-            enroll(dir, &cx_data, &url, &cfg);
-            nodes.push(Node {
-                name: role.to_owned(),
-                cfg,
-                daemon: None,
-                starts: 0,
-            });
-        }
-        let mut c = Cluster {
-            dir: dir.to_owned(),
-            cx_data,
-            _cx: cx,
-            nodes,
-            src,
-            nbd_port,
-        };
-        for i in 0..3 {
-            c.up(i);
-        }
-        c
-    }
-
-    fn up(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        n.starts += 1;
-        n.daemon = Some(Daemon::spawn(
-            &self.dir,
-            &format!("{}-{}", n.name, n.starts),
-            &["serve", "--config", n.cfg.to_str().unwrap()],
-        ));
-    }
-
-    fn kill9(&mut self, i: usize) {
-        if let Some(mut d) = self.nodes[i].daemon.take() {
-            let _ = d.child.kill();
-            let _ = d.child.wait();
-        }
-    }
-
-    fn stop(&mut self, i: usize) {
-        if let Some(mut d) = self.nodes[i].daemon.take() {
-            d.terminate();
-        }
-    }
-
-    fn pid(&self, i: usize) -> u32 {
-        self.nodes[i].daemon.as_ref().unwrap().child.id()
-    }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "log") {
-                let t = std::fs::read_to_string(&p).unwrap_or_default();
-                let lines: Vec<&str> = t.lines().collect();
-                s.push_str(&format!("==> {} <==\n", p.display()));
-                s.push_str(&lines[lines.len().saturating_sub(25)..].join("\n"));
-                s.push('\n');
-            }
-        }
-        s
-    }
-
-    fn tern(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = vec!["--data", self.cx_data.to_str().unwrap(), "--json"];
-        a.extend_from_slice(args);
-        let o = tern(&self.dir, &a);
-        assert!(
-            o.status.success(),
-            "tern {args:?}: {}\n{}",
-            stderr(&o),
-            self.logs()
-        );
-        serde_json::from_slice(&o.stdout).unwrap_or_default()
-    }
-
-    fn try_pair(&self, name: &str) -> Option<serde_json::Value> {
-        let o = tern(
-            &self.dir,
-            &[
-                "--data",
-                self.cx_data.to_str().unwrap(),
-                "--json",
-                "pair",
-                "show",
-                name,
-            ],
-        );
-        o.status
-            .success()
-            .then(|| serde_json::from_slice(&o.stdout).unwrap())
-    }
-
-    fn url(&self) -> String {
-        format!("nbd://127.0.0.1:{}/vol", self.nbd_port)
-    }
-
-    fn create_pair(&self) {
-        wait_for(30, "the agent's volume report", || {
-            let v = self.tern(&["agent", "volume", "list"]);
-            v.as_array()?
-                .iter()
-                .any(|x| x["name"] == "vol" && x["export"].is_string())
-                .then_some(())
-        });
-        self.tern(&[
-            "pair",
-            "create",
-            "p",
-            "--source",
-            "agent:vol",
-            "--ps",
-            "ps",
-            "--target",
-            "mt",
-        ]);
-    }
-
-    fn wait_caught_up(&self, secs: u64) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let since = unix_ms();
-        loop {
-            if let Some(v) = self.try_pair("p") {
-                let agent_last = v["agent"]["last_seq"].as_u64();
-                if v["status_as_of_ms"].as_u64().is_some_and(|t| t >= since)
-                    && v["state"] == "differential-sync"
-                    && v["transit_agent_bytes"] == 0
-                    && v["transit_ps_bytes"] == 0
-                    && agent_last.is_some()
-                    && agent_last == v["mt"]["last_seq"].as_u64()
-                    && v["latest_point"]["seq"].as_u64() == agent_last
-                {
-                    return v;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "pair did not catch up: {}\n{}",
-                    serde_json::to_string_pretty(&v).unwrap(),
-                    self.logs()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pair did not catch up\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// The replica's latest image equals the source, byte for byte.
-    fn assert_identical(&self) {
-        let out = self.dir.join("latest.img");
-        self.tern(&["pair", "image", "p", "--to", out.to_str().unwrap()]);
-        let o = Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(&self.src)
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "replica differs from the source: {}{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            self.logs()
-        );
-    }
-}
+const SMALL_CHUNKS_4M: &str = "buffer_cap = \"4MiB\"\nchunk_max = \"1MiB\"";
+const SMALL_CHUNKS_16M: &str = "buffer_cap = \"16MiB\"\nchunk_max = \"1MiB\"";
 
 /// Writes through the agent's NBD export until `stop`; connection errors
 /// (the agent being killed) are expected and retried.
@@ -268,7 +50,7 @@ fn writer(url: String, vol: u64, seed: u64, stop: Arc<AtomicBool>) -> std::threa
 fn mt_and_ps_outages_lose_nothing_and_bitmap_mode_bounds_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let vol = 64 * MIB;
-    let mut c = Cluster::start(tmp.path(), vol, "4MiB");
+    let mut c = Cluster::start(tmp.path(), vol, SMALL_CHUNKS_4M, "");
     c.create_pair();
     c.wait_caught_up(120);
 
@@ -338,7 +120,7 @@ fn mt_and_ps_outages_lose_nothing_and_bitmap_mode_bounds_memory() {
 fn thirty_kill_nines_of_agent_ps_and_mt_end_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let vol = 32 * MIB;
-    let mut c = Cluster::start(tmp.path(), vol, "16MiB");
+    let mut c = Cluster::start(tmp.path(), vol, SMALL_CHUNKS_16M, "");
     c.create_pair();
     c.wait_caught_up(120);
     let stop = Arc::new(AtomicBool::new(false));

@@ -189,6 +189,9 @@ pub struct AgentPairStatus {
     pub bytes_captured: u64,
     pub bytes_sent: u64,
     pub resyncs: u64,
+    /// How long the last finished step I took, in seconds.
+    #[serde(default)]
+    pub last_step1_s: Option<f64>,
     pub error: Option<String>,
 }
 

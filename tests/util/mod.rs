@@ -1,7 +1,10 @@
 //! Run the built `tern` binary in a fresh directory per test.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod site;
+#[allow(unused_imports)]
+pub use cluster::*;
 #[allow(unused_imports)]
 pub use site::*;
 

@@ -429,6 +429,7 @@ impl AgentRole {
                 bytes_captured: st.bytes_captured,
                 bytes_sent: st.bytes_sent,
                 resyncs: st.resyncs,
+                last_step1_s: st.last_step1.map(|d| d.as_secs_f64()),
                 error: st.error.clone(),
             });
         }
@@ -999,6 +1000,13 @@ impl PairCtx {
         let mut last_hash_fail: Option<Instant> = None;
         // When the PS last granted (or renewed) this pair's resync slot.
         let mut slot: Option<Instant> = None;
+        // Hashes of the next step-I batch, asked for ahead: (offset, min_seq, task).
+        #[allow(clippy::type_complexity)]
+        let mut prefetch: Option<(
+            u64,
+            u64,
+            tokio::task::JoinHandle<Result<Vec<[u8; 32]>, String>>,
+        )> = None;
         loop {
             if sd.is_fired() {
                 break;
@@ -1078,8 +1086,38 @@ impl PairCtx {
                         if last_hash_fail
                             .is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) =>
                     {
-                        match self.target_hashes(&b, c, n, min_seq).await {
-                            Ok(h) => Some(h),
+                        // The MT hashes the next batch while this one is
+                        // read and compared here.
+                        let ready = match prefetch.take() {
+                            Some((at, seq, task)) if at == c && seq == min_seq => task.await.ok(),
+                            Some((_, _, task)) => {
+                                task.abort();
+                                None
+                            }
+                            None => None,
+                        };
+                        let got = match ready {
+                            Some(r) => r,
+                            None => self.target_hashes(&b, c, n, min_seq).await,
+                        };
+                        match got {
+                            Ok(h) => {
+                                let next = c + n * RESYNC_BLOCK;
+                                if next < self.vol.size {
+                                    let me = self.clone();
+                                    let m = (self.vol.size - next)
+                                        .div_ceil(RESYNC_BLOCK)
+                                        .min(STEP1_BATCH);
+                                    prefetch = Some((
+                                        next,
+                                        min_seq,
+                                        tokio::spawn(async move {
+                                            me.target_hashes(&b, next, m, min_seq).await
+                                        }),
+                                    ));
+                                }
+                                Some(h)
+                            }
                             Err(e) => {
                                 tracing::debug!(error = %e, "fast resync hashes unavailable; copying");
                                 last_hash_fail = Some(Instant::now());
@@ -1174,8 +1212,9 @@ const SLOT_RENEW: Duration = Duration::from_secs(20);
 const SLOT_GIVE_UP: Duration = Duration::from_secs(60);
 const _: () = assert!(SLOT_GIVE_UP.as_secs() < crate::roles::ps::slots::LEASE.as_secs());
 
-/// Step I blocks per fast-resync hash request.
-const STEP1_BATCH: u64 = 16;
+/// Step I blocks per fast-resync hash request (the next batch's hashes are
+/// asked for while this one is compared).
+const STEP1_BATCH: u64 = 64;
 
 /// Remove acknowledged records (seq ≤ `last`) from the buffer.
 fn ack(st: &mut Stream, last: u64) {
@@ -1194,6 +1233,8 @@ fn step1_blocks(
     n: u64,
     hashes: Option<Vec<[u8; 32]>>,
 ) -> std::io::Result<()> {
+    // One buffer for the batch: a block that matches is never copied.
+    let mut buf = vec![0u8; RESYNC_BLOCK as usize];
     for i in 0..n {
         let off = c + i * RESYNC_BLOCK;
         let len = RESYNC_BLOCK.min(vol.size - off);
@@ -1206,22 +1247,19 @@ fn step1_blocks(
         if !st.has_room(len) {
             return Ok(());
         }
-        let mut data = vec![0u8; len as usize];
-        vol.read(off, &mut data)?;
+        let data = &mut buf[..len as usize];
+        vol.read(off, data)?;
         // Step I moves past the block before its copy is pushed, so the
         // copy's flag tells whether the image after it is consistent.
-        st.step1 = (off + len < vol.size).then_some(off + len);
-        if st.step1.is_none() && st.bitmap.is_empty() {
-            st.resyncing = false;
-        }
+        st.advance_step1(off + len, vol.size);
         if let Some(h) = hashes.as_ref().and_then(|h| h.get(i as usize)) {
             st.fast_compared += 1;
-            if blake3::hash(&data).as_bytes() == h {
+            if blake3::hash(data).as_bytes() == h {
                 st.fast_matched += 1;
                 continue;
             }
         }
-        st.push_copy(off, data);
+        st.push_copy(off, data.to_vec());
         drop(g);
         vol.notify.notify_one();
     }

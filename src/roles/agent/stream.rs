@@ -163,6 +163,10 @@ pub struct Stream {
     /// The PS granted this pair a resync slot (`ps.resync_batch`); a
     /// resync without one waits in `ResyncQueued` and copies nothing.
     pub resync_granted: bool,
+    /// When the running step I began, and how long the last finished one
+    /// took (the figure a fast resync is judged by).
+    step1_started: Option<std::time::Instant>,
+    pub last_step1: Option<std::time::Duration>,
 }
 
 impl Stream {
@@ -191,6 +195,8 @@ impl Stream {
             resync_base: None,
             scan: false,
             resync_granted: false,
+            step1_started: None,
+            last_step1: None,
         }
     }
 
@@ -314,6 +320,18 @@ impl Stream {
         self.fast_matched = 0;
         self.fast_compared = 0;
         self.resyncs += 1;
+        self.step1_started = Some(std::time::Instant::now());
+    }
+
+    /// Step I has copied (or matched) everything before `next`.
+    pub fn advance_step1(&mut self, next: u64, volume_size: u64) {
+        self.step1 = (next < volume_size).then_some(next);
+        if self.step1.is_none() {
+            self.last_step1 = self.step1_started.take().map(|t| t.elapsed());
+            if self.bitmap.is_empty() {
+                self.resyncing = false;
+            }
+        }
     }
 }
 

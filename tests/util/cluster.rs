@@ -1,0 +1,232 @@
+//! A CX, and an agent, a PS and an MT each in its own `tern serve`
+//! process on loopback: what fault tests kill and benchmarks measure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+pub struct Node {
+    pub name: String,
+    pub cfg: PathBuf,
+    pub daemon: Option<Daemon>,
+    pub starts: u32,
+}
+
+/// Nodes are indexed 0 = agent, 1 = PS, 2 = MT.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub cx_data: PathBuf,
+    _cx: Daemon,
+    pub nodes: Vec<Node>,
+    pub src: PathBuf,
+    nbd_port: u16,
+}
+
+impl Cluster {
+    /// A CX, and an agent, a PS and an MT in their own processes; the
+    /// agent protects one volume `vol` of `vol_size` bytes over
+    /// `dir/src.img`, exported by NBD; `agent` holds the `[agent]` table's
+    /// other keys (e.g. `buffer_cap = "4MiB"`), `common` keys for every
+    /// node's config (e.g. `[log]` settings).
+    pub fn start(dir: &Path, vol_size: u64, agent: &str, common: &str) -> Cluster {
+        let cx_data = dir.join("cx-data");
+        let cx_cfg = dir.join("cx.toml");
+        write(
+            &cx_cfg,
+            &format!(
+                "data_dir = \"{}\"\nroles = [\"cx\"]\n[node]\nname = \"cx\"\nheartbeat_interval = \"300ms\"\nreport_interval = \"200ms\"\n[cx]\napi_listen = \"127.0.0.1:0\"\nheartbeat_overdue = \"2s\"\n{common}",
+                cx_data.display()
+            ),
+        );
+        let cx = Daemon::spawn(dir, "cx", &["serve", "--config", cx_cfg.to_str().unwrap()]);
+        let url = wait_file(&cx_data.join("cx.url"), 30, &cx);
+        let src = dir.join("src.img");
+        let nbd_port = free_port();
+        let mut nodes = Vec::new();
+        for role in ["agent", "ps", "mt"] {
+            let data = dir.join(format!("{role}-data"));
+            let cfg = dir.join(format!("{role}.toml"));
+            let mut text = format!(
+                "data_dir = \"{}\"\nroles = [\"{role}\"]\n[node]\nname = \"{role}\"\ncx_url = \"{url}\"\ndata_listen = \"127.0.0.1:{}\"\nheartbeat_interval = \"300ms\"\nreport_interval = \"200ms\"\n{common}",
+                data.display(),
+                free_port()
+            );
+            if role == "agent" {
+                text.push_str(&format!(
+                    "[agent]\nauto_resync_delay = \"0s\"\n{agent}\n[[agent.volumes]]\nname = \"vol\"\npath = \"{}\"\nsize = {vol_size}\nlisten = \"127.0.0.1:{nbd_port}\"\n",
+                    src.display()
+                ));
+            }
+            write(&cfg, &text);
+            enroll(dir, &cx_data, &url, &cfg);
+            nodes.push(Node {
+                name: role.to_owned(),
+                cfg,
+                daemon: None,
+                starts: 0,
+            });
+        }
+        let mut c = Cluster {
+            dir: dir.to_owned(),
+            cx_data,
+            _cx: cx,
+            nodes,
+            src,
+            nbd_port,
+        };
+        for i in 0..3 {
+            c.up(i);
+        }
+        c
+    }
+
+    pub fn up(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.starts += 1;
+        n.daemon = Some(Daemon::spawn(
+            &self.dir,
+            &format!("{}-{}", n.name, n.starts),
+            &["serve", "--config", n.cfg.to_str().unwrap()],
+        ));
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut d) = self.nodes[i].daemon.take() {
+            let _ = d.child.kill();
+            let _ = d.child.wait();
+        }
+    }
+
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut d) = self.nodes[i].daemon.take() {
+            d.terminate();
+        }
+    }
+
+    pub fn pid(&self, i: usize) -> u32 {
+        self.nodes[i].daemon.as_ref().unwrap().child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                let t = std::fs::read_to_string(&p).unwrap_or_default();
+                let lines: Vec<&str> = t.lines().collect();
+                s.push_str(&format!("==> {} <==\n", p.display()));
+                s.push_str(&lines[lines.len().saturating_sub(25)..].join("\n"));
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    pub fn tern(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--data", self.cx_data.to_str().unwrap(), "--json"];
+        a.extend_from_slice(args);
+        let o = tern(&self.dir, &a);
+        assert!(
+            o.status.success(),
+            "tern {args:?}: {}\n{}",
+            stderr(&o),
+            self.logs()
+        );
+        serde_json::from_slice(&o.stdout).unwrap_or_default()
+    }
+
+    pub fn try_pair(&self, name: &str) -> Option<serde_json::Value> {
+        let o = tern(
+            &self.dir,
+            &[
+                "--data",
+                self.cx_data.to_str().unwrap(),
+                "--json",
+                "pair",
+                "show",
+                name,
+            ],
+        );
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).unwrap())
+    }
+
+    pub fn url(&self) -> String {
+        format!("nbd://127.0.0.1:{}/vol", self.nbd_port)
+    }
+
+    pub fn create_pair(&self) {
+        wait_for(30, "the agent's volume report", || {
+            let v = self.tern(&["agent", "volume", "list"]);
+            v.as_array()?
+                .iter()
+                .any(|x| x["name"] == "vol" && x["export"].is_string())
+                .then_some(())
+        });
+        self.tern(&[
+            "pair",
+            "create",
+            "p",
+            "--source",
+            "agent:vol",
+            "--ps",
+            "ps",
+            "--target",
+            "mt",
+        ]);
+    }
+
+    pub fn wait_caught_up(&self, secs: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let since = unix_ms();
+        loop {
+            if let Some(v) = self.try_pair("p") {
+                let agent_last = v["agent"]["last_seq"].as_u64();
+                if v["status_as_of_ms"].as_u64().is_some_and(|t| t >= since)
+                    && v["state"] == "differential-sync"
+                    && v["transit_agent_bytes"] == 0
+                    && v["transit_ps_bytes"] == 0
+                    && agent_last.is_some()
+                    && agent_last == v["mt"]["last_seq"].as_u64()
+                    && v["latest_point"]["seq"].as_u64() == agent_last
+                {
+                    return v;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "pair did not catch up: {}\n{}",
+                    serde_json::to_string_pretty(&v).unwrap(),
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pair did not catch up\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The replica's latest image equals the source, byte for byte.
+    pub fn assert_identical(&self) {
+        let out = self.dir.join("latest.img");
+        self.tern(&["pair", "image", "p", "--to", out.to_str().unwrap()]);
+        let o = Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(&self.src)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "replica differs from the source: {}{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.logs()
+        );
+    }
+}
