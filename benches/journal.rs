@@ -92,7 +92,7 @@ fn apply() {
                         ts_us: seq,
                         body: RecordBody::Write {
                             offset: off,
-                            data: data.clone(),
+                            data: data.clone().into(),
                         },
                     }
                 })
@@ -149,7 +149,7 @@ fn pit() {
                     ts_us: start + seq * day_us / n,
                     body: RecordBody::Write {
                         offset: off,
-                        data: block.clone(),
+                        data: block.clone().into(),
                     },
                 }
             })
@@ -218,7 +218,7 @@ fn vsnap() {
                         ts_us: seq,
                         body: RecordBody::Write {
                             offset: (i * 7919 * 4096) % (size - 4096),
-                            data: vec![1; 4096],
+                            data: vec![1; 4096].into(),
                         },
                     }
                 })

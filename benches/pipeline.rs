@@ -184,6 +184,10 @@ fn throughput(label: &str, comp: f64) {
     let raw0 = c.tern(&["pair", "show", "p"])["bytes_raw_ps"]
         .as_u64()
         .unwrap_or(0);
+    if std::env::var_os("TERN_BENCH_PAUSE").is_some() {
+        println!("pids agent {} ps {} mt {}", c.pid(0), c.pid(1), c.pid(2));
+        std::thread::sleep(Duration::from_secs(10));
+    }
     let cpu0 = cpus(&c);
     let t0 = Instant::now();
     let mut w = workload(&u, "0", secs, comp, 1);
@@ -232,6 +236,9 @@ fn throughput(label: &str, comp: f64) {
         peak / 1024
     );
     // RPO at 50% and 90% of that rate.
+    if std::env::var_os("TERN_BENCH_QUICK").is_some() {
+        return;
+    }
     for frac in [0.5, 0.9] {
         let rate = format!("{}", (e2e * frac * 1e6) as u64);
         let mut w = workload(&u, &rate, 15, comp, 2);

@@ -336,7 +336,7 @@ fn gaps_and_bad_records_are_refused_and_nothing_is_applied() {
     let mut bad = w.chunk(1);
     bad[3].body = RecordBody::Write {
         offset: VOL - 512,
-        data: vec![1; 1024],
+        data: vec![1; 1024].into(),
     };
     let e = j.apply(&bad).unwrap_err();
     assert!(e.to_string().contains("past the end"), "{e}");
@@ -359,7 +359,7 @@ fn latest_common_bookmark_and_time_across_pairs() {
     };
     let w = |o: u64| RecordBody::Write {
         offset: o,
-        data: vec![1; 512],
+        data: vec![1; 512].into(),
     };
     let bm = |k: BookmarkKind, n: &str| RecordBody::Bookmark {
         kind: k,

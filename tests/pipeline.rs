@@ -187,7 +187,7 @@ fn bad_chunks_are_refused_and_nothing_is_applied() {
             ts_us: 1,
             body: RecordBody::Write {
                 offset: 0,
-                data: vec![0xEE; 4096],
+                data: vec![0xEE; 4096].into(),
             },
         },
         inconsistent: false,

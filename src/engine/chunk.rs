@@ -104,10 +104,12 @@ fn bad(m: impl Into<String>) -> ChunkError {
     ChunkError::Malformed(m.into())
 }
 
-/// The uncompressed payload of `records` (which must be non-empty and consecutive).
-pub fn encode_raw(records: &[WireRecord]) -> Vec<u8> {
+/// `records`' payload after `room` zero bytes (where a header goes, so the
+/// payload is never copied to make a chunk).
+fn encode_raw(records: &[WireRecord], room: usize) -> Vec<u8> {
     let n: usize = records.iter().map(|r| REC_HEADER_LEN + r.data_len()).sum();
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(room + n);
+    out.resize(room, 0);
     for w in records {
         let r = &w.record;
         let (kind, len, off, data): (u8, u32, u64, &[u8]) = match &r.body {
@@ -134,62 +136,73 @@ pub fn encode_raw(records: &[WireRecord]) -> Vec<u8> {
 
 /// Encode a chunk for `pair`. `records` must be non-empty, with consecutive seqs.
 pub fn encode(pair: [u8; 16], records: &[WireRecord], codec: Codec) -> Vec<u8> {
-    let raw = encode_raw(records);
     let first = &records.first().expect("a chunk has records").record;
     let last = &records.last().expect("a chunk has records").record;
-    let raw_hash = *blake3::hash(&raw).as_bytes();
-    let resync = records.iter().any(|r| r.inconsistent);
-    seal(
+    let mut buf = encode_raw(records, HEADER_LEN);
+    let raw = &buf[HEADER_LEN..];
+    let raw_hash = *blake3::hash(raw).as_bytes();
+    let h = ChunkHeader {
         pair,
-        resync,
-        (first.seq, last.seq),
-        (first.ts_us, last.ts_us),
-        records.len() as u32,
-        &raw,
+        compressed: false,
+        resync: records.iter().any(|r| r.inconsistent),
+        first_seq: first.seq,
+        last_seq: last.seq,
+        first_ts_us: first.ts_us,
+        last_ts_us: last.ts_us,
+        count: records.len() as u32,
+        raw_len: raw.len() as u32,
+        payload_len: 0,
+        payload_crc: 0,
         raw_hash,
-        codec,
-    )
+    };
+    if let Some(z) = compress(raw, codec) {
+        return seal(&h, &z, true);
+    }
+    // Sent as is: the header goes in front of the payload in place.
+    let hdr = header_bytes(&h, raw, false);
+    buf[..HEADER_LEN].copy_from_slice(&hdr);
+    buf
 }
 
-#[allow(clippy::too_many_arguments)]
-fn seal(
-    pair: [u8; 16],
-    resync: bool,
-    seqs: (u64, u64),
-    ts: (u64, u64),
-    count: u32,
-    raw: &[u8],
-    raw_hash: [u8; 32],
-    codec: Codec,
-) -> Vec<u8> {
-    let compressed = match codec {
+/// `raw` compressed with `codec`, if that makes it smaller (incompressible
+/// data is sent as is: the receiver pays nothing).
+fn compress(raw: &[u8], codec: Codec) -> Option<Vec<u8>> {
+    match codec {
         Codec::None => None,
         Codec::Zstd(level) => {
-            // Incompressible data is sent as is: the receiver pays nothing.
             let z = zstd::bulk::compress(raw, level).expect("in-memory zstd cannot fail");
             (z.len() < raw.len()).then_some(z)
         }
-    };
-    let payload: &[u8] = compressed.as_deref().unwrap_or(raw);
+    }
+}
+
+/// The fixed header of a chunk of `h` carrying `payload`.
+fn header_bytes(h: &ChunkHeader, payload: &[u8], compressed: bool) -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[0..4].copy_from_slice(&MAGIC);
+    out[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    out[6] = compressed as u8;
+    out[7] = h.resync as u8;
+    out[8..24].copy_from_slice(&h.pair);
+    out[24..32].copy_from_slice(&h.first_seq.to_le_bytes());
+    out[32..40].copy_from_slice(&h.last_seq.to_le_bytes());
+    out[40..48].copy_from_slice(&h.first_ts_us.to_le_bytes());
+    out[48..56].copy_from_slice(&h.last_ts_us.to_le_bytes());
+    out[56..60].copy_from_slice(&h.count.to_le_bytes());
+    out[60..64].copy_from_slice(&h.raw_len.to_le_bytes());
+    out[64..68].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    out[68..72].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out[72..104].copy_from_slice(&h.raw_hash);
+    // 104..108 reserved, zero.
+    let crc = crc32c::crc32c(&out[..108]);
+    out[108..112].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Header and payload in one buffer.
+fn seal(h: &ChunkHeader, payload: &[u8], compressed: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.push(compressed.is_some() as u8);
-    out.push(resync as u8);
-    out.extend_from_slice(&pair);
-    out.extend_from_slice(&seqs.0.to_le_bytes());
-    out.extend_from_slice(&seqs.1.to_le_bytes());
-    out.extend_from_slice(&ts.0.to_le_bytes());
-    out.extend_from_slice(&ts.1.to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    out.extend_from_slice(&raw_hash);
-    out.extend_from_slice(&[0; 4]);
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    debug_assert_eq!(out.len(), HEADER_LEN);
+    out.extend_from_slice(&header_bytes(h, payload, compressed));
     out.extend_from_slice(payload);
     out
 }
@@ -284,12 +297,26 @@ pub fn verify(b: &[u8]) -> Result<(ChunkHeader, std::borrow::Cow<'_, [u8]>), Chu
     Ok((h, raw))
 }
 
-/// Verify and decode a whole chunk for `pair`.
+/// Verify and decode a whole chunk for `pair` (a copy of `b`; see
+/// [`decode_shared`]).
 pub fn decode(b: &[u8], pair: &[u8; 16]) -> Result<(ChunkHeader, Vec<WireRecord>), ChunkError> {
+    decode_shared(&bytes::Bytes::copy_from_slice(b), pair)
+}
+
+/// Verify and decode a whole chunk for `pair`; the records' data are
+/// slices of `b` (or of the decompressed payload), not copies.
+pub fn decode_shared(
+    b: &bytes::Bytes,
+    pair: &[u8; 16],
+) -> Result<(ChunkHeader, Vec<WireRecord>), ChunkError> {
     let (h, raw) = verify(b)?;
     if &h.pair != pair {
         return Err(ChunkError::WrongPair);
     }
+    let raw = match raw {
+        std::borrow::Cow::Borrowed(_) => b.slice(HEADER_LEN..),
+        std::borrow::Cow::Owned(v) => bytes::Bytes::from(v),
+    };
     let mut out = Vec::with_capacity(h.count as usize);
     let mut p = 0usize;
     let mut prev_ts = h.first_ts_us;
@@ -323,7 +350,7 @@ pub fn decode(b: &[u8], pair: &[u8; 16]) -> Result<(ChunkHeader, Vec<WireRecord>
         let body = match kind {
             KIND_WRITE if len > 0 => RecordBody::Write {
                 offset: off,
-                data: data.to_vec(),
+                data: raw.slice(p - data_len..p),
             },
             KIND_ZERO if len > 0 => RecordBody::Zero {
                 offset: off,
@@ -363,22 +390,17 @@ pub fn recode(b: &[u8], codec: Codec) -> Result<Vec<u8>, ChunkError> {
     if h.compressed == matches!(codec, Codec::Zstd(_)) {
         return Ok(b.to_vec());
     }
-    Ok(reseal(&h, &raw, codec))
+    Ok(match codec {
+        Codec::None => seal(&h, &raw, false),
+        Codec::Zstd(_) => reseal(&h, &raw, codec).unwrap_or_else(|| b.to_vec()),
+    })
 }
 
-/// Encode again the records of a chunk already [`verify`]'d (its header and
-/// raw payload) with `codec`, keeping its end-to-end hash.
-pub fn reseal(h: &ChunkHeader, raw: &[u8], codec: Codec) -> Vec<u8> {
-    seal(
-        h.pair,
-        h.resync,
-        (h.first_seq, h.last_seq),
-        (h.first_ts_us, h.last_ts_us),
-        h.count,
-        raw,
-        h.raw_hash,
-        codec,
-    )
+/// The records of an uncompressed chunk already [`verify`]'d (its header
+/// and raw payload) compressed with `codec`, keeping its end-to-end hash;
+/// None when compressing does not make it smaller (send it as it is).
+pub fn reseal(h: &ChunkHeader, raw: &[u8], codec: Codec) -> Option<Vec<u8>> {
+    compress(raw, codec).map(|z| seal(h, &z, true))
 }
 
 #[cfg(test)]
@@ -393,7 +415,7 @@ mod tests {
                     ts_us: 1000,
                     body: RecordBody::Write {
                         offset: 4096,
-                        data: vec![0xAB; 5000],
+                        data: vec![0xAB; 5000].into(),
                     },
                 },
                 inconsistent: true,

@@ -58,9 +58,20 @@ pub struct Record {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordBody {
-    Write { offset: u64, data: Vec<u8> },
-    Zero { offset: u64, len: u32 },
-    Bookmark { kind: BookmarkKind, name: String },
+    /// `data` is shared, not copied, between the agent's buffer and the
+    /// chunks that carry it, and between a received chunk and its records.
+    Write {
+        offset: u64,
+        data: bytes::Bytes,
+    },
+    Zero {
+        offset: u64,
+        len: u32,
+    },
+    Bookmark {
+        kind: BookmarkKind,
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -664,12 +675,9 @@ impl Journal {
             let (kind, offset, len, payload): (Kind, u64, u32, std::borrow::Cow<[u8]>) = match &r
                 .body
             {
-                RecordBody::Write { offset, data } => (
-                    Kind::Write,
-                    *offset,
-                    data.len() as u32,
-                    data.as_slice().into(),
-                ),
+                RecordBody::Write { offset, data } => {
+                    (Kind::Write, *offset, data.len() as u32, (&data[..]).into())
+                }
                 RecordBody::Zero { offset, len } => (Kind::Zero, *offset, *len, (&[][..]).into()),
                 RecordBody::Bookmark { kind, name } => {
                     let p = format::encode_bookmark(*kind, name);

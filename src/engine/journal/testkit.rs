@@ -72,7 +72,10 @@ impl Workload {
                         for (j, b) in data.iter_mut().enumerate() {
                             *b = fill ^ (j as u8).wrapping_mul(31) ^ (seq as u8);
                         }
-                        RecordBody::Write { offset, data }
+                        RecordBody::Write {
+                            offset,
+                            data: data.into(),
+                        }
                     }
                 };
                 Record {

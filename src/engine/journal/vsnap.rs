@@ -208,8 +208,8 @@ impl crate::engine::nbd::Export for Vsnap {
     fn read(&self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.read_at(off, buf).map_err(std::io::Error::other)
     }
-    fn write(&self, off: u64, data: &[u8], _fua: bool) -> std::io::Result<()> {
-        self.write_at(off, data).map_err(std::io::Error::other)
+    fn write(&self, off: u64, data: Vec<u8>, _fua: bool) -> std::io::Result<()> {
+        self.write_at(off, &data).map_err(std::io::Error::other)
     }
     fn flush(&self) -> std::io::Result<()> {
         Ok(())

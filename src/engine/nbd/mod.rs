@@ -84,16 +84,17 @@ pub trait Export: Send + Sync + 'static {
     fn size(&self) -> u64;
     fn read_only(&self) -> bool;
     fn read(&self, off: u64, buf: &mut [u8]) -> io::Result<()>;
-    fn write(&self, off: u64, data: &[u8], fua: bool) -> io::Result<()>;
+    /// Write `data` at `off`; the export may keep `data` (the agent's
+    /// capture buffers it without a copy).
+    fn write(&self, off: u64, data: Vec<u8>, fua: bool) -> io::Result<()>;
     /// Make every acknowledged write durable.
     fn flush(&self) -> io::Result<()>;
     /// Write zeroes (WRITE_ZEROES); the default writes a zero buffer.
     fn write_zeroes(&self, off: u64, len: u64, fua: bool) -> io::Result<()> {
-        let z = vec![0u8; len.min(1 << 20) as usize];
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(z.len() as u64) as usize;
-            self.write(off + done, &z[..n], fua)?;
+            let n = (len - done).min(1 << 20) as usize;
+            self.write(off + done, vec![0u8; n], fua)?;
             done += n as u64;
         }
         Ok(())
@@ -312,7 +313,7 @@ async fn handle(sock: TcpStream, exports: Exports) -> io::Result<()> {
                 let mut data = vec![0u8; len as usize];
                 r.read_exact(&mut data).await?;
                 let err = match writable(&*export, in_range) {
-                    0 => blocking(&export, move |e| e.write(off, &data, fua)).await?,
+                    0 => blocking(&export, move |e| e.write(off, data, fua)).await?,
                     err => err,
                 };
                 reply(&mut w, handle, err, &[]).await?;
@@ -416,8 +417,8 @@ impl Export for FileExport {
     fn read(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, off)
     }
-    fn write(&self, off: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        std::os::unix::fs::FileExt::write_all_at(&self.file, data, off)?;
+    fn write(&self, off: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.file, &data, off)?;
         if fua {
             self.file.sync_data()?;
         }

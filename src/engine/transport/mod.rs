@@ -126,8 +126,9 @@ pub fn client(ca_pem: &str, id: Option<&Identity>) -> Result<reqwest::Client, Tr
         }
         None => b.with_no_client_auth(),
     };
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(reqwest::Client::builder()
+        .http1_only()
         .tls_backend_preconfigured(cfg)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60))

@@ -154,7 +154,7 @@ impl Filesystem for VolumeFs {
             reply.error(Errno::ENOSPC);
             return;
         }
-        match self.vol.write(offset, data) {
+        match self.vol.write(offset, data.to_vec()) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(errno(&e)),
         }

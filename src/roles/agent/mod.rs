@@ -483,7 +483,7 @@ impl crate::engine::nbd::Export for CaptureExport {
     fn read(&self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.0.read(off, buf)
     }
-    fn write(&self, off: u64, data: &[u8], fua: bool) -> std::io::Result<()> {
+    fn write(&self, off: u64, data: Vec<u8>, fua: bool) -> std::io::Result<()> {
         self.0.write(off, data)?;
         if fua {
             self.0.flush()?;

@@ -228,7 +228,10 @@ impl Stream {
 
     /// Append a copy of `data`, read from the volume at `off` under the lock.
     pub fn push_copy(&mut self, off: u64, data: Vec<u8>) {
-        self.push(RecordBody::Write { offset: off, data });
+        self.push(RecordBody::Write {
+            offset: off,
+            data: data.into(),
+        });
     }
 
     /// Can records be appended now (a session exists, not paused)?
@@ -413,13 +416,13 @@ impl Volume {
     }
 
     /// Write and capture. `zero`: the range becomes zeroes (data ignored).
-    pub fn write(&self, off: u64, data: &[u8]) -> io::Result<()> {
+    pub fn write(&self, off: u64, data: Vec<u8>) -> io::Result<()> {
         self.check(off, data.len() as u64)?;
         let mut g = self.stream.lock().unwrap();
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(io::Error::other("the agent is stopping; write refused"));
         }
-        self.file.write_all_at(data, off)?;
+        self.file.write_all_at(&data, off)?;
         if let Some(st) = g.as_mut() {
             st.bytes_captured += data.len() as u64;
             let len = data.len() as u64;
@@ -431,7 +434,7 @@ impl Volume {
             } else if st.streaming() && st.bitmap.is_empty() && st.buffered + len + 32 <= st.cap {
                 st.push(RecordBody::Write {
                     offset: off,
-                    data: data.to_vec(),
+                    data: data.into(),
                 });
                 drop(g);
                 self.notify.notify_one();

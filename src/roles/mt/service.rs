@@ -236,7 +236,7 @@ async fn apply_chunk(
     let r = tokio::task::spawn_blocking(
         move || -> Result<(u64, u64), (StatusCode, String, Option<u64>)> {
             let _applying = guard;
-            let (h, recs) = chunk::decode(&body, &p.spec.uuid_bytes()).map_err(|e| {
+            let (h, recs) = chunk::decode_shared(&body, &p.spec.uuid_bytes()).map_err(|e| {
                 (
                     StatusCode::BAD_REQUEST,
                     format!("pair {}: chunk {}..: refused: {e}", p.spec.name, _first),

@@ -448,13 +448,12 @@ async fn take_chunk(
                 return Err(chunk::ChunkError::WrongPair.to_string());
             }
             // Verified once; compressing reuses the raw payload it produced.
-            let out = if recode && !h.compressed {
-                Bytes::from(chunk::reseal(&h, &raw, Codec::Zstd(level)))
-            } else {
-                drop(raw);
-                body
+            let out = match recode && !h.compressed {
+                true => chunk::reseal(&h, &raw, Codec::Zstd(level)).map(Bytes::from),
+                false => None,
             };
-            Ok((h, out))
+            drop(raw);
+            Ok((h, out.unwrap_or(body)))
         })
         .await
         .map_err(ApiError::internal)?;
