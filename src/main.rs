@@ -5,13 +5,6 @@
 
 use clap::Parser;
 
-/// mimalloc instead of the C library's allocator: musl's (the static
-/// appliance build) is slow under threads, and glibc's per-thread arenas
-/// hold on to freed chunk buffers, so the agent's RSS drifted far above
-/// its buffer cap (docs/ARCHITECTURE.md, "Memory").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let cli = tern::cli::Cli::parse();
     match tern::cli::main(cli) {

@@ -103,6 +103,7 @@ fn mt_and_ps_outages_lose_nothing_and_bitmap_mode_bounds_memory() {
         max_rss < rss0 + cap / 1024 + 24 * 1024,
         "agent RSS grew from {rss0} KiB to {max_rss} KiB with a {cap}-byte cap"
     );
+    eprintln!("agent RSS {rss0} KiB before the PS outage, at most {max_rss} KiB during it");
     c.up(1);
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);

@@ -170,7 +170,13 @@ fn compress(raw: &[u8], codec: Codec) -> Option<Vec<u8>> {
     match codec {
         Codec::None => None,
         Codec::Zstd(level) => {
-            let z = zstd::bulk::compress(raw, level).expect("in-memory zstd cannot fail");
+            let z = ZSTD
+                .with(|z| {
+                    let c = &mut z.borrow_mut().0;
+                    c.set_compression_level(level)?;
+                    c.compress(raw)
+                })
+                .expect("in-memory zstd cannot fail");
             (z.len() < raw.len()).then_some(z)
         }
     }
@@ -260,9 +266,10 @@ pub fn decode_header(b: &[u8]) -> Result<ChunkHeader, ChunkError> {
     Ok(h)
 }
 
-/// Check the header and payload CRC of a whole chunk; return the header and
-/// the uncompressed payload, its BLAKE3 verified.
-pub fn verify(b: &[u8]) -> Result<(ChunkHeader, std::borrow::Cow<'_, [u8]>), ChunkError> {
+/// Check the header, the length and the payload CRC of a whole chunk (what
+/// one hop can damage); return the header and the payload as sent. The
+/// end-to-end hash is not checked: [`verify`] does that.
+pub fn check_hop(b: &[u8]) -> Result<(ChunkHeader, &[u8]), ChunkError> {
     let h = decode_header(b)?;
     if b.len() != h.wire_len() {
         return Err(if b.len() < h.wire_len() {
@@ -281,9 +288,22 @@ pub fn verify(b: &[u8]) -> Result<(ChunkHeader, std::borrow::Cow<'_, [u8]>), Chu
     if crc32c::crc32c(payload) != h.payload_crc {
         return Err(ChunkError::PayloadCrc);
     }
+    if !h.compressed && h.payload_len != h.raw_len {
+        return Err(bad("uncompressed length differs from the header"));
+    }
+    Ok((h, payload))
+}
+
+/// [`check_hop`], then the uncompressed payload, its BLAKE3 verified.
+pub fn verify(b: &[u8]) -> Result<(ChunkHeader, std::borrow::Cow<'_, [u8]>), ChunkError> {
+    let (h, payload) = check_hop(b)?;
     let raw: std::borrow::Cow<[u8]> = if h.compressed {
-        let v = zstd::bulk::decompress(payload, h.raw_len as usize)
-            .map_err(|e| bad(format!("zstd: {e}")))?;
+        let v = ZSTD.with(|z| {
+            z.borrow_mut()
+                .1
+                .decompress(payload, h.raw_len as usize)
+                .map_err(|e| bad(format!("zstd: {e}")))
+        })?;
         v.into()
     } else {
         payload.into()
@@ -295,6 +315,16 @@ pub fn verify(b: &[u8]) -> Result<(ChunkHeader, std::borrow::Cow<'_, [u8]>), Chu
         return Err(ChunkError::RawHash);
     }
     Ok((h, raw))
+}
+
+thread_local! {
+    /// One zstd context pair per thread: creating them per chunk cost a
+    /// fresh workspace (allocation and page faults) every time.
+    static ZSTD: std::cell::RefCell<(zstd::bulk::Compressor<'static>, zstd::bulk::Decompressor<'static>)> =
+        std::cell::RefCell::new((
+            zstd::bulk::Compressor::new(1).expect("zstd context"),
+            zstd::bulk::Decompressor::new().expect("zstd context"),
+        ));
 }
 
 /// Verify and decode a whole chunk for `pair` (a copy of `b`; see

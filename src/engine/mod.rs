@@ -5,6 +5,7 @@ pub mod control;
 pub mod enroll;
 pub mod fsutil;
 pub mod journal;
+pub mod memory;
 pub mod metrics;
 pub mod nbd;
 pub mod notify;

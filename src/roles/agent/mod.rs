@@ -88,6 +88,18 @@ impl AgentRole {
         // Volumes from the config file are served at once, before any pair.
         let specs = a.cfg.agent.volumes.clone();
         a.ensure_volumes(&specs);
+        if a.cfg.roles == [crate::config::Role::Agent] {
+            let me = a.clone();
+            tokio::spawn(async move {
+                let mut sd = me.shutdown.clone();
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => me.trim_memory(),
+                        _ = sd.wait() => break,
+                    }
+                }
+            });
+        }
         a
     }
 
@@ -374,6 +386,19 @@ impl AgentRole {
     }
 
     /// Each active pair with its volume.
+    /// Keep resident memory near the buffers' caps: freed capture buffers
+    /// go back to the kernel when the process holds more than the caps plus
+    /// [`MEMORY_MARGIN`]. Run every 100 ms in a process that is only an
+    /// agent (with other roles in it, the caps say nothing of its size).
+    fn trim_memory(&self) {
+        let caps: u64 = self
+            .pair_volumes()
+            .iter()
+            .filter_map(|(_, v)| v.stream.lock().unwrap().as_ref().map(|s| s.cap))
+            .sum();
+        crate::engine::memory::trim_above(caps + MEMORY_MARGIN);
+    }
+
     fn pair_volumes(&self) -> Vec<(String, Arc<Volume>)> {
         let pairs: Vec<(String, String)> = self
             .pairs
@@ -565,6 +590,10 @@ struct PairCtx {
     last_scan: Mutex<Instant>,
     last_periodic: Mutex<Instant>,
 }
+
+/// What an agent process may hold beyond its buffers' caps before it hands
+/// free memory back: chunks in flight, the runtime, TLS.
+const MEMORY_MARGIN: u64 = 96 << 20;
 
 /// Chunks a pair may have in flight to its PS at once.
 const SEND_WINDOW: usize = 3;
@@ -1222,6 +1251,7 @@ fn ack(st: &mut Stream, last: u64) {
         let r = st.buffer.pop_front().unwrap();
         st.buffered -= r.data_len() as u64 + 32;
     }
+    st.end_resync_if_done();
 }
 
 /// Copy up to `n` step-I blocks from `c`, skipping those whose hash equals

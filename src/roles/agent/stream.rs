@@ -167,6 +167,10 @@ pub struct Stream {
     /// took (the figure a fast resync is judged by).
     step1_started: Option<std::time::Instant>,
     pub last_step1: Option<std::time::Duration>,
+    /// Seq of the last resync or drain copy pushed: the resync lasts (step
+    /// II) until the PS has acknowledged it, so its slot is held, and the
+    /// pair shown resyncing, until the data has really left the agent.
+    last_copy_seq: u64,
 }
 
 impl Stream {
@@ -197,6 +201,7 @@ impl Stream {
             resync_granted: false,
             step1_started: None,
             last_step1: None,
+            last_copy_seq: 0,
         }
     }
 
@@ -228,10 +233,25 @@ impl Stream {
 
     /// Append a copy of `data`, read from the volume at `off` under the lock.
     pub fn push_copy(&mut self, off: u64, data: Vec<u8>) {
-        self.push(RecordBody::Write {
+        self.last_copy_seq = self.push(RecordBody::Write {
             offset: off,
             data: data.into(),
         });
+    }
+
+    /// End the resync once nothing is left to copy and the PS holds every
+    /// copy (called after copies and acknowledgements).
+    pub fn end_resync_if_done(&mut self) {
+        if self.resyncing
+            && self.step1.is_none()
+            && self.bitmap.is_empty()
+            && self
+                .buffer
+                .front()
+                .is_none_or(|r| r.record.seq > self.last_copy_seq)
+        {
+            self.resyncing = false;
+        }
     }
 
     /// Can records be appended now (a session exists, not paused)?
@@ -331,9 +351,7 @@ impl Stream {
         self.step1 = (next < volume_size).then_some(next);
         if self.step1.is_none() {
             self.last_step1 = self.step1_started.take().map(|t| t.elapsed());
-            if self.bitmap.is_empty() {
-                self.resyncing = false;
-            }
+            self.end_resync_if_done();
         }
     }
 }
@@ -581,14 +599,13 @@ pub fn drain_step(vol: &Volume, st: &mut Stream) -> io::Result<Step> {
     for b in first..=last {
         st.bitmap.clear(b);
     }
-    if st.bitmap.is_empty() {
-        // The last dirty block: step II (or a bitmap drain) ends here.
-        st.resyncing = false;
-    }
     if off < vol.size {
         let mut data = vec![0u8; (end - off) as usize];
         vol.read(off, &mut data)?;
         st.push_copy(off, data);
     }
+    // After the last dirty block, step II (or a bitmap drain) ends once
+    // the PS has this copy.
+    st.end_resync_if_done();
     Ok(Step::Progress)
 }

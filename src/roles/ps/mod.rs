@@ -437,22 +437,23 @@ async fn take_chunk(
         ));
     }
     p.bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
-    // Verify (CRC, end-to-end hash, pair) off the reactor; compress if ours to do.
+    // Check (CRCs, lengths, pair) off the reactor; compress if ours to do.
     let uuid = spec.uuid_bytes();
     let recode = spec.compression == Compression::Ps;
     let level = spec.zstd_level;
     let checked =
         tokio::task::spawn_blocking(move || -> Result<(chunk::ChunkHeader, Bytes), String> {
-            let (h, raw) = chunk::verify(&body).map_err(|e| e.to_string())?;
+            // The hop's checks only: the MT verifies the end-to-end hash
+            // before it applies anything, so hashing here too bought no
+            // safety for 0.14 CPU-seconds per GB.
+            let (h, payload) = chunk::check_hop(&body).map_err(|e| e.to_string())?;
             if h.pair != uuid {
                 return Err(chunk::ChunkError::WrongPair.to_string());
             }
-            // Verified once; compressing reuses the raw payload it produced.
             let out = match recode && !h.compressed {
-                true => chunk::reseal(&h, &raw, Codec::Zstd(level)).map(Bytes::from),
+                true => chunk::reseal(&h, payload, Codec::Zstd(level)).map(Bytes::from),
                 false => None,
             };
-            drop(raw);
             Ok((h, out.unwrap_or(body)))
         })
         .await
