@@ -228,7 +228,7 @@ fn throughput(label: &str, comp: f64) {
     let (zb, zs) = zstd_1(&c.src);
     let z_gbps = zb as f64 / 1e9 / zs;
     println!(
-        "pipeline {label}: PS {ps_gbps:.2} GB per CPU-second (verify, zstd, TLS in and out) vs zstd -1 {z_gbps:.2} GB per CPU-second on the source volume: {:.2}x",
+        "pipeline {label}: PS {ps_gbps:.2} GB per CPU-second (hop checks, zstd, TLS in and out) vs zstd -1 {z_gbps:.2} GB per CPU-second on the source volume: {:.2}x",
         ps_gbps / z_gbps
     );
     println!(
