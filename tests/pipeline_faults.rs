@@ -149,3 +149,55 @@ fn thirty_kill_nines_of_agent_ps_and_mt_end_identical() {
     let log = c.logs();
     assert!(log.contains("ResyncStep1") || kills[0] == 0, "{log}");
 }
+
+/// A poison chunk: a chunk in the PS's cache damaged on its disk is refused
+/// by the MT; after three refusals the PS drops its cache, the agent
+/// resyncs (fast), and the replica ends identical. Nothing damaged is
+/// applied, and the replication does not stall behind it.
+#[test]
+fn a_damaged_cached_chunk_is_given_up_and_the_pair_resyncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vol = 16 * MIB;
+    let mut c = Cluster::start(tmp.path(), vol, SMALL_CHUNKS_16M, "");
+    c.create_pair();
+    c.wait_caught_up(120);
+    // The MT away: the PS caches what the agent sends.
+    c.stop(2);
+    qemu_io(
+        &c.url(),
+        &(0..8)
+            .map(|i| format!("write -P {} {} 1M", i + 1, i * 2 * MIB))
+            .collect::<Vec<_>>(),
+    );
+    wait_for(60, "the PS to cache chunks", || {
+        let v = c.try_pair("p")?;
+        (v["transit_ps_bytes"].as_u64()? > 0 && v["transit_agent_bytes"] == 0).then_some(())
+    });
+    // Damage the first cached chunk's payload on the PS's disk.
+    c.stop(1);
+    let dir = c.dir.join("ps-data/ps/cache/p");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tchk"))
+        .collect();
+    files.sort();
+    let first = files.first().expect("a cached chunk");
+    let mut b = std::fs::read(first).unwrap();
+    // In the payload (past the 112-byte header): the header still checks,
+    // so the PS reloads the file and forwards it.
+    let i = 112 + (b.len() - 112) / 2;
+    b[i] ^= 0x5a;
+    std::fs::write(first, &b).unwrap();
+    c.up(1);
+    c.up(2);
+    c.wait_caught_up(180);
+    c.assert_identical();
+    let ps_log = std::fs::read_to_string(c.dir.join("ps-2.log")).unwrap();
+    assert!(
+        ps_log.contains("refused a cached chunk 3 times"),
+        "the PS did not give the chunk up: {}",
+        c.logs()
+    );
+}

@@ -632,8 +632,17 @@ enum SendOutcome {
     Acked,
     Throttled,
     Gap(u64),
+    /// 400: the PS or the MT refused the chunk itself (damaged, malformed).
+    Refused(String),
     Failed(String),
 }
+
+/// How often an idle pair checks that the PS still stands where it does.
+const IDLE_CHECK: Duration = Duration::from_secs(10);
+
+/// A chunk refused this many times in a row is not sent again: its data is
+/// re-read from the volume by a (fast) resync instead.
+const REFUSALS_BEFORE_RESYNC: u32 = 3;
 
 impl PairCtx {
     fn with_stream<R>(&self, f: impl FnOnce(&mut Stream) -> R) -> Option<R> {
@@ -651,6 +660,9 @@ impl PairCtx {
         let mut last_mode = None;
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let mut resession = false;
+        // The first seq of the chunk refused last, and how often in a row.
+        let mut refused: (u64, u32) = (0, 0);
+        let mut last_check = Instant::now();
         loop {
             if sd.is_fired() {
                 break;
@@ -749,7 +761,22 @@ impl PairCtx {
             }
             let room = inflight.len() < SEND_WINDOW;
             let Some(front) = inflight.front_mut() else {
-                // Idle: wait for a write, a spec change or a tick.
+                // Idle. Every IDLE_CHECK, make sure the PS still stands where
+                // we do: a PS that gave up its cache (a poison chunk, a lost
+                // disk) no longer has what it acknowledged, and an idle
+                // agent would otherwise never learn it.
+                if last_check.elapsed() >= IDLE_CHECK {
+                    last_check = Instant::now();
+                    if let Ok(n) = self.cursor_at(&base, None).await
+                        && self.with_stream(|st| st.buffer.is_empty() && st.next_seq != Some(n))
+                            == Some(true)
+                    {
+                        tracing::warn!(pair = %name, ps_next = n, "the PS no longer holds what it acknowledged; starting a new session");
+                        resession = true;
+                        continue;
+                    }
+                }
+                // Wait for a write, a spec change or a tick.
                 tokio::select! {
                     _ = self.vol.notify.notified() => {}
                     _ = spec_rx.changed() => {}
@@ -788,6 +815,27 @@ impl PairCtx {
                 SendOutcome::Gap(next) => {
                     tracing::info!(pair = %name, next, first = done.first, "PS expects another sequence; asking where to resume");
                     resession = true;
+                }
+                SendOutcome::Refused(e) => {
+                    refused = match refused {
+                        (f, n) if f == done.first => (f, n + 1),
+                        _ => (done.first, 1),
+                    };
+                    if refused.1 >= REFUSALS_BEFORE_RESYNC {
+                        // Sending the same records again cannot help (a
+                        // damage in transit would not repeat): drop them and
+                        // read the volume again, skipping what the MT holds.
+                        tracing::error!(pair = %name, first = done.first, error = %e, "chunk refused {REFUSALS_BEFORE_RESYNC} times; dropping the buffer and resyncing");
+                        self.with_stream(|st| restart_with_resync(st, self.vol.size, None));
+                        self.set_error(Some(format!(
+                            "{e} ({REFUSALS_BEFORE_RESYNC} times); the buffered changes were dropped and a fast resync started"
+                        )));
+                        refused = (0, 0);
+                        resession = true;
+                    } else {
+                        self.set_error(Some(e));
+                    }
+                    self.sleep(&mut sd, &mut backoff).await;
                 }
                 SendOutcome::Failed(e) => {
                     self.set_error(Some(e));
@@ -913,21 +961,26 @@ impl PairCtx {
     /// Start a new session with the PS and learn where the stream continues.
     async fn cursor(&self, base: &str) -> Result<u64, String> {
         let session = rand::random::<u64>() | 1;
-        let v = transport::call(
-            self.agent
-                .client
-                .get(format!("{base}/cursor?session={session}"))
-                .timeout(Duration::from_secs(30)),
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .ok()?;
-        let next = v["next_seq"]
-            .as_u64()
-            .ok_or_else(|| "PS cursor answer without next_seq".to_owned())?;
+        let next = self.cursor_at(base, Some(session)).await?;
         self.session
             .store(session, std::sync::atomic::Ordering::Relaxed);
         Ok(next)
+    }
+
+    /// Where the PS says the stream continues; with a session, that session
+    /// starts (without, nothing changes on the PS).
+    async fn cursor_at(&self, base: &str, session: Option<u64>) -> Result<u64, String> {
+        let url = match session {
+            Some(s) => format!("{base}/cursor?session={s}"),
+            None => format!("{base}/cursor"),
+        };
+        let v = transport::call(self.agent.client.get(url).timeout(Duration::from_secs(30)))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok()?;
+        v["next_seq"]
+            .as_u64()
+            .ok_or_else(|| "PS cursor answer without next_seq".to_owned())
     }
 
     /// The PS expects `next` next: line our stream up with it.
@@ -950,13 +1003,7 @@ impl PairCtx {
                     // Records are missing between the PS and us: what they
                     // changed is unknown, so only a full resync is safe.
                     tracing::warn!(pair = %st.pair, ours = ?ours, front = ?front, ps_next = next, "stream and PS disagree; full resync");
-                    st.buffer.clear();
-                    st.buffered = 0;
-                    st.next_seq = Some(next);
-                    st.bitmap = stream::Bitmap::new(self.vol.size);
-                    if !st.resync_required {
-                        st.start_resync();
-                    }
+                    restart_with_resync(st, self.vol.size, Some(next));
                 }
             }
         });
@@ -1018,6 +1065,7 @@ impl PairCtx {
             200 => SendOutcome::Acked,
             503 if v["throttled"].as_bool() == Some(true) => SendOutcome::Throttled,
             409 if v["next_seq"].is_u64() => SendOutcome::Gap(v["next_seq"].as_u64().unwrap()),
+            400 => SendOutcome::Refused(format!("PS refused the chunk: {}", a.error())),
             _ => SendOutcome::Failed(format!("PS refused the chunk ({status}): {}", a.error())),
         }
     }
@@ -1244,6 +1292,19 @@ const _: () = assert!(SLOT_GIVE_UP.as_secs() < crate::roles::ps::slots::LEASE.as
 /// Step I blocks per fast-resync hash request (the next batch's hashes are
 /// asked for while this one is compared).
 const STEP1_BATCH: u64 = 64;
+
+/// Drop everything buffered and dirty and start a full (fast) resync: what
+/// the dropped records changed is re-read from the volume. The stream goes
+/// on at `next` (None: ask the PS in a new session).
+fn restart_with_resync(st: &mut Stream, volume_size: u64, next: Option<u64>) {
+    st.buffer.clear();
+    st.buffered = 0;
+    st.bitmap = stream::Bitmap::new(volume_size);
+    st.next_seq = next;
+    if !st.resync_required {
+        st.start_resync();
+    }
+}
 
 /// Remove acknowledged records (seq ≤ `last`) from the buffer.
 fn ack(st: &mut Stream, last: u64) {

@@ -85,6 +85,18 @@ impl PsPair {
         self.next_tx.send_replace(n.unwrap_or(0));
     }
 
+    /// Drop every cached chunk and forget where the stream stands: the
+    /// agent's next chunk learns the MT's position, and the agent resyncs.
+    async fn drop_cache(&self) {
+        let mut i = self.intake.lock().await;
+        for c in i.cached.drain(..) {
+            let _ = std::fs::remove_file(&c.path);
+        }
+        i.cache_bytes = 0;
+        self.set_next(&mut i, None);
+        self.mirror(&i);
+    }
+
     fn mirror(&self, i: &Intake) {
         self.cache_bytes.store(i.cache_bytes, Ordering::Relaxed);
         self.cache_chunks
@@ -331,6 +343,8 @@ impl PsRole {
     async fn forwarder(self: Arc<Self>, p: Arc<PsPair>) {
         let mut sd = crate::engine::shutdown::either(self.shutdown.clone(), p.stop.subscribe());
         let mut backoff = Duration::from_millis(100);
+        // The cached chunk the MT refused last, and how often in a row.
+        let mut refused: (u64, u32) = (0, 0);
         loop {
             let front = {
                 let i = p.intake.lock().await;
@@ -365,16 +379,27 @@ impl PsRole {
                     // from the agent can repair it. Drop the cache and let the
                     // agent's next chunk learn the MT's position.
                     tracing::error!(pair = %p.spec().name, mt_next = next, first, error = %msg, "the MT is behind the PS cache; dropping the cache so the agent resyncs");
-                    let mut i = p.intake.lock().await;
-                    for c in i.cached.drain(..) {
-                        let _ = std::fs::remove_file(&c.path);
-                    }
-                    i.cache_bytes = 0;
-                    p.set_next(&mut i, None);
-                    p.mirror(&i);
+                    p.drop_cache().await;
                     continue;
                 }
                 Err(MtError::Refused(msg)) => {
+                    refused = match refused {
+                        (f, n) if f == first => (f, n + 1),
+                        _ => (first, 1),
+                    };
+                    if refused.1 >= REFUSALS_BEFORE_DROP {
+                        // A poison chunk (damaged on this disk, say): it and
+                        // everything queued behind it can never be applied.
+                        // Drop the cache; the agent, finding the PS at the
+                        // MT's position, resyncs what it changed.
+                        tracing::error!(pair = %p.spec().name, first, last, error = %msg, "the MT refused a cached chunk {REFUSALS_BEFORE_DROP} times; dropping the cache so the agent resyncs");
+                        *p.error.lock().unwrap() = Some(format!(
+                            "the MT refused cached chunk {first}..{last} {REFUSALS_BEFORE_DROP} times ({msg}); the PS dropped its cache and the agent resyncs"
+                        ));
+                        p.drop_cache().await;
+                        refused = (0, 0);
+                        continue;
+                    }
                     *p.error.lock().unwrap() =
                         Some(format!("MT refused cached chunk {first}: {msg}"));
                     tokio::select! {
@@ -408,6 +433,9 @@ impl PsRole {
         }
     }
 }
+
+/// A cached chunk the MT refused this many times in a row is given up.
+const REFUSALS_BEFORE_DROP: u32 = 3;
 
 enum MtError {
     Down(String),
