@@ -15,6 +15,10 @@
 //! - RPO p50/p99 (from `pair show` every 100 ms) at 50% and 90% of that rate;
 //! - fast resync of an unchanged volume against reading it raw, both from a
 //!   cold page cache.
+//!
+//! `TERN_BENCH_QUICK=1` stops after the throughput figures (no RPO runs);
+//! `TERN_BENCH_PAUSE=1` prints the roles' pids before each measured phase
+//! and waits 10 s, to attach `perf record -p`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -30,29 +34,12 @@ const CAP: &str = "256MiB";
 const RESYNC_VOL: u64 = 4 << 30;
 const ROLES: [&str; 3] = ["agent", "PS", "MT"];
 
-/// Caught up as of a report taken at or after `since` (Unix ms).
-fn caught_up(c: &Cluster, since: u64) -> bool {
-    let Some(v) = c.try_pair("p") else {
-        return false;
-    };
-    v["status_as_of_ms"].as_u64().is_some_and(|t| t >= since)
-        && v["state"] == "differential-sync"
-        && v["transit_agent_bytes"] == 0
-        && v["transit_ps_bytes"] == 0
-        && v["agent"]["last_seq"].as_u64().is_some()
-        && v["agent"]["last_seq"] == v["mt"]["last_seq"]
-}
-
-fn wait_caught_up(c: &Cluster) {
-    let t0 = Instant::now();
-    let since = util::unix_ms();
-    while !caught_up(c, since) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(600),
-            "pair never caught up\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+/// With `TERN_BENCH_PAUSE` set: print the roles' pids and wait 10 s before
+/// a measured phase, for `perf record -p`.
+fn pause_for_profiler(c: &Cluster) {
+    if std::env::var_os("TERN_BENCH_PAUSE").is_some() {
+        println!("pids agent {} ps {} mt {}", c.pid(0), c.pid(1), c.pid(2));
+        std::thread::sleep(Duration::from_secs(10));
     }
 }
 
@@ -171,7 +158,7 @@ fn start(dir: &Path) -> Cluster {
         "[log]\nlevel = \"warn\"\n",
     );
     c.create_pair();
-    wait_caught_up(&c);
+    c.wait_caught_up(600);
     c
 }
 
@@ -184,10 +171,7 @@ fn throughput(label: &str, comp: f64) {
     let raw0 = c.tern(&["pair", "show", "p"])["bytes_raw_ps"]
         .as_u64()
         .unwrap_or(0);
-    if std::env::var_os("TERN_BENCH_PAUSE").is_some() {
-        println!("pids agent {} ps {} mt {}", c.pid(0), c.pid(1), c.pid(2));
-        std::thread::sleep(Duration::from_secs(10));
-    }
+    pause_for_profiler(&c);
     let cpu0 = cpus(&c);
     let t0 = Instant::now();
     let mut w = workload(&u, "0", secs, comp, 1);
@@ -201,7 +185,7 @@ fn throughput(label: &str, comp: f64) {
         serde_json::from_slice(&w.wait_with_output().unwrap().stdout).unwrap();
     let bytes = out["bytes"].as_u64().unwrap();
     let since = util::unix_ms();
-    while !caught_up(&c, since) {
+    while c.caught_up(since).is_none() {
         watch();
         assert!(t0.elapsed() < Duration::from_secs(900), "never caught up");
         std::thread::sleep(Duration::from_millis(50));
@@ -253,7 +237,7 @@ fn throughput(label: &str, comp: f64) {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = w.wait();
-        wait_caught_up(&c);
+        c.wait_caught_up(600);
         println!(
             "pipeline {label}: at {:.0}% ({:.1} MB/s) RPO p50 {:.2} s, p99 {:.2} s ({} samples)",
             frac * 100.0,
@@ -289,7 +273,7 @@ fn fast_resync() {
         "[log]\nlevel = \"warn\"\n",
     );
     c.create_pair();
-    wait_caught_up(&c);
+    c.wait_caught_up(600);
     let resyncs = |v: &serde_json::Value| v["agent"]["resyncs"].as_u64().unwrap_or(0);
     let before = resyncs(&c.tern(&["pair", "show", "p"]));
     // What this host's disk gives one reader, and two readers at once: the
@@ -310,19 +294,15 @@ fn fast_resync() {
     if cold {
         drop_caches();
     }
-    if std::env::var_os("TERN_BENCH_PAUSE").is_some() {
-        println!("pids agent {} ps {} mt {}", c.pid(0), c.pid(1), c.pid(2));
-        std::thread::sleep(Duration::from_secs(10));
-    }
+    pause_for_profiler(&c);
     let t0 = Instant::now();
     c.tern(&["pair", "resync", "p"]);
     let since = util::unix_ms();
     let v = loop {
         assert!(t0.elapsed() < Duration::from_secs(600), "never caught up");
         std::thread::sleep(Duration::from_millis(50));
-        if let Some(v) = c.try_pair("p")
+        if let Some(v) = c.caught_up(since)
             && resyncs(&v) > before
-            && caught_up(&c, since)
         {
             break v;
         }

@@ -126,18 +126,9 @@ fn writes_through_resync_and_differential_sync_arrive_exactly() {
     // The replica's latest image equals the source, byte for byte.
     let out = tmp.path().join("replica-latest.img");
     site.tern(&["pair", "image", "p1", "--to", out.to_str().unwrap()]);
-    let o = Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "raw"])
-        .arg(&site.src)
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "qemu-img compare: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    if let Err(e) = qemu_img_compare(&site.src, &out) {
+        panic!("qemu-img compare: {e}");
+    }
     for (name, want) in &points {
         let v = site.tern(&["pair", "hash", "p1", "--at", &format!("tag:{name}")]);
         assert_eq!(

@@ -2,7 +2,6 @@
 //! process on loopback: what fault tests kill and benchmarks measure.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -179,20 +178,18 @@ impl Cluster {
         ]);
     }
 
+    /// Pair `p` as `pair show` gives it, if it is caught up as of `since`
+    /// ([`is_caught_up`]).
+    pub fn caught_up(&self, since: u64) -> Option<serde_json::Value> {
+        self.try_pair("p").filter(|v| is_caught_up(v, since))
+    }
+
     pub fn wait_caught_up(&self, secs: u64) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
         let since = unix_ms();
         loop {
             if let Some(v) = self.try_pair("p") {
-                let agent_last = v["agent"]["last_seq"].as_u64();
-                if v["status_as_of_ms"].as_u64().is_some_and(|t| t >= since)
-                    && v["state"] == "differential-sync"
-                    && v["transit_agent_bytes"] == 0
-                    && v["transit_ps_bytes"] == 0
-                    && agent_last.is_some()
-                    && agent_last == v["mt"]["last_seq"].as_u64()
-                    && v["latest_point"]["seq"].as_u64() == agent_last
-                {
+                if is_caught_up(&v, since) {
                     return v;
                 }
                 assert!(
@@ -215,18 +212,8 @@ impl Cluster {
     pub fn assert_identical(&self) {
         let out = self.dir.join("latest.img");
         self.tern(&["pair", "image", "p", "--to", out.to_str().unwrap()]);
-        let o = Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(&self.src)
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "replica differs from the source: {}{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            self.logs()
-        );
+        if let Err(e) = qemu_img_compare(&self.src, &out) {
+            panic!("replica differs from the source: {e}\n{}", self.logs());
+        }
     }
 }

@@ -170,6 +170,21 @@ pub fn volume_named(dir: &Path, name: &str, file: &str, size: u64, capture: &str
     )
 }
 
+/// `pair show` output `v` says the pair has applied everything the agent
+/// captured and sits in differential sync with RPO 0, from reports taken at
+/// or after `since` (Unix ms): every write acknowledged before `since` is
+/// then in `agent.last_seq`.
+pub fn is_caught_up(v: &serde_json::Value, since: u64) -> bool {
+    let agent_last = v["agent"]["last_seq"].as_u64();
+    v["status_as_of_ms"].as_u64().is_some_and(|t| t >= since)
+        && v["state"] == "differential-sync"
+        && v["transit_agent_bytes"] == 0
+        && v["transit_ps_bytes"] == 0
+        && agent_last.is_some()
+        && agent_last == v["mt"]["last_seq"].as_u64()
+        && v["latest_point"]["seq"].as_u64() == agent_last
+}
+
 /// Now, in Unix milliseconds (the clock node reports are stamped with).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

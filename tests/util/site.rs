@@ -104,6 +104,25 @@ pub fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
+/// `qemu-img compare` of two raw images: Err with what it printed if they differ.
+pub fn qemu_img_compare(a: &Path, b: &Path) -> Result<(), String> {
+    let o = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .expect("qemu-img (apt install qemu-utils)");
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
 pub fn qemu_io(url: &str, cmds: &[String]) {
     let mut c = Command::new("qemu-io");
     c.args(["-f", "raw", url]);
@@ -128,16 +147,7 @@ pub fn wait_caught_up(site: &Site, pair: &str, secs: u64) -> serde_json::Value {
     let since = unix_ms();
     loop {
         let v = site.pair(pair);
-        let agent_last = v["agent"]["last_seq"].as_u64();
-        let mt_last = v["mt"]["last_seq"].as_u64();
-        if v["status_as_of_ms"].as_u64().is_some_and(|t| t >= since)
-            && v["state"] == "differential-sync"
-            && v["transit_agent_bytes"] == 0
-            && v["transit_ps_bytes"] == 0
-            && agent_last.is_some()
-            && agent_last == mt_last
-            && v["latest_point"]["seq"].as_u64() == mt_last
-        {
+        if is_caught_up(&v, since) {
             return v;
         }
         assert!(
