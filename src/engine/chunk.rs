@@ -182,7 +182,9 @@ fn compress(raw: &[u8], codec: Codec) -> Option<Vec<u8>> {
     }
 }
 
-/// The fixed header of a chunk of `h` carrying `payload`.
+/// The fixed header of a chunk of `h` carrying `payload`: codec, payload
+/// length and payload CRC come from `compressed` and `payload`, the rest
+/// from `h`.
 fn header_bytes(h: &ChunkHeader, payload: &[u8], compressed: bool) -> [u8; HEADER_LEN] {
     let mut out = [0u8; HEADER_LEN];
     out[0..4].copy_from_slice(&MAGIC);
@@ -433,6 +435,35 @@ pub fn reseal(h: &ChunkHeader, raw: &[u8], codec: Codec) -> Option<Vec<u8>> {
     compress(raw, codec).map(|z| seal(h, &z, true))
 }
 
+/// A chunk refused this many times in a row (400: damaged, malformed) is
+/// given up rather than sent again: by the agent, which resyncs instead, and
+/// by the PS for a cached chunk, which drops its cache so the agent resyncs.
+pub const GIVE_UP_AFTER: u32 = 3;
+
+/// Refusals of the same chunk in a row, by its first seq.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    first: u64,
+    count: u32,
+}
+
+impl Refusals {
+    /// Count a refusal of the chunk starting at `first`; true when it is to
+    /// be given up (the count then starts over).
+    pub fn give_up(&mut self, first: u64) -> bool {
+        if self.first == first {
+            self.count += 1;
+        } else {
+            *self = Refusals { first, count: 1 };
+        }
+        let done = self.count >= GIVE_UP_AFTER;
+        if done {
+            *self = Refusals::default();
+        }
+        done
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,6 +504,18 @@ mod tests {
                 inconsistent: false,
             },
         ]
+    }
+
+    #[test]
+    fn a_chunk_is_given_up_after_refusals_in_a_row_only() {
+        let mut r = Refusals::default();
+        assert!(!r.give_up(5));
+        assert!(!r.give_up(5));
+        assert!(!r.give_up(9), "another chunk starts the count over");
+        assert!(!r.give_up(5));
+        assert!(!r.give_up(5));
+        assert!(r.give_up(5));
+        assert!(!r.give_up(5), "the count starts over once given up");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::engine::chunk::{self, Codec};
+use crate::engine::chunk::{self, Codec, GIVE_UP_AFTER};
 use crate::engine::control::{
     AgentPairStatus, Capture, Command, CommandResult, Compression, NodeReport, PairSpec,
     SyncResponse, VolumeSpec, VolumeStatus,
@@ -640,10 +640,6 @@ enum SendOutcome {
 /// How often an idle pair checks that the PS still stands where it does.
 const IDLE_CHECK: Duration = Duration::from_secs(10);
 
-/// A chunk refused this many times in a row is not sent again: its data is
-/// re-read from the volume by a (fast) resync instead.
-const REFUSALS_BEFORE_RESYNC: u32 = 3;
-
 impl PairCtx {
     fn with_stream<R>(&self, f: impl FnOnce(&mut Stream) -> R) -> Option<R> {
         self.vol.stream.lock().unwrap().as_mut().map(f)
@@ -660,8 +656,7 @@ impl PairCtx {
         let mut last_mode = None;
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let mut resession = false;
-        // The first seq of the chunk refused last, and how often in a row.
-        let mut refused: (u64, u32) = (0, 0);
+        let mut refusals = chunk::Refusals::default();
         let mut last_check = Instant::now();
         loop {
             if sd.is_fired() {
@@ -817,20 +812,15 @@ impl PairCtx {
                     resession = true;
                 }
                 SendOutcome::Refused(e) => {
-                    refused = match refused {
-                        (f, n) if f == done.first => (f, n + 1),
-                        _ => (done.first, 1),
-                    };
-                    if refused.1 >= REFUSALS_BEFORE_RESYNC {
+                    if refusals.give_up(done.first) {
                         // Sending the same records again cannot help (a
                         // damage in transit would not repeat): drop them and
                         // read the volume again, skipping what the MT holds.
-                        tracing::error!(pair = %name, first = done.first, error = %e, "chunk refused {REFUSALS_BEFORE_RESYNC} times; dropping the buffer and resyncing");
+                        tracing::error!(pair = %name, first = done.first, error = %e, "chunk refused {GIVE_UP_AFTER} times; dropping the buffer and resyncing");
                         self.with_stream(|st| restart_with_resync(st, self.vol.size, None));
                         self.set_error(Some(format!(
-                            "{e} ({REFUSALS_BEFORE_RESYNC} times); the buffered changes were dropped and a fast resync started"
+                            "{e} ({GIVE_UP_AFTER} times); the buffered changes were dropped and a fast resync started"
                         )));
-                        refused = (0, 0);
                         resession = true;
                     } else {
                         self.set_error(Some(e));

@@ -28,7 +28,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
 use crate::config::Config;
-use crate::engine::chunk::{self, Codec};
+use crate::engine::chunk::{self, Codec, GIVE_UP_AFTER};
 use crate::engine::control::{Compression, NodeReport, PairSpec, PsPairStatus, SyncResponse};
 use crate::engine::shutdown::Shutdown;
 use crate::engine::transport::{self, PeerIdentity, json_reply};
@@ -343,8 +343,7 @@ impl PsRole {
     async fn forwarder(self: Arc<Self>, p: Arc<PsPair>) {
         let mut sd = crate::engine::shutdown::either(self.shutdown.clone(), p.stop.subscribe());
         let mut backoff = Duration::from_millis(100);
-        // The cached chunk the MT refused last, and how often in a row.
-        let mut refused: (u64, u32) = (0, 0);
+        let mut refusals = chunk::Refusals::default();
         loop {
             let front = {
                 let i = p.intake.lock().await;
@@ -383,21 +382,16 @@ impl PsRole {
                     continue;
                 }
                 Err(MtError::Refused(msg)) => {
-                    refused = match refused {
-                        (f, n) if f == first => (f, n + 1),
-                        _ => (first, 1),
-                    };
-                    if refused.1 >= REFUSALS_BEFORE_DROP {
+                    if refusals.give_up(first) {
                         // A poison chunk (damaged on this disk, say): it and
                         // everything queued behind it can never be applied.
                         // Drop the cache; the agent, finding the PS at the
                         // MT's position, resyncs what it changed.
-                        tracing::error!(pair = %p.spec().name, first, last, error = %msg, "the MT refused a cached chunk {REFUSALS_BEFORE_DROP} times; dropping the cache so the agent resyncs");
+                        tracing::error!(pair = %p.spec().name, first, last, error = %msg, "the MT refused a cached chunk {GIVE_UP_AFTER} times; dropping the cache so the agent resyncs");
                         *p.error.lock().unwrap() = Some(format!(
-                            "the MT refused cached chunk {first}..{last} {REFUSALS_BEFORE_DROP} times ({msg}); the PS dropped its cache and the agent resyncs"
+                            "the MT refused cached chunk {first}..{last} {GIVE_UP_AFTER} times ({msg}); the PS dropped its cache and the agent resyncs"
                         ));
                         p.drop_cache().await;
-                        refused = (0, 0);
                         continue;
                     }
                     *p.error.lock().unwrap() =
@@ -433,9 +427,6 @@ impl PsRole {
         }
     }
 }
-
-/// A cached chunk the MT refused this many times in a row is given up.
-const REFUSALS_BEFORE_DROP: u32 = 3;
 
 enum MtError {
     Down(String),
