@@ -415,21 +415,8 @@ pub fn decode_shared(
     Ok((h, out))
 }
 
-/// Re-encode a verified chunk with `codec` (the PS compressing for `ps`
-/// compression). The end-to-end hash is carried over unchanged.
-pub fn recode(b: &[u8], codec: Codec) -> Result<Vec<u8>, ChunkError> {
-    let (h, raw) = verify(b)?;
-    if h.compressed == matches!(codec, Codec::Zstd(_)) {
-        return Ok(b.to_vec());
-    }
-    Ok(match codec {
-        Codec::None => seal(&h, &raw, false),
-        Codec::Zstd(_) => reseal(&h, &raw, codec).unwrap_or_else(|| b.to_vec()),
-    })
-}
-
-/// The records of an uncompressed chunk already [`verify`]'d (its header
-/// and raw payload) compressed with `codec`, keeping its end-to-end hash;
+/// The records of an uncompressed chunk already checked ([`check_hop`]:
+/// its header and raw payload) compressed with `codec`, keeping its end-to-end hash;
 /// None when compressing does not make it smaller (send it as it is).
 pub fn reseal(h: &ChunkHeader, raw: &[u8], codec: Codec) -> Option<Vec<u8>> {
     compress(raw, codec).map(|z| seal(h, &z, true))
@@ -552,15 +539,30 @@ mod tests {
     }
 
     #[test]
-    fn zstd_round_trips_and_recode_keeps_the_hash() {
+    fn zstd_round_trips_and_reseal_keeps_the_hash() {
         let pair = [1u8; 16];
         let plain = encode(pair, &sample(), Codec::None);
-        let z = recode(&plain, Codec::Zstd(3)).unwrap();
+        // What the PS does for `compression = ps`.
+        let (h, payload) = check_hop(&plain).unwrap();
+        let z = reseal(&h, payload, Codec::Zstd(3)).unwrap();
         assert!(z.len() < plain.len());
         assert_eq!(z[6], 1);
         assert_eq!(&z[72..104], &plain[72..104]);
         assert_eq!(decode(&z, &pair).unwrap().1, sample());
-        assert_eq!(recode(&z, Codec::None).unwrap(), plain);
+        // Decompressed and sealed plain again, it is the agent's chunk.
+        let (h, raw) = verify(&z).unwrap();
+        assert_eq!(seal(&h, &raw, false), plain);
+        // Incompressible records are not resealed: the PS forwards them as sent.
+        let mut noise = vec![0u8; 8192];
+        rand::Rng::fill(&mut rand::rng(), &mut noise[..]);
+        let mut recs = sample();
+        recs[0].record.body = RecordBody::Write {
+            offset: 0,
+            data: noise.into(),
+        };
+        let n = encode(pair, &recs[..1], Codec::None);
+        let (h, payload) = check_hop(&n).unwrap();
+        assert_eq!(reseal(&h, payload, Codec::Zstd(1)), None);
     }
 
     #[test]
