@@ -1,5 +1,6 @@
 //! Shared engines: the machinery roles are built from.
 
+pub mod bufpool;
 pub mod chunk;
 pub mod control;
 pub mod enroll;

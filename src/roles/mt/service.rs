@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::engine::chunk;
 use crate::engine::control::{MtPairStatus, NodeReport, PairSpec, SyncResponse};
 use crate::engine::journal::{JournalError, PointSpec};
-use crate::engine::transport::{PeerIdentity, json_reply};
+use crate::engine::transport::{self, PeerIdentity, json_reply};
 use crate::roles::cx::api::ApiError;
 
 struct MtPair {
@@ -224,6 +224,7 @@ async fn apply_chunk(
     _first: u64,
     peer: PeerIdentity,
     body: Bytes,
+    payload_crc: u32,
     mt: Arc<MtRole>,
 ) -> Result<warp::reply::Response, Rejection> {
     let p = mt.pair(&pair)?;
@@ -236,13 +237,14 @@ async fn apply_chunk(
     let r = tokio::task::spawn_blocking(
         move || -> Result<(u64, u64), (StatusCode, String, Option<u64>)> {
             let _applying = guard;
-            let (h, recs) = chunk::decode_shared(&body, &p.spec.uuid_bytes()).map_err(|e| {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!("pair {}: chunk {}..: refused: {e}", p.spec.name, _first),
-                    None,
-                )
-            })?;
+            let (h, recs) = chunk::decode_shared(&body, &p.spec.uuid_bytes(), payload_crc)
+                .map_err(|e| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("pair {}: chunk {}..: refused: {e}", p.spec.name, _first),
+                        None,
+                    )
+                })?;
             let j = &p.rp.journal;
             // Record the inconsistent runs first (write-ahead).
             let mut run: Option<(u64, u64)> = None;
@@ -472,10 +474,10 @@ pub fn routes(
     let chunk = warp::path!("data" / "v1" / "mt" / String / "chunk" / u64)
         .and(warp::put())
         .and(warp::ext::get::<PeerIdentity>())
-        .and(warp::body::content_length_limit(
+        .and(transport::pooled_body(
             chunk::MAX_RAW as u64 + 4096,
+            chunk::HEADER_LEN,
         ))
-        .and(warp::body::bytes())
         .and(with())
         .and_then(apply_chunk);
     let cursor = warp::path!("data" / "v1" / "mt" / String / "cursor")

@@ -28,6 +28,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection};
 
 use crate::config::Config;
+use crate::engine::bufpool;
 use crate::engine::chunk::{self, Codec, GIVE_UP_AFTER};
 use crate::engine::control::{Compression, NodeReport, PairSpec, PsPairStatus, SyncResponse};
 use crate::engine::shutdown::Shutdown;
@@ -445,6 +446,7 @@ async fn take_chunk(
     peer: PeerIdentity,
     q: SessionQuery,
     body: Bytes,
+    payload_crc: u32,
     ps: Arc<PsRole>,
 ) -> Result<warp::reply::Response, Rejection> {
     let p = ps.pair(&pair)?;
@@ -465,12 +467,13 @@ async fn take_chunk(
             // The hop's checks only: the MT verifies the end-to-end hash
             // before it applies anything, so hashing here too bought no
             // safety for 0.14 CPU-seconds per GB.
-            let (h, payload) = chunk::check_hop(&body).map_err(|e| e.to_string())?;
+            let (h, payload) =
+                chunk::check_hop_summed(&body, payload_crc).map_err(|e| e.to_string())?;
             if h.pair != uuid {
                 return Err(chunk::ChunkError::WrongPair.to_string());
             }
             let out = match recode && !h.compressed {
-                true => chunk::reseal(&h, payload, Codec::Zstd(level)).map(Bytes::from),
+                true => chunk::reseal(&h, payload, Codec::Zstd(level)).map(bufpool::shared),
                 false => None,
             };
             Ok((h, out.unwrap_or(body)))
@@ -763,10 +766,10 @@ pub fn routes(
         .and(warp::put())
         .and(warp::ext::get::<PeerIdentity>())
         .and(warp::query::<SessionQuery>())
-        .and(warp::body::content_length_limit(
+        .and(transport::pooled_body(
             chunk::MAX_RAW as u64 + 4096,
+            chunk::HEADER_LEN,
         ))
-        .and(warp::body::bytes())
         .and(with())
         .and_then(take_chunk);
     let cursor = warp::path!("data" / "v1" / "ps" / String / "cursor")
