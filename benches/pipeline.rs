@@ -10,7 +10,8 @@
 //!   coalesced in bitmap mode cross once), for 50%-compressible and
 //!   incompressible data;
 //! - CPU seconds per GB of each role, and the PS's GB per CPU-second beside
-//!   `zstd -1` compressing the source volume (the same data) in the same run;
+//!   `zstd -1` compressing the source volume (the same data) in the same run
+//!   (page cache warm, fastest of three);
 //! - the agent's peak RSS against its buffer cap;
 //! - RPO p50/p99 (from `pair show` every 100 ms) at 50% and 90% of that rate;
 //! - fast resync of an unchanged volume against reading it raw, both from a
@@ -88,20 +89,30 @@ fn cpus(c: &Cluster) -> [f64; 3] {
     [cpu_s(c.pid(0)), cpu_s(c.pid(1)), cpu_s(c.pid(2))]
 }
 
-/// `zstd -1` over `file` to /dev/null: (bytes, CPU seconds of the zstd process).
+/// `zstd -1` over `file` to /dev/null: (bytes, CPU seconds of the zstd
+/// process). The file is read once first and the fastest of three runs
+/// counts, so the reference pays no disk reads (the PS gets its data from
+/// the network, not a disk) and is the hardest one to meet: a single cold
+/// run gave 1.36 to 1.74 GB per CPU-second on the same data.
 fn zstd_1(file: &Path) -> (u64, f64) {
-    let before = children_cpu_s();
-    let st = Command::new("zstd")
-        .args(["-1", "-q", "-c", "--single-thread"])
+    let _ = Command::new("cat")
         .arg(file)
         .stdout(Stdio::null())
-        .status()
-        .expect("zstd (apt install zstd)");
-    assert!(st.success());
-    (
-        std::fs::metadata(file).unwrap().len(),
-        children_cpu_s() - before,
-    )
+        .status();
+    let best = (0..3)
+        .map(|_| {
+            let before = children_cpu_s();
+            let st = Command::new("zstd")
+                .args(["-1", "-q", "-c", "--single-thread"])
+                .arg(file)
+                .stdout(Stdio::null())
+                .status()
+                .expect("zstd (apt install zstd)");
+            assert!(st.success());
+            children_cpu_s() - before
+        })
+        .fold(f64::INFINITY, f64::min);
+    (std::fs::metadata(file).unwrap().len(), best)
 }
 
 fn children_cpu_s() -> f64 {
