@@ -8,6 +8,9 @@
 //! [`Bytes`] made by [`shared`] returns its buffer when the last clone goes),
 //! so their pages stay mapped and warm.
 //!
+//! The pool holds only buffers that were in use at once before, so it
+//! never grows past the peak of chunks in flight.
+//!
 //! Invariants: the pool never holds more than [`MAX_POOLED`] bytes of
 //! capacity (the rest is freed as usual); a buffer taken is empty (`len` 0),
 //! its old contents never visible; nothing here ever blocks for long (one
@@ -18,9 +21,9 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 /// The most capacity kept for reuse, in bytes.
-pub const MAX_POOLED: usize = 64 << 20;
+pub const MAX_POOLED: usize = 128 << 20;
 /// The most buffers kept for reuse.
-const MAX_BUFFERS: usize = 32;
+const MAX_BUFFERS: usize = 64;
 
 struct Pool {
     free: Vec<Vec<u8>>,
@@ -52,8 +55,20 @@ pub fn take(cap: usize) -> Vec<u8> {
         }
         None => {
             drop(p);
-            Vec::with_capacity(cap)
+            Vec::with_capacity(class(cap))
         }
+    }
+}
+
+/// The capacity a new buffer for `cap` bytes gets: rounded up to a whole
+/// MiB (a power of two below that), so a chunk's body, 7.8 MB say, and a
+/// zstd output bound for it, 8.0 MB, can use each other's buffers.
+fn class(cap: usize) -> usize {
+    const MIB: usize = 1 << 20;
+    if cap <= MIB {
+        cap.next_power_of_two()
+    } else {
+        cap.div_ceil(MIB) * MIB
     }
 }
 
@@ -142,6 +157,11 @@ mod tests {
         drop(part);
         let again = take(1 << 20);
         assert!(again.is_empty(), "old contents are never visible");
+        // Sizes round up to a class, so near sizes share buffers.
+        assert_eq!(class(7_800_000), 8 << 20);
+        assert_eq!(class(8 << 20), 8 << 20);
+        assert_eq!(class(3000), 4096);
+        assert!(take(7_800_000).capacity() >= 8 << 20);
         give(again);
         // Far more than the bound: the pool keeps at most MAX_POOLED.
         for _ in 0..(MAX_POOLED / (8 << 20) + 4) {
