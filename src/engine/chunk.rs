@@ -351,12 +351,19 @@ fn verify_summed(
 ) -> Result<(ChunkHeader, std::borrow::Cow<'_, [u8]>), ChunkError> {
     let (h, payload) = check_hop_summed(b, payload_crc)?;
     let raw: std::borrow::Cow<[u8]> = if h.compressed {
-        let v = ZSTD.with(|z| {
+        // Into a pooled buffer: see `bufpool` (a fresh one per chunk cost
+        // page faults on every byte).
+        let mut v = bufpool::take(h.raw_len as usize);
+        let r = ZSTD.with(|z| {
             z.borrow_mut()
                 .1
-                .decompress(payload, h.raw_len as usize)
+                .decompress_to_buffer(payload, &mut v)
                 .map_err(|e| bad(format!("zstd: {e}")))
-        })?;
+        });
+        if let Err(e) = r {
+            bufpool::give(v);
+            return Err(e);
+        }
         v.into()
     } else {
         payload.into()
@@ -403,7 +410,7 @@ pub fn decode_shared(
     }
     let raw = match raw {
         std::borrow::Cow::Borrowed(_) => b.slice(HEADER_LEN..),
-        std::borrow::Cow::Owned(v) => bytes::Bytes::from(v),
+        std::borrow::Cow::Owned(v) => bufpool::shared(v),
     };
     let mut out = Vec::with_capacity(h.count as usize);
     let mut p = 0usize;
