@@ -12,8 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+/// The `tern` binary under test: this build's, or `TERN_BIN` (e.g. the
+/// static appliance binary from `scripts/build-static`, to measure it).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tern"))
+    std::env::var_os("TERN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tern")))
 }
 
 /// `tern ARGS` to completion, with a private login file.
