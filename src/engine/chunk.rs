@@ -307,14 +307,10 @@ pub fn decode_header(b: &[u8]) -> Result<ChunkHeader, ChunkError> {
 
 /// Check the header, the length and the payload CRC of a whole chunk (what
 /// one hop can damage); return the header and the payload as sent. The
-/// end-to-end hash is not checked: [`verify`] does that.
-pub fn check_hop(b: &[u8]) -> Result<(ChunkHeader, &[u8]), ChunkError> {
-    check_hop_summed(b, crc32c::crc32c(b.get(HEADER_LEN..).unwrap_or_default()))
-}
-
-/// [`check_hop`] with the payload's CRC-32C already summed (as the body
-/// arrived: see `transport::pooled_body`).
-pub fn check_hop_summed(b: &[u8], payload_crc: u32) -> Result<(ChunkHeader, &[u8]), ChunkError> {
+/// end-to-end hash is not checked: [`decode_shared`] does that.
+/// `payload_crc` is the CRC-32C of what follows the header: summed as the
+/// body arrived (`transport::chunk_body`), or by [`payload_crc`].
+pub fn check_hop(b: &[u8], payload_crc: u32) -> Result<(ChunkHeader, &[u8]), ChunkError> {
     let h = decode_header(b)?;
     if b.len() != h.wire_len() {
         return Err(if b.len() < h.wire_len() {
@@ -339,17 +335,18 @@ pub fn check_hop_summed(b: &[u8], payload_crc: u32) -> Result<(ChunkHeader, &[u8
     Ok((h, payload))
 }
 
-/// [`check_hop`], then the uncompressed payload, its BLAKE3 verified.
-pub fn verify(b: &[u8]) -> Result<(ChunkHeader, std::borrow::Cow<'_, [u8]>), ChunkError> {
-    verify_summed(b, crc32c::crc32c(b.get(HEADER_LEN..).unwrap_or_default()))
+/// The CRC-32C of what follows a chunk's header (for a chunk whose body was
+/// not summed as it arrived).
+pub fn payload_crc(b: &[u8]) -> u32 {
+    crc32c::crc32c(b.get(HEADER_LEN..).unwrap_or_default())
 }
 
-/// [`verify`] with the payload's CRC-32C already summed.
-fn verify_summed(
+/// [`check_hop`], then the uncompressed payload, its BLAKE3 verified.
+fn verify(
     b: &[u8],
     payload_crc: u32,
 ) -> Result<(ChunkHeader, std::borrow::Cow<'_, [u8]>), ChunkError> {
-    let (h, payload) = check_hop_summed(b, payload_crc)?;
+    let (h, payload) = check_hop(b, payload_crc)?;
     let raw: std::borrow::Cow<[u8]> = if h.compressed {
         // Into a pooled buffer: see `bufpool` (a fresh one per chunk cost
         // page faults on every byte).
@@ -390,21 +387,18 @@ thread_local! {
 /// Verify and decode a whole chunk for `pair` (a copy of `b`; see
 /// [`decode_shared`]).
 pub fn decode(b: &[u8], pair: &[u8; 16]) -> Result<(ChunkHeader, Vec<WireRecord>), ChunkError> {
-    let b = bytes::Bytes::copy_from_slice(b);
-    let crc = crc32c::crc32c(b.get(HEADER_LEN..).unwrap_or_default());
-    decode_shared(&b, pair, crc)
+    decode_shared(&bytes::Bytes::copy_from_slice(b), pair, payload_crc(b))
 }
 
 /// Verify and decode a whole chunk for `pair`; the records' data are
 /// slices of `b` (or of the decompressed payload), not copies.
-/// `payload_crc` is the CRC-32C of `b` after its header, summed as it
-/// arrived (`transport::pooled_body`).
+/// `payload_crc` as for [`check_hop`].
 pub fn decode_shared(
     b: &bytes::Bytes,
     pair: &[u8; 16],
     payload_crc: u32,
 ) -> Result<(ChunkHeader, Vec<WireRecord>), ChunkError> {
-    let (h, raw) = verify_summed(b, payload_crc)?;
+    let (h, raw) = verify(b, payload_crc)?;
     if &h.pair != pair {
         return Err(ChunkError::WrongPair);
     }
@@ -479,7 +473,8 @@ pub fn decode_shared(
 }
 
 /// The records of an uncompressed chunk already checked ([`check_hop`]:
-/// its header and raw payload) compressed with `codec`, keeping its end-to-end hash;
+/// its header and raw payload) compressed with `codec`, keeping its
+/// end-to-end hash;
 /// None when compressing does not make it smaller (send it as it is).
 pub fn reseal(h: &ChunkHeader, raw: &[u8], codec: Codec) -> Option<Vec<u8>> {
     compress_behind_header(raw, codec).map(|out| sealed(h, out, true))
@@ -606,27 +601,20 @@ mod tests {
         let pair = [1u8; 16];
         let plain = encode(pair, &sample(), Codec::None);
         // What the PS does for `compression = ps`.
-        let (h, payload) = check_hop(&plain).unwrap();
+        let (h, payload) = check_hop(&plain, payload_crc(&plain)).unwrap();
         let z = reseal(&h, payload, Codec::Zstd(3)).unwrap();
         assert!(z.len() < plain.len());
         assert_eq!(z[6], 1);
         assert_eq!(&z[72..104], &plain[72..104]);
         assert_eq!(decode(&z, &pair).unwrap().1, sample());
         // Decompressed and sealed plain again, it is the agent's chunk.
-        let (h, raw) = verify(&z).unwrap();
+        let (h, raw) = verify(&z, payload_crc(&z)).unwrap();
         let mut again = vec![0u8; HEADER_LEN];
         again.extend_from_slice(&raw);
         assert_eq!(sealed(&h, again, false), plain);
         // Incompressible records are not resealed: the PS forwards them as sent.
-        let mut noise = vec![0u8; 8192];
-        rand::Rng::fill(&mut rand::rng(), &mut noise[..]);
-        let mut recs = sample();
-        recs[0].record.body = RecordBody::Write {
-            offset: 0,
-            data: noise.into(),
-        };
-        let n = encode(pair, &recs[..1], Codec::None);
-        let (h, payload) = check_hop(&n).unwrap();
+        let n = chunk_of(8192, 0.0);
+        let (h, payload) = check_hop(&n, payload_crc(&n)).unwrap();
         assert_eq!(reseal(&h, payload, Codec::Zstd(1)), None);
     }
 
@@ -648,12 +636,12 @@ mod tests {
     fn large_chunks_are_judged_by_samples() {
         // Random: the samples say no, and it is forwarded as sent.
         let n = chunk_of(2 << 20, 0.0);
-        let (h, payload) = check_hop(&n).unwrap();
+        let (h, payload) = check_hop(&n, payload_crc(&n)).unwrap();
         assert!(ZSTD.with(|z| looks_incompressible(&mut z.borrow_mut().0, payload)));
         assert_eq!(reseal(&h, payload, Codec::Zstd(1)), None);
         // Half zero pieces: compressed, and it decodes to the same records.
         let n = chunk_of(2 << 20, 0.5);
-        let (h, payload) = check_hop(&n).unwrap();
+        let (h, payload) = check_hop(&n, payload_crc(&n)).unwrap();
         let z = reseal(&h, payload, Codec::Zstd(1)).expect("compressible");
         assert!(z.len() < n.len() * 6 / 10, "{} of {}", z.len(), n.len());
         assert_eq!(
@@ -662,7 +650,7 @@ mod tests {
         );
         // Below the sampling size a chunk is tried whole.
         let n = chunk_of(SAMPLE_ABOVE - 4096, 0.1);
-        let (h, payload) = check_hop(&n).unwrap();
+        let (h, payload) = check_hop(&n, payload_crc(&n)).unwrap();
         assert!(reseal(&h, payload, Codec::Zstd(1)).is_some());
     }
 
