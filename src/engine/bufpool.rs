@@ -86,11 +86,6 @@ pub fn give(mut v: Vec<u8>) {
     }
 }
 
-/// Capacity held in the pool now, in bytes.
-pub fn pooled_bytes() -> usize {
-    POOL.lock().unwrap().bytes
-}
-
 /// A buffer that goes back to the pool when dropped.
 struct Returning(Vec<u8>);
 
@@ -167,7 +162,7 @@ mod tests {
         for _ in 0..(MAX_POOLED / (8 << 20) + 4) {
             give(Vec::with_capacity(8 << 20));
         }
-        assert!(pooled_bytes() <= MAX_POOLED);
+        assert!(POOL.lock().unwrap().bytes <= MAX_POOLED);
     }
 
     #[test]

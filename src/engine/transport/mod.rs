@@ -181,32 +181,26 @@ pub fn json_reply(status: warp::http::StatusCode, v: serde_json::Value) -> warp:
 }
 
 /// A request body that broke off or ran past its declared length.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct BodyError(pub String);
 
 impl warp::reject::Reject for BodyError {}
 
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A request body of at most `limit` bytes (a `Content-Length` is
-/// required), read into one buffer from [`bufpool`](crate::engine::bufpool)
-/// that returns there when the last [`bytes::Bytes`] of it is dropped
-/// (`warp::body::bytes` gathers a body into fresh memory every time), with
-/// the CRC-32C of its bytes after the first `crc_after`, summed as each
-/// piece arrives while it is still in the CPU's cache: a second pass over
-/// a chunk read it back from memory for 0.06 CPU-seconds per GB.
-pub fn pooled_body(
-    limit: u64,
-    crc_after: usize,
-) -> impl Filter<Extract = (bytes::Bytes, u32), Error = warp::Rejection> + Clone {
-    warp::body::content_length_limit(limit)
+/// A chunk PUT's body (a `Content-Length` is required, at most a chunk's
+/// largest size), read into one buffer from
+/// [`bufpool`](crate::engine::bufpool) that returns there when the last
+/// [`bytes::Bytes`] of it is dropped (`warp::body::bytes` gathers a body
+/// into fresh memory every time), with the CRC-32C of its payload (past
+/// the chunk header) summed as each piece arrives, while it is still in
+/// the CPU's cache: a second pass over a chunk read it back from memory
+/// for 0.06 CPU-seconds per GB.
+pub fn chunk_body() -> impl Filter<Extract = (bytes::Bytes, u32), Error = warp::Rejection> + Clone {
+    use crate::engine::chunk;
+    warp::body::content_length_limit((chunk::HEADER_LEN + chunk::MAX_RAW) as u64)
         .and(warp::header::<u64>("content-length"))
         .and(warp::body::stream())
-        .and_then(move |len, body| gather(len, body, crc_after))
+        .and_then(|len, body| gather(len, body, chunk::HEADER_LEN))
         .untuple_one()
 }
 

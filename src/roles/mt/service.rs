@@ -474,10 +474,7 @@ pub fn routes(
     let chunk = warp::path!("data" / "v1" / "mt" / String / "chunk" / u64)
         .and(warp::put())
         .and(warp::ext::get::<PeerIdentity>())
-        .and(transport::pooled_body(
-            chunk::MAX_RAW as u64 + 4096,
-            chunk::HEADER_LEN,
-        ))
+        .and(transport::chunk_body())
         .and(with())
         .and_then(apply_chunk);
     let cursor = warp::path!("data" / "v1" / "mt" / String / "cursor")

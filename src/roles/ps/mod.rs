@@ -467,8 +467,7 @@ async fn take_chunk(
             // The hop's checks only: the MT verifies the end-to-end hash
             // before it applies anything, so hashing here too bought no
             // safety for 0.14 CPU-seconds per GB.
-            let (h, payload) =
-                chunk::check_hop_summed(&body, payload_crc).map_err(|e| e.to_string())?;
+            let (h, payload) = chunk::check_hop(&body, payload_crc).map_err(|e| e.to_string())?;
             if h.pair != uuid {
                 return Err(chunk::ChunkError::WrongPair.to_string());
             }
@@ -766,10 +765,7 @@ pub fn routes(
         .and(warp::put())
         .and(warp::ext::get::<PeerIdentity>())
         .and(warp::query::<SessionQuery>())
-        .and(transport::pooled_body(
-            chunk::MAX_RAW as u64 + 4096,
-            chunk::HEADER_LEN,
-        ))
+        .and(transport::chunk_body())
         .and(with())
         .and_then(take_chunk);
     let cursor = warp::path!("data" / "v1" / "ps" / String / "cursor")
