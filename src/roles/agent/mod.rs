@@ -385,7 +385,6 @@ impl AgentRole {
         }
     }
 
-    /// Each active pair with its volume.
     /// Keep resident memory near the buffers' caps: freed capture buffers
     /// go back to the kernel when the process holds more than the caps plus
     /// [`MEMORY_MARGIN`]. Run every 100 ms in a process that is only an
@@ -399,6 +398,7 @@ impl AgentRole {
         crate::engine::memory::trim_above(caps + MEMORY_MARGIN);
     }
 
+    /// Each active pair with its volume.
     fn pair_volumes(&self) -> Vec<(String, Arc<Volume>)> {
         let pairs: Vec<(String, String)> = self
             .pairs
