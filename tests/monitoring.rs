@@ -187,14 +187,8 @@ impl MailServer {
     }
 
     fn messages(&self) -> Vec<String> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-            .collect();
-        v.sort();
-        v.iter()
+        files_with_ext(&self.dir, "eml")
+            .iter()
             .map(|p| std::fs::read_to_string(p).unwrap_or_default())
             .collect()
     }

@@ -50,9 +50,7 @@ fn writer(url: String, vol: u64, seed: u64, stop: Arc<AtomicBool>) -> std::threa
 fn mt_and_ps_outages_lose_nothing_and_bitmap_mode_bounds_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let vol = 64 * MIB;
-    let mut c = Cluster::start(tmp.path(), vol, SMALL_CHUNKS_4M, "");
-    c.create_pair();
-    c.wait_caught_up(120);
+    let mut c = Cluster::with_pair(tmp.path(), vol, SMALL_CHUNKS_4M, "", 120);
 
     // MT outage under load: the PS spills to its cache and keeps accepting.
     let stop = Arc::new(AtomicBool::new(false));
@@ -121,9 +119,7 @@ fn mt_and_ps_outages_lose_nothing_and_bitmap_mode_bounds_memory() {
 fn thirty_kill_nines_of_agent_ps_and_mt_end_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let vol = 32 * MIB;
-    let mut c = Cluster::start(tmp.path(), vol, SMALL_CHUNKS_16M, "");
-    c.create_pair();
-    c.wait_caught_up(120);
+    let mut c = Cluster::with_pair(tmp.path(), vol, SMALL_CHUNKS_16M, "", 120);
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(c.url(), vol, 3, stop.clone());
     let mut rng = StdRng::seed_from_u64(77);
@@ -158,9 +154,7 @@ fn thirty_kill_nines_of_agent_ps_and_mt_end_identical() {
 fn a_damaged_cached_chunk_is_given_up_and_the_pair_resyncs() {
     let tmp = tempfile::tempdir().unwrap();
     let vol = 16 * MIB;
-    let mut c = Cluster::start(tmp.path(), vol, SMALL_CHUNKS_16M, "");
-    c.create_pair();
-    c.wait_caught_up(120);
+    let mut c = Cluster::with_pair(tmp.path(), vol, SMALL_CHUNKS_16M, "", 120);
     // The MT away: the PS caches what the agent sends.
     c.stop(2);
     qemu_io(
@@ -176,18 +170,13 @@ fn a_damaged_cached_chunk_is_given_up_and_the_pair_resyncs() {
     // Damage the first cached chunk's payload on the PS's disk.
     c.stop(1);
     let dir = c.dir.join("ps-data/ps/cache/p");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "tchk"))
-        .collect();
-    files.sort();
+    let files = files_with_ext(&dir, "tchk");
     let first = files.first().expect("a cached chunk");
     let mut b = std::fs::read(first).unwrap();
-    // In the payload (past the 112-byte header): the header still checks,
-    // so the PS reloads the file and forwards it.
-    let i = 112 + (b.len() - 112) / 2;
+    // In the payload (past the header): the header still checks, so the
+    // PS reloads the file and forwards it.
+    let h = tern::engine::chunk::HEADER_LEN;
+    let i = h + (b.len() - h) / 2;
     b[i] ^= 0x5a;
     std::fs::write(first, &b).unwrap();
     c.up(1);

@@ -110,15 +110,12 @@ impl Cluster {
 
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for e in std::fs::read_dir(&self.dir).unwrap().flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "log") {
-                let t = std::fs::read_to_string(&p).unwrap_or_default();
-                let lines: Vec<&str> = t.lines().collect();
-                s.push_str(&format!("==> {} <==\n", p.display()));
-                s.push_str(&lines[lines.len().saturating_sub(25)..].join("\n"));
-                s.push('\n');
-            }
+        for p in files_with_ext(&self.dir, "log") {
+            let t = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = t.lines().collect();
+            s.push_str(&format!("==> {} <==\n", p.display()));
+            s.push_str(&lines[lines.len().saturating_sub(25)..].join("\n"));
+            s.push('\n');
         }
         s
     }
@@ -155,6 +152,15 @@ impl Cluster {
 
     pub fn url(&self) -> String {
         format!("nbd://127.0.0.1:{}/vol", self.nbd_port)
+    }
+
+    /// [`Cluster::start`], then pair `p` created and caught up within
+    /// `secs` seconds.
+    pub fn with_pair(dir: &Path, vol_size: u64, agent: &str, common: &str, secs: u64) -> Cluster {
+        let c = Cluster::start(dir, vol_size, agent, common);
+        c.create_pair();
+        c.wait_caught_up(secs);
+        c
     }
 
     pub fn create_pair(&self) {

@@ -189,6 +189,18 @@ pub fn is_caught_up(v: &serde_json::Value, since: u64) -> bool {
         && v["latest_point"]["seq"].as_u64() == agent_last
 }
 
+/// The files in `dir` named `*.EXT`, in name order.
+pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    v.sort();
+    v
+}
+
 /// Now, in Unix milliseconds (the clock node reports are stamped with).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
