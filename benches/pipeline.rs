@@ -5,7 +5,7 @@
 //! same 2 cores.
 //!
 //! `cargo bench --bench pipeline [50|incompressible|resync]` prints:
-//! - sustained throughput: 20 s of writes as fast as the export takes them,
+//! - drain throughput: 20 s of writes as fast as the export takes them,
 //!   bytes through the PS until the MT has applied everything (overwrites
 //!   coalesced in bitmap mode cross once), for 50%-compressible and
 //!   incompressible data;
@@ -22,7 +22,7 @@
 //! - fast resync of an unchanged volume against reading it raw, both from a
 //!   cold page cache.
 //!
-//! `TERN_BENCH_QUICK=1` stops after the throughput figures (no RPO runs);
+//! `TERN_BENCH_QUICK=1` stops after the drain figures (no paced runs);
 //! `TERN_BENCH_PAUSE=1` prints the roles' pids before each measured phase
 //! and waits 10 s, to attach `perf record -p`.
 
@@ -163,16 +163,14 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-fn start(dir: &Path) -> Cluster {
-    let c = Cluster::start(
+fn start(dir: &Path, vol: u64) -> Cluster {
+    Cluster::with_pair(
         dir,
-        VOL,
+        vol,
         &format!("buffer_cap = \"{CAP}\""),
         "[log]\nlevel = \"warn\"\n",
-    );
-    c.create_pair();
-    c.wait_caught_up(600);
-    c
+        600,
+    )
 }
 
 /// One paced run: 15 s of writes at `mb_s`, then until caught up.
@@ -220,7 +218,7 @@ fn paced(c: &Cluster, u: &str, mb_s: f64, comp: f64) -> Paced {
 
 fn throughput(label: &str, comp: f64) {
     let tmp = tempfile::tempdir().unwrap();
-    let c = start(tmp.path());
+    let c = start(tmp.path(), VOL);
     let u = c.url();
     // Sustained: 20 s of writes as fast as they are taken, then drain.
     let secs = 20;
@@ -341,14 +339,7 @@ fn fast_resync() {
             f.write_all(&buf).unwrap();
         }
     }
-    let c = Cluster::start(
-        tmp.path(),
-        size,
-        &format!("buffer_cap = \"{CAP}\""),
-        "[log]\nlevel = \"warn\"\n",
-    );
-    c.create_pair();
-    c.wait_caught_up(600);
+    let c = start(tmp.path(), size);
     let resyncs = |v: &serde_json::Value| v["agent"]["resyncs"].as_u64().unwrap_or(0);
     let before = resyncs(&c.tern(&["pair", "show", "p"]));
     // What this host's disk gives one reader, and two readers at once: the
