@@ -107,34 +107,6 @@ pub fn shared(v: Vec<u8>) -> Bytes {
     Bytes::from_owner(Returning(v))
 }
 
-/// A `zstd` output buffer: the spare capacity of a `Vec` after its first
-/// `len()` bytes, so a compressor writes behind a header already there
-/// instead of into a buffer of its own that is then copied.
-pub struct After<'a>(pub &'a mut Vec<u8>);
-
-// SAFETY: `as_mut_ptr` points at the Vec's spare capacity, which is
-// `capacity()` bytes long; `filled_until(n)` is called only once `n` bytes
-// there were written (zstd's contract), so `set_len` covers initialized
-// bytes only.
-unsafe impl zstd::zstd_safe::WriteBuf for After<'_> {
-    fn as_slice(&self) -> &[u8] {
-        &[]
-    }
-    fn capacity(&self) -> usize {
-        self.0.capacity() - self.0.len()
-    }
-    fn as_mut_ptr(&mut self) -> *mut u8 {
-        let len = self.0.len();
-        // SAFETY: len <= capacity, so this stays inside the allocation.
-        unsafe { self.0.as_mut_ptr().add(len) }
-    }
-    unsafe fn filled_until(&mut self, n: usize) {
-        let len = self.0.len();
-        // SAFETY: the caller wrote `n` bytes after `len` (see above).
-        unsafe { self.0.set_len(len + n) }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,32 +135,5 @@ mod tests {
             give(Vec::with_capacity(8 << 20));
         }
         assert!(POOL.lock().unwrap().bytes <= MAX_POOLED);
-    }
-
-    #[test]
-    fn zstd_writes_behind_what_is_already_there() {
-        let src = vec![3u8; 100_000];
-        let mut out = Vec::with_capacity(16 + src.len());
-        out.extend_from_slice(b"header-bytes-16b");
-        let n = zstd::bulk::Compressor::new(1)
-            .unwrap()
-            .compress_to_buffer(&src, &mut After(&mut out))
-            .unwrap();
-        assert_eq!(out.len(), 16 + n);
-        assert_eq!(&out[..16], b"header-bytes-16b");
-        assert_eq!(zstd::bulk::decompress(&out[16..], src.len()).unwrap(), src);
-        // Too little room is an error, not an overrun.
-        let mut small = Vec::with_capacity(20);
-        small.extend_from_slice(b"0123456789");
-        let noise: Vec<u8> = (0..5000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
-        assert!(
-            zstd::bulk::Compressor::new(1)
-                .unwrap()
-                .compress_to_buffer(&noise, &mut After(&mut small))
-                .is_err()
-        );
-        assert_eq!(&small[..], b"0123456789");
     }
 }

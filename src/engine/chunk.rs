@@ -14,6 +14,8 @@
 //! that fails a check.
 
 use crate::engine::bufpool;
+use crate::engine::compressor::Compressor;
+use crate::engine::crc;
 use crate::engine::journal::format::{BookmarkKind, u16_at, u32_at, u64_at};
 use crate::engine::journal::{Record, RecordBody};
 
@@ -177,12 +179,11 @@ fn compress_behind_header(raw: &[u8], codec: Codec) -> Option<Vec<u8>> {
     out.resize(HEADER_LEN, 0);
     let done = ZSTD.with(|z| {
         let c = &mut z.borrow_mut().0;
-        c.set_compression_level(level)?;
+        c.set_level(level);
         if looks_incompressible(c, raw) {
             return Ok(false);
         }
-        c.compress_to_buffer(raw, &mut bufpool::After(&mut out))
-            .map(|_| true)
+        c.compress_append(raw, &mut out).map(|_| true)
     });
     match done.expect("in-memory zstd with a compress_bound buffer cannot fail") {
         true if out.len() - HEADER_LEN < raw.len() => Some(out),
@@ -204,7 +205,7 @@ const SAMPLE_LEN: usize = 16 << 10;
 /// 0.15 CPU-seconds per GB for nothing; the samples cost 1/16 of that on a
 /// 1 MiB chunk. A chunk mixing compressible and random data is tried
 /// unless every sample lands in the random part.
-fn looks_incompressible(c: &mut zstd::bulk::Compressor<'static>, raw: &[u8]) -> bool {
+fn looks_incompressible(c: &mut Compressor, raw: &[u8]) -> bool {
     if raw.len() < SAMPLE_ABOVE {
         return false;
     }
@@ -212,7 +213,7 @@ fn looks_incompressible(c: &mut zstd::bulk::Compressor<'static>, raw: &[u8]) -> 
     let step = (raw.len() - SAMPLE_LEN) / (SAMPLES - 1);
     (0..SAMPLES).all(|i| {
         let piece = &raw[i * step..i * step + SAMPLE_LEN];
-        match c.compress_to_buffer(piece, &mut out[..]) {
+        match c.compress_to(piece, &mut out[..]) {
             Ok(n) => n > SAMPLE_LEN - SAMPLE_LEN / 32,
             Err(_) => true,
         }
@@ -236,10 +237,10 @@ fn header_bytes(h: &ChunkHeader, payload: &[u8], compressed: bool) -> [u8; HEADE
     out[56..60].copy_from_slice(&h.count.to_le_bytes());
     out[60..64].copy_from_slice(&h.raw_len.to_le_bytes());
     out[64..68].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    out[68..72].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out[68..72].copy_from_slice(&crc::crc32c(payload).to_le_bytes());
     out[72..104].copy_from_slice(&h.raw_hash);
     // 104..108 reserved, zero.
-    let crc = crc32c::crc32c(&out[..108]);
+    let crc = crc::crc32c(&out[..108]);
     out[108..112].copy_from_slice(&crc.to_le_bytes());
     out
 }
@@ -263,7 +264,7 @@ pub fn decode_header(b: &[u8]) -> Result<ChunkHeader, ChunkError> {
     if b[0..4] != MAGIC {
         return Err(ChunkError::Magic);
     }
-    if crc32c::crc32c(&b[0..108]) != u32_at(b, 108) {
+    if crc::crc32c(&b[0..108]) != u32_at(b, 108) {
         return Err(ChunkError::HeaderCrc);
     }
     let v = u16_at(b, 4);
@@ -338,7 +339,7 @@ pub fn check_hop(b: &[u8], payload_crc: u32) -> Result<(ChunkHeader, &[u8]), Chu
 /// The CRC-32C of what follows a chunk's header (for a chunk whose body was
 /// not summed as it arrived).
 pub fn payload_crc(b: &[u8]) -> u32 {
-    crc32c::crc32c(b.get(HEADER_LEN..).unwrap_or_default())
+    crc::crc32c(b.get(HEADER_LEN..).unwrap_or_default())
 }
 
 /// [`check_hop`], then the uncompressed payload, its BLAKE3 verified.
@@ -377,9 +378,9 @@ fn verify(
 thread_local! {
     /// One zstd context pair per thread: creating them per chunk cost a
     /// fresh workspace (allocation and page faults) every time.
-    static ZSTD: std::cell::RefCell<(zstd::bulk::Compressor<'static>, zstd::bulk::Decompressor<'static>)> =
+    static ZSTD: std::cell::RefCell<(Compressor, zstd::bulk::Decompressor<'static>)> =
         std::cell::RefCell::new((
-            zstd::bulk::Compressor::new(1).expect("zstd context"),
+            Compressor::new(1),
             zstd::bulk::Decompressor::new().expect("zstd context"),
         ));
 }
@@ -581,9 +582,9 @@ mod tests {
         let raw_len = 3 * 32 + 5000 + 14;
         assert_eq!(u32_at(&b, 60) as usize, raw_len);
         assert_eq!(u32_at(&b, 64) as usize, raw_len);
-        assert_eq!(u32_at(&b, 68), crc32c::crc32c(&b[112..]));
+        assert_eq!(u32_at(&b, 68), crc::crc32c(&b[112..]));
         assert_eq!(&b[72..104], blake3::hash(&b[112..]).as_bytes());
-        assert_eq!(u32_at(&b, 108), crc32c::crc32c(&b[..108]));
+        assert_eq!(u32_at(&b, 108), crc::crc32c(&b[..108]));
         // First record header.
         let r = &b[112..144];
         assert_eq!((r[0], r[1], u32_at(r, 4)), (1, 1, 5000));

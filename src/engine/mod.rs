@@ -2,7 +2,9 @@
 
 pub mod bufpool;
 pub mod chunk;
+pub mod compressor;
 pub mod control;
+pub mod crc;
 pub mod enroll;
 pub mod fsutil;
 pub mod journal;

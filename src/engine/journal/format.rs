@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::engine::crc;
+
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TERNJSEG";
 pub const INDEX_MAGIC: [u8; 8] = *b"TERNJIDX";
 pub const STATE_MAGIC: [u8; 8] = *b"TERNJSTA";
@@ -99,7 +101,7 @@ fn check_header(b: &[u8], magic: &[u8; 8], crc_at: usize) -> Result<(), DecodeEr
     if b[0..8] != *magic {
         return Err(DecodeError::BadMagic);
     }
-    if crc32c::crc32c(&b[0..crc_at]) != u32_at(b, crc_at) {
+    if crc::crc32c(&b[0..crc_at]) != u32_at(b, crc_at) {
         return Err(DecodeError::HeaderChecksum);
     }
     let v = u16_at(b, 8);
@@ -117,7 +119,7 @@ fn start_header(b: &mut [u8], magic: &[u8; 8]) {
 
 /// Store the CRC of bytes `0..crc_at` at `crc_at` (call once the rest is written).
 fn seal_header(b: &mut [u8], crc_at: usize) {
-    let c = crc32c::crc32c(&b[0..crc_at]);
+    let c = crc::crc32c(&b[0..crc_at]);
     b[crc_at..crc_at + 4].copy_from_slice(&c.to_le_bytes());
 }
 
@@ -212,7 +214,7 @@ impl RecordHeader {
         if u32_at(b, 0) != RECORD_MAGIC {
             return Err(DecodeError::BadMagic);
         }
-        if crc32c::crc32c(&b[0..44]) != u32_at(b, 44) {
+        if crc::crc32c(&b[0..44]) != u32_at(b, 44) {
             return Err(DecodeError::HeaderChecksum);
         }
         let kind = Kind::from_u8(b[4]).ok_or(DecodeError::Invalid("record kind"))?;
@@ -244,7 +246,7 @@ pub fn encode_record(out: &mut Vec<u8>, h: &RecordHeader, payload: &[u8]) {
     debug_assert_eq!(payload.len(), h.payload_len());
     out.extend_from_slice(&h.encode_header());
     for block in payload.chunks(CRC_BLOCK) {
-        out.extend_from_slice(&crc32c::crc32c(block).to_le_bytes());
+        out.extend_from_slice(&crc::crc32c(block).to_le_bytes());
     }
     out.extend_from_slice(payload);
 }
@@ -267,7 +269,7 @@ pub fn decode_record(b: &[u8]) -> Result<(RecordHeader, &[u8], usize), DecodeErr
 pub fn verify_blocks(crcs: &[u8], payload: &[u8], first_block: usize) -> Result<(), DecodeError> {
     for (i, block) in payload.chunks(CRC_BLOCK).enumerate() {
         let o = 4 * i;
-        if o + 4 > crcs.len() || crc32c::crc32c(block) != u32_at(crcs, o) {
+        if o + 4 > crcs.len() || crc::crc32c(block) != u32_at(crcs, o) {
             return Err(DecodeError::PayloadChecksum(first_block + i));
         }
     }
@@ -404,7 +406,7 @@ pub fn encode_index(
         x[32..40].copy_from_slice(&e.pos.to_le_bytes());
         b.extend_from_slice(&x);
     }
-    let c = crc32c::crc32c(&b[start..]);
+    let c = crc::crc32c(&b[start..]);
     b.extend_from_slice(&c.to_le_bytes());
     b
 }
@@ -424,7 +426,7 @@ pub fn decode_index(b: &[u8]) -> Result<(u64, u64, u64, Vec<IndexEntry>), Decode
         return Err(DecodeError::Invalid("index length"));
     }
     let entries_bytes = &b[INDEX_HEADER_LEN..INDEX_HEADER_LEN + body];
-    if crc32c::crc32c(entries_bytes) != u32_at(b, INDEX_HEADER_LEN + body) {
+    if crc::crc32c(entries_bytes) != u32_at(b, INDEX_HEADER_LEN + body) {
         return Err(DecodeError::PayloadChecksum(0));
     }
     let mut entries = Vec::with_capacity(n);
@@ -552,7 +554,7 @@ mod tests {
         assert_eq!(u32_at(&b, 12), 2);
         assert_eq!((u64_at(&b, 32), u64_at(&b, 40)), (5, 9));
         assert_eq!(b.len(), 16 + 32 + 4);
-        assert_eq!(u32_at(&b, 48), crc32c::crc32c(&b[..48]));
+        assert_eq!(u32_at(&b, 48), crc::crc32c(&b[..48]));
         assert_eq!(decode_ranges(&b).unwrap(), m);
         for i in 0..b.len() {
             let mut c = b.clone();
@@ -580,9 +582,9 @@ mod tests {
         assert_eq!(u64_at(&out, 24), 0x2122232425262728);
         assert_eq!(u32_at(&out, 32), 5000);
         assert_eq!(u32_at(&out, 36), 2, "two 4 KiB CRC blocks");
-        assert_eq!(u32_at(&out, 44), crc32c::crc32c(&out[0..44]));
-        assert_eq!(u32_at(&out, 48), crc32c::crc32c(&[7u8; 4096]));
-        assert_eq!(u32_at(&out, 52), crc32c::crc32c(&[7u8; 904]));
+        assert_eq!(u32_at(&out, 44), crc::crc32c(&out[0..44]));
+        assert_eq!(u32_at(&out, 48), crc::crc32c(&[7u8; 4096]));
+        assert_eq!(u32_at(&out, 52), crc::crc32c(&[7u8; 904]));
         assert_eq!(out.len(), 48 + 8 + 5000);
         let (d, p, n) = decode_record(&out).unwrap();
         assert_eq!((d, p.len(), n), (h, 5000, out.len()));

@@ -47,6 +47,8 @@ use index::{Index, RecMeta, Source};
 use serde::Serialize;
 use storage::{BlockFile, Storage};
 
+use crate::engine::crc;
+
 /// One change from the source, in the pair's sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -701,7 +703,7 @@ impl Journal {
             });
             format::encode_record(&mut buf, &h, &payload);
         }
-        let chunk_crc = crc32c::crc32c(&buf);
+        let chunk_crc = crc::crc32c(&buf);
         let last = new.last().unwrap();
         let commit = format::encode_commit(new[0].seq, new.len() as u32, chunk_crc);
         let ch = RecordHeader {
@@ -1539,7 +1541,7 @@ fn load_segment(
     // Scan, in bounded reads, keeping only chunks sealed by a valid commit.
     let mut entries = Vec::new();
     let mut pending: Vec<IndexEntry> = Vec::new();
-    let mut chunk_crc = crc32c::crc32c(&[]);
+    let mut chunk_crc = crc::crc32c(&[]);
     let mut pos = SEGMENT_HEADER_LEN as u64;
     let mut good = pos;
     let mut hdr = [0u8; RECORD_HEADER_LEN];
@@ -1588,7 +1590,7 @@ fn load_segment(
             });
             pos += total;
             good = pos;
-            chunk_crc = crc32c::crc32c(&[]);
+            chunk_crc = crc::crc32c(&[]);
             continue;
         }
         pending.push(IndexEntry {
@@ -1599,7 +1601,7 @@ fn load_segment(
             offset: h.offset,
             pos,
         });
-        chunk_crc = crc32c::crc32c_append(chunk_crc, &rec);
+        chunk_crc = crc::crc32c_append(chunk_crc, &rec);
         pos += total;
     }
     if good < len {
@@ -1858,7 +1860,7 @@ impl Journal {
                 });
             }
         }
-        let chunk_crc = crc32c::crc32c(&buf[chunk_start..]);
+        let chunk_crc = crc::crc32c(&buf[chunk_start..]);
         let commit = format::encode_commit(lo, entries.len() as u32, chunk_crc);
         let hi_ts = plan.last().map(|p| p.1).unwrap_or(0);
         let pos = buf.len() as u64;

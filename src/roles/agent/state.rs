@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use super::stream::Bitmap;
+use crate::engine::crc;
 use crate::engine::journal::format;
 
 pub const MAGIC: [u8; 8] = *b"TERNAPST";
@@ -36,10 +37,10 @@ pub fn encode(s: &PairState, volume_size: u64) -> Vec<u8> {
     b[40..48].copy_from_slice(&s.resync_gen.to_le_bytes());
     b[48..56].copy_from_slice(&s.step1.unwrap_or(u64::MAX).to_le_bytes());
     b[56..60].copy_from_slice(&(bm.len() as u32).to_le_bytes());
-    let c = crc32c::crc32c(&b[..60]);
+    let c = crc::crc32c(&b[..60]);
     b[60..64].copy_from_slice(&c.to_le_bytes());
     b.extend_from_slice(&bm);
-    b.extend_from_slice(&crc32c::crc32c(&bm).to_le_bytes());
+    b.extend_from_slice(&crc::crc32c(&bm).to_le_bytes());
     b
 }
 
@@ -54,7 +55,7 @@ pub fn decode(
     if b.len() < HEADER + 4 || b[0..8] != MAGIC {
         return Err("not an agent pair state (bad magic or too short)".into());
     }
-    if crc32c::crc32c(&b[..60]) != u32_at(60) {
+    if crc::crc32c(&b[..60]) != u32_at(60) {
         return Err("header checksum mismatch".into());
     }
     let v = format::u16_at(b, 8);
@@ -68,7 +69,7 @@ pub fn decode(
     if b.len() != HEADER + n + 4 {
         return Err("length does not match the bitmap size".into());
     }
-    if crc32c::crc32c(&b[HEADER..HEADER + n]) != u32_at(HEADER + n) {
+    if crc::crc32c(&b[HEADER..HEADER + n]) != u32_at(HEADER + n) {
         return Err("bitmap checksum mismatch".into());
     }
     let id: [u8; 16] = b[16..32].try_into().unwrap();
