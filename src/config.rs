@@ -234,6 +234,12 @@ pub struct NodeConfig {
     pub cx_url: String,
     /// Replication data port (PS and MT): HTTPS with mutual TLS only.
     pub data_listen: SocketAddr,
+    /// Where peers dial this node's data port, as `host:port` (a DNS name or
+    /// an IP), when that is not `data_listen`: behind NAT, a port forward or
+    /// a proxy. Unset: `data_listen`, where a wildcard bind (`0.0.0.0`, `::`)
+    /// is reached at the address the CX sees this node's heartbeats come
+    /// from. Its host goes into this node's certificate at enrollment.
+    pub data_advertise: Option<String>,
     /// Extra DNS names or IP addresses put in this node's certificate, so peers
     /// can reach it by those names (its host name and loopback are always in).
     pub tls_names: Vec<String>,
@@ -254,6 +260,7 @@ impl Default for NodeConfig {
             name: None,
             cx_url: "https://127.0.0.1:8443".into(),
             data_listen: "0.0.0.0:9443".parse().expect("valid"),
+            data_advertise: None,
             tls_names: Vec::new(),
             heartbeat_interval: Dur(Duration::from_secs(10)),
             report_interval: Dur(Duration::from_secs(2)),
@@ -428,6 +435,11 @@ impl Config {
         }
         if let Err(e) = crate::util::parse_window(&self.agent.resync_window) {
             return Err(format!("agent.resync_window: {e}"));
+        }
+        if let Some(a) = &self.node.data_advertise
+            && let Err(e) = crate::util::host_port(a)
+        {
+            return Err(format!("node.data_advertise: {e}"));
         }
         if !self.node.cx_url.starts_with("https://") {
             return Err(format!(

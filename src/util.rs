@@ -46,6 +46,27 @@ pub fn parse_window(w: &str) -> Result<(u32, u32), String> {
     Ok((parse_hhmm(a)?, parse_hhmm(b)?))
 }
 
+/// `host:port` (a DNS name, an IPv4 address or a bracketed IPv6 address)
+/// split into its host (brackets removed) and port.
+pub fn host_port(s: &str) -> Result<(&str, u16), String> {
+    let bad = || {
+        format!(
+            "`{s}` is not host:port (e.g. ps.example.net:9443, 10.0.0.5:9443, [2001:db8::5]:9443)"
+        )
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host = match host.strip_prefix('[') {
+        Some(h) => h.strip_suffix(']').ok_or_else(bad)?,
+        None if host.contains(':') => return Err(bad()),
+        None => host,
+    };
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.contains(['/', ' ', '[', ']']) {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
 /// `HH:MM` (UTC; `24:00` allowed) into minutes after midnight.
 pub fn parse_hhmm(s: &str) -> Result<u32, String> {
     let (h, m) = s
@@ -136,6 +157,31 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_port_takes_names_and_both_ip_families() {
+        assert_eq!(
+            host_port("ps.example.net:9443"),
+            Ok(("ps.example.net", 9443))
+        );
+        assert_eq!(host_port("10.0.0.5:9443"), Ok(("10.0.0.5", 9443)));
+        assert_eq!(host_port("[2001:db8::5]:9443"), Ok(("2001:db8::5", 9443)));
+        for bad in [
+            "",
+            "ps",
+            ":9443",
+            "ps:",
+            "ps:0",
+            "ps:70000",
+            "2001:db8::5:9443",
+            "[::1:9443",
+            "a b:1",
+            "https://ps:9443",
+        ] {
+            let e = host_port(bad).unwrap_err();
+            assert!(e.contains("is not host:port"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn windows_wrap_midnight_and_reject_nonsense() {

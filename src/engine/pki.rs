@@ -274,12 +274,20 @@ impl Identity {
     }
 }
 
-/// The SANs a node asks for: configured names plus this host's name and loopback.
+/// The SANs a node asks for: configured names, this host's name, the
+/// addresses of its interfaces (so a peer that dials any of them, as the CX
+/// tells it to when a wildcard data port is advertised, finds it named) and
+/// loopback.
 pub fn default_sans(extra: &[String]) -> Vec<String> {
     let mut v: Vec<String> = extra.to_vec();
     if let Ok(h) = hostname() {
         v.push(h);
     }
+    v.extend(
+        crate::engine::sysstats::interface_ips()
+            .iter()
+            .map(|ip| ip.to_string()),
+    );
     for s in ["localhost", "127.0.0.1", "::1"] {
         v.push(s.to_owned());
     }

@@ -12,6 +12,27 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sysinfo::{Disks, Networks, Pid, ProcessesToUpdate, System};
 
+/// This host's interface addresses peers could dial: every address of
+/// every interface except loopback, unspecified and IPv6 link-local ones
+/// (a certificate cannot name those with their zone).
+pub fn interface_ips() -> Vec<std::net::IpAddr> {
+    let Ok(nets) = Networks::new_with_refreshed_list() else {
+        return Vec::new();
+    };
+    let mut v: Vec<std::net::IpAddr> = nets
+        .values()
+        .flat_map(|n| n.ip_networks().iter().map(|i| i.addr))
+        .filter(|ip| {
+            !ip.is_loopback()
+                && !ip.is_unspecified()
+                && !matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local())
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DiskStats {
     pub mount: PathBuf,

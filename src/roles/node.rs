@@ -210,7 +210,14 @@ pub async fn start(
             name: cfg.node_name(),
             roles: roles.clone(),
             version: crate::VERSION.into(),
-            data_addr: data_addr.map(|a| advertised(a).to_string()),
+            // A wildcard bind goes as it is: the CX puts in the address
+            // these heartbeats come from (see `cx::api::reachable_at`).
+            data_addr: data_addr.map(|a| {
+                cfg.node
+                    .data_advertise
+                    .clone()
+                    .unwrap_or_else(|| a.to_string())
+            }),
             interval_ms: Some(cfg.node.heartbeat_interval.0.as_millis() as u64),
         },
         interval: cfg.node.heartbeat_interval.0,

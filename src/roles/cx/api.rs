@@ -755,6 +755,22 @@ pub struct Heartbeat {
     pub interval_ms: Option<u64>,
 }
 
+/// A node's data address as its peers dial it. A wildcard IP (the node
+/// listens on every address and set no `node.data_advertise`) becomes the
+/// IP its heartbeat came from: on a flat network that is an address of the
+/// node's own, which its certificate names (enrollment puts every
+/// interface address in). Anything else is kept as the node sent it.
+pub fn reachable_at(addr: &str, from: Option<std::net::SocketAddr>) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(mut a) if a.ip().is_unspecified() => {
+            let ip = from.map(|f| f.ip().to_canonical());
+            a.set_ip(ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()));
+            a.to_string()
+        }
+        _ => addr.to_owned(),
+    }
+}
+
 /// The host id in the caller's node certificate, or 401 saying what `what` needs.
 pub fn node_host(peer: PeerIdentity, what: &str) -> Result<String, Rejection> {
     peer.host_id.ok_or_else(|| {
@@ -770,6 +786,7 @@ async fn heartbeat(
     hb: Heartbeat,
     s: Arc<CxState>,
 ) -> Result<impl Reply, Rejection> {
+    let from = peer.addr;
     let host_id = node_host(peer, "a heartbeat")?;
     let interval = s.cfg.node.heartbeat_interval.0;
     blocking(move || {
@@ -784,7 +801,7 @@ async fn heartbeat(
                 h.name = hb.name;
                 h.roles = hb.roles;
                 h.version = Some(hb.version);
-                h.data_addr = hb.data_addr;
+                h.data_addr = hb.data_addr.map(|a| reachable_at(&a, from));
                 if hb.interval_ms.is_some() {
                     h.heartbeat_interval_ms = hb.interval_ms;
                 }
@@ -798,4 +815,37 @@ async fn heartbeat(
     Ok(warp::reply::json(
         &serde_json::json!({ "interval_ms": interval.as_millis() as u64 }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_data_address_becomes_the_heartbeats_source() {
+        let from = |s: &str| Some(s.parse().unwrap());
+        assert_eq!(
+            reachable_at("0.0.0.0:9443", from("10.0.0.5:40000")),
+            "10.0.0.5:9443"
+        );
+        assert_eq!(
+            reachable_at("[::]:9443", from("[2001:db8::7]:40000")),
+            "[2001:db8::7]:9443"
+        );
+        // A CX on a dual-stack socket sees IPv4 peers as mapped addresses.
+        assert_eq!(
+            reachable_at("[::]:9443", from("[::ffff:10.0.0.5]:1")),
+            "10.0.0.5:9443"
+        );
+        assert_eq!(reachable_at("0.0.0.0:9443", None), "127.0.0.1:9443");
+        // What the node chose is kept.
+        assert_eq!(
+            reachable_at("10.1.1.1:9443", from("10.0.0.5:1")),
+            "10.1.1.1:9443"
+        );
+        assert_eq!(
+            reachable_at("ps.example.net:9443", from("10.0.0.5:1")),
+            "ps.example.net:9443"
+        );
+    }
 }
