@@ -615,3 +615,41 @@ fn resyncs_queue_behind_the_ps_batch_limit() {
         assert_eq!(got["blake3"].as_str(), Some(want.as_str()), "pair {v}");
     }
 }
+
+/// The PS and the MT on a second host (a network namespace over a veth
+/// link), their data ports on the shipped wildcard bind: the CX tells the
+/// agent and the PS the address their heartbeats come from, each dials it
+/// and verifies the certificate enrollment gave that address, and writes
+/// arrive. (With the wildcard advertised as loopback, as before, the agent
+/// dialled its own host and nothing moved.)
+#[test]
+fn ps_and_mt_on_another_host_are_reached_at_their_link_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vol = 32 * MIB;
+    let c = Cluster::start_two_hosts(tmp.path(), vol, "", "");
+    let ns_ip = c.netns.as_ref().unwrap().ns_ip.clone();
+    let hosts = wait_for(30, "the PS and MT heartbeats", || {
+        let v = c.tern(&["host", "list"]);
+        let addr = |name: &str| {
+            v.as_array()?.iter().find(|h| h["name"] == name)?["data_addr"]
+                .as_str()
+                .map(str::to_owned)
+        };
+        Some((addr("ps")?, addr("mt")?))
+    });
+    for a in [&hosts.0, &hosts.1] {
+        assert!(a.starts_with(&format!("{ns_ip}:")), "{hosts:?}");
+    }
+    c.create_pair();
+    c.wait_caught_up(120);
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw", &c.url()]);
+    for w in random_writes(&mut rng, vol, 40) {
+        cmd.args(["-c", &w]);
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    c.wait_caught_up(120);
+    c.assert_identical();
+}

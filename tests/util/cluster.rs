@@ -11,6 +11,8 @@ pub struct Node {
     pub cfg: PathBuf,
     pub daemon: Option<Daemon>,
     pub starts: u32,
+    /// Runs on the other "host" ([`Cluster::netns`]).
+    pub remote: bool,
 }
 
 /// Nodes are indexed 0 = agent, 1 = PS, 2 = MT.
@@ -21,6 +23,9 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub src: PathBuf,
     nbd_port: u16,
+    /// With [`Cluster::start_two_hosts`]: the PS's and MT's host. Declared
+    /// last, so it goes after every daemon is dropped.
+    pub netns: Option<Netns>,
 }
 
 impl Cluster {
@@ -30,13 +35,35 @@ impl Cluster {
     /// other keys (e.g. `buffer_cap = "4MiB"`), `common` keys for every
     /// node's config (e.g. `[log]` settings).
     pub fn start(dir: &Path, vol_size: u64, agent: &str, common: &str) -> Cluster {
+        Cluster::start_placed(dir, vol_size, agent, common, None)
+    }
+
+    /// [`Cluster::start`] with the PS and the MT on a second host (a
+    /// network namespace, [`Netns`]): their data ports bind the wildcard
+    /// address and every hop between hosts crosses a real link.
+    pub fn start_two_hosts(dir: &Path, vol_size: u64, agent: &str, common: &str) -> Cluster {
+        Cluster::start_placed(dir, vol_size, agent, common, Some(Netns::new()))
+    }
+
+    fn start_placed(
+        dir: &Path,
+        vol_size: u64,
+        agent: &str,
+        common: &str,
+        netns: Option<Netns>,
+    ) -> Cluster {
         let cx_data = dir.join("cx-data");
         let cx_cfg = dir.join("cx.toml");
         write(
             &cx_cfg,
             &format!(
-                "data_dir = \"{}\"\nroles = [\"cx\"]\n[node]\nname = \"cx\"\nheartbeat_interval = \"300ms\"\nreport_interval = \"200ms\"\n[cx]\napi_listen = \"127.0.0.1:0\"\nheartbeat_overdue = \"2s\"\n{common}",
-                cx_data.display()
+                "data_dir = \"{}\"\nroles = [\"cx\"]\n[node]\nname = \"cx\"\nheartbeat_interval = \"300ms\"\nreport_interval = \"200ms\"\n[cx]\napi_listen = \"{}:0\"\nheartbeat_overdue = \"2s\"\n{common}",
+                cx_data.display(),
+                if netns.is_some() {
+                    "0.0.0.0"
+                } else {
+                    "127.0.0.1"
+                },
             ),
         );
         let cx = Daemon::spawn(dir, "cx", &["serve", "--config", cx_cfg.to_str().unwrap()]);
@@ -47,8 +74,14 @@ impl Cluster {
         for role in ["agent", "ps", "mt"] {
             let data = dir.join(format!("{role}-data"));
             let cfg = dir.join(format!("{role}.toml"));
+            let ns = netns.as_ref().filter(|_| role != "agent");
+            // From the other host the CX is at this host's link address.
+            let (cx_url, listen) = match ns {
+                Some(ns) => (url.replace("127.0.0.1", &ns.host_ip), "0.0.0.0"),
+                None => (url.clone(), "127.0.0.1"),
+            };
             let mut text = format!(
-                "data_dir = \"{}\"\nroles = [\"{role}\"]\n[node]\nname = \"{role}\"\ncx_url = \"{url}\"\ndata_listen = \"127.0.0.1:{}\"\nheartbeat_interval = \"300ms\"\nreport_interval = \"200ms\"\n{common}",
+                "data_dir = \"{}\"\nroles = [\"{role}\"]\n[node]\nname = \"{role}\"\ncx_url = \"{cx_url}\"\ndata_listen = \"{listen}:{}\"\nheartbeat_interval = \"300ms\"\nreport_interval = \"200ms\"\n{common}",
                 data.display(),
                 free_port()
             );
@@ -59,12 +92,13 @@ impl Cluster {
                 ));
             }
             write(&cfg, &text);
-            enroll(dir, &cx_data, &url, &cfg);
+            enroll_in(ns, dir, &cx_data, &cx_url, &cfg);
             nodes.push(Node {
                 name: role.to_owned(),
                 cfg,
                 daemon: None,
                 starts: 0,
+                remote: ns.is_some(),
             });
         }
         let mut c = Cluster {
@@ -74,6 +108,7 @@ impl Cluster {
             nodes,
             src,
             nbd_port,
+            netns,
         };
         for i in 0..3 {
             c.up(i);
@@ -84,7 +119,8 @@ impl Cluster {
     pub fn up(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.starts += 1;
-        n.daemon = Some(Daemon::spawn(
+        n.daemon = Some(Daemon::spawn_in(
+            self.netns.as_ref().filter(|_| n.remote),
             &self.dir,
             &format!("{}-{}", n.name, n.starts),
             &["serve", "--config", n.cfg.to_str().unwrap()],

@@ -2,9 +2,12 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod netns;
 pub mod site;
 #[allow(unused_imports)]
 pub use cluster::*;
+#[allow(unused_imports)]
+pub use netns::Netns;
 #[allow(unused_imports)]
 pub use site::*;
 
@@ -20,9 +23,22 @@ pub fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tern")))
 }
 
+/// The `tern` binary as a command, inside `ns` if given.
+fn tern_command(ns: Option<&Netns>) -> Command {
+    match ns {
+        Some(ns) => ns.command(&bin()),
+        None => Command::new(bin()),
+    }
+}
+
 /// `tern ARGS` to completion, with a private login file.
 pub fn tern(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
+    tern_in(None, dir, args)
+}
+
+/// [`tern`] inside `ns` if given.
+pub fn tern_in(ns: Option<&Netns>, dir: &Path, args: &[&str]) -> Output {
+    tern_command(ns)
         .args(args)
         .current_dir(dir)
         .env("TERN_LOGIN_FILE", dir.join("login.json"))
@@ -47,9 +63,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> Daemon {
+        Daemon::spawn_in(None, dir, name, args)
+    }
+
+    /// [`Daemon::spawn`] inside `ns` if given (`ip netns exec` execs the
+    /// program, so the child is `tern` itself and signals reach it).
+    pub fn spawn_in(ns: Option<&Netns>, dir: &Path, name: &str, args: &[&str]) -> Daemon {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin())
+        let child = tern_command(ns)
             .args(args)
             .current_dir(dir)
             .env("TERN_LOGIN_FILE", dir.join("login.json"))
@@ -230,6 +252,12 @@ pub fn free_udp_port() -> u16 {
 /// Enroll the node configured in `cfg` with the CX whose data directory is
 /// `cx_data` (a fresh token from it), as `tern enroll` on that node would.
 pub fn enroll(dir: &Path, cx_data: &Path, url: &str, cfg: &Path) {
+    enroll_in(None, dir, cx_data, url, cfg)
+}
+
+/// [`enroll`], the node's side run inside `ns` if given (its certificate
+/// then names the namespace's addresses).
+pub fn enroll_in(ns: Option<&Netns>, dir: &Path, cx_data: &Path, url: &str, cfg: &Path) {
     let o = tern(
         dir,
         &[
@@ -242,7 +270,8 @@ pub fn enroll(dir: &Path, cx_data: &Path, url: &str, cfg: &Path) {
     );
     assert!(o.status.success(), "token create: {}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let o = tern(
+    let o = tern_in(
+        ns,
         dir,
         &[
             "enroll",
