@@ -190,3 +190,59 @@ fn a_damaged_cached_chunk_is_given_up_and_the_pair_resyncs() {
         c.logs()
     );
 }
+
+/// The agent's side of a refused chunk. A proxy between agent and PS
+/// ([`tlsproxy::TlsProxy`], holding both identities) damages the payload of
+/// the same chunk each time the agent sends it, as memory damage on the
+/// agent's host would (TLS catches damage on the wire). The PS refuses each
+/// copy; after three the agent stops resending it, drops its buffer and
+/// resyncs (fast), and the replica ends identical: nothing damaged is
+/// applied and nothing the damaged chunk carried is lost.
+#[test]
+fn a_chunk_the_ps_refuses_three_times_is_dropped_and_the_pair_resyncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let vol = 16 * MIB;
+    let proxy = tlsproxy::TlsProxy::start(
+        &dir.join("ps-data/data.addr"),
+        &dir.join("ps-data/pki"),
+        &dir.join("agent-data/pki"),
+    );
+    let c = Cluster::start_ps_advertising(dir, vol, SMALL_CHUNKS_16M, proxy.addr);
+    c.create_pair();
+    c.wait_caught_up(120);
+    let resyncs = |c: &Cluster| c.tern(&["pair", "show", "p"])["agent"]["resyncs"].as_u64();
+    let before = resyncs(&c).unwrap();
+    // More than the agent will ever send of one chunk.
+    proxy.poison.lock().unwrap().left = 10;
+    qemu_io(
+        &c.url(),
+        &(0..8)
+            .map(|i| format!("write -P {} {} 1M", i + 11, i * 2 * MIB))
+            .collect::<Vec<_>>(),
+    );
+    wait_for(120, "the agent to give the chunk up and resync", || {
+        (resyncs(&c)? > before).then_some(())
+    });
+    c.wait_caught_up(120);
+    c.assert_identical();
+    let damaged = proxy.poison.lock().unwrap().damaged;
+    assert_eq!(
+        damaged,
+        tern::engine::chunk::GIVE_UP_AFTER,
+        "the agent sent the damaged chunk {damaged} times\n{}",
+        c.logs()
+    );
+    let agent_log = std::fs::read_to_string(dir.join("agent-1.log")).unwrap();
+    assert!(
+        agent_log.contains("chunk refused 3 times; dropping the buffer and resyncing"),
+        "{}",
+        c.logs()
+    );
+    let ps_log = std::fs::read_to_string(dir.join("ps-1.log")).unwrap();
+    assert!(
+        ps_log.contains("chunk refused") && ps_log.contains("checksum mismatch"),
+        "the PS gave no reason: {}",
+        c.logs()
+    );
+}

@@ -35,14 +35,26 @@ impl Cluster {
     /// other keys (e.g. `buffer_cap = "4MiB"`), `common` keys for every
     /// node's config (e.g. `[log]` settings).
     pub fn start(dir: &Path, vol_size: u64, agent: &str, common: &str) -> Cluster {
-        Cluster::start_placed(dir, vol_size, agent, common, None)
+        Cluster::start_placed(dir, vol_size, agent, common, None, "")
+    }
+
+    /// [`Cluster::start`] with the PS's `node.data_advertise` at `addr`
+    /// (where a [`tlsproxy::TlsProxy`] listens), so agents dial that.
+    pub fn start_ps_advertising(
+        dir: &Path,
+        vol_size: u64,
+        agent: &str,
+        addr: std::net::SocketAddr,
+    ) -> Cluster {
+        let ps_node = format!("data_advertise = \"{addr}\"\n");
+        Cluster::start_placed(dir, vol_size, agent, "", None, &ps_node)
     }
 
     /// [`Cluster::start`] with the PS and the MT on a second host (a
     /// network namespace, [`Netns`]): their data ports bind the wildcard
     /// address and every hop between hosts crosses a real link.
     pub fn start_two_hosts(dir: &Path, vol_size: u64, agent: &str, common: &str) -> Cluster {
-        Cluster::start_placed(dir, vol_size, agent, common, Some(Netns::new()))
+        Cluster::start_placed(dir, vol_size, agent, common, Some(Netns::new()), "")
     }
 
     fn start_placed(
@@ -51,6 +63,7 @@ impl Cluster {
         agent: &str,
         common: &str,
         netns: Option<Netns>,
+        ps_node: &str,
     ) -> Cluster {
         let cx_data = dir.join("cx-data");
         let cx_cfg = dir.join("cx.toml");
@@ -81,9 +94,10 @@ impl Cluster {
                 None => (url.clone(), "127.0.0.1"),
             };
             let mut text = format!(
-                "data_dir = \"{}\"\nroles = [\"{role}\"]\n[node]\nname = \"{role}\"\ncx_url = \"{cx_url}\"\ndata_listen = \"{listen}:{}\"\nheartbeat_interval = \"300ms\"\nreport_interval = \"200ms\"\n{common}",
+                "data_dir = \"{}\"\nroles = [\"{role}\"]\n[node]\nname = \"{role}\"\ncx_url = \"{cx_url}\"\ndata_listen = \"{listen}:{}\"\nheartbeat_interval = \"300ms\"\nreport_interval = \"200ms\"\n{}{common}",
                 data.display(),
-                free_port()
+                free_port(),
+                if role == "ps" { ps_node } else { "" },
             );
             if role == "agent" {
                 text.push_str(&format!(

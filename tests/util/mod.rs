@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod netns;
 pub mod site;
+pub mod tlsproxy;
 #[allow(unused_imports)]
 pub use cluster::*;
 #[allow(unused_imports)]

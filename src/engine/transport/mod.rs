@@ -116,6 +116,20 @@ pub fn server_config(
 
 /// An HTTPS client that trusts only `ca_pem` and, given an identity, presents it.
 pub fn client(ca_pem: &str, id: Option<&Identity>) -> Result<reqwest::Client, TransportError> {
+    Ok(reqwest::Client::builder()
+        .http1_only()
+        .tls_backend_preconfigured(client_tls(ca_pem, id)?)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .build()?)
+}
+
+/// The TLS side of [`client`]: TLS 1.3, trusting only `ca_pem`, presenting
+/// `id` if given, offering HTTP/1.1.
+pub fn client_tls(
+    ca_pem: &str,
+    id: Option<&Identity>,
+) -> Result<rustls::ClientConfig, TransportError> {
     let roots = ca_roots(ca_pem)?;
     let b = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -128,12 +142,7 @@ pub fn client(ca_pem: &str, id: Option<&Identity>) -> Result<reqwest::Client, Tr
         None => b.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(reqwest::Client::builder()
-        .http1_only()
-        .tls_backend_preconfigured(cfg)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-        .build()?)
+    Ok(cfg)
 }
 
 /// A JSON answer from a peer role: its HTTP status and body (`Null` when it
