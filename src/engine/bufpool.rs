@@ -35,54 +35,76 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
     bytes: 0,
 });
 
+/// Buffers smaller than this are left to the allocator (its small-size
+/// classes reuse memory well); only large ones, which both glibc and musl
+/// map fresh and fault in, are pooled.
+pub const POOL_FROM: usize = 64 << 10;
+
 /// An empty buffer with room for at least `cap` bytes: a pooled one when
-/// one is big enough, otherwise a new one.
+/// one fits without wasting more than a quarter of itself, otherwise a new
+/// one.
 pub fn take(cap: usize) -> Vec<u8> {
-    let mut p = POOL.lock().unwrap();
-    // The smallest buffer that fits, so big ones stay for big chunks.
-    let best = p
-        .free
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| v.capacity() >= cap)
-        .min_by_key(|(_, v)| v.capacity())
-        .map(|(i, _)| i);
-    match best {
-        Some(i) => {
-            let v = p.free.swap_remove(i);
-            p.bytes -= v.capacity();
-            v
-        }
-        None => {
-            drop(p);
-            Vec::with_capacity(class(cap))
+    if cap < POOL_FROM {
+        return Vec::with_capacity(cap);
+    }
+    let found = POOL.lock().unwrap().take(cap);
+    found.unwrap_or_else(|| Vec::with_capacity(class(cap)))
+}
+
+impl Pool {
+    /// The smallest pooled buffer with room for `cap` bytes and at most a
+    /// quarter more (so big ones stay for big chunks).
+    fn take(&mut self, cap: usize) -> Option<Vec<u8>> {
+        let i = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= cap && v.capacity() <= cap + cap / 4)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i)?;
+        let v = self.free.swap_remove(i);
+        self.bytes -= v.capacity();
+        Some(v)
+    }
+
+    /// Keep `v` (emptied) unless it is small or the pool is full.
+    fn give(&mut self, mut v: Vec<u8>) {
+        let cap = v.capacity();
+        if cap >= POOL_FROM && self.bytes + cap <= MAX_POOLED && self.free.len() < MAX_BUFFERS {
+            v.clear();
+            self.bytes += cap;
+            self.free.push(v);
         }
     }
 }
 
 /// The capacity a new buffer for `cap` bytes gets: rounded up to a whole
-/// MiB (a power of two below that), so a chunk's body, 7.8 MB say, and a
-/// zstd output bound for it, 8.0 MB, can use each other's buffers.
+/// MiB above 1 MiB (so a chunk's body, 7.8 MB say, and a zstd output bound
+/// for it, 8.0 MB, can use each other's buffers), to 64 KiB below.
 fn class(cap: usize) -> usize {
     const MIB: usize = 1 << 20;
-    if cap <= MIB {
-        cap.next_power_of_two()
+    if cap < POOL_FROM {
+        cap
+    } else if cap <= MIB {
+        cap.div_ceil(POOL_FROM) * POOL_FROM
     } else {
         cap.div_ceil(MIB) * MIB
     }
 }
 
-/// Hand `v` back for reuse (or free it when the pool is full).
-pub fn give(mut v: Vec<u8>) {
-    let cap = v.capacity();
-    if cap == 0 {
-        return;
-    }
-    v.clear();
+/// Free every pooled buffer (the agent's memory trim: resident memory
+/// above what its buffers should hold).
+pub fn release() {
     let mut p = POOL.lock().unwrap();
-    if p.bytes + cap <= MAX_POOLED && p.free.len() < MAX_BUFFERS {
-        p.bytes += cap;
-        p.free.push(v);
+    p.free.clear();
+    p.free.shrink_to_fit();
+    p.bytes = 0;
+}
+
+/// Hand `v` back for reuse (or free it when the pool is full).
+pub fn give(v: Vec<u8>) {
+    if v.capacity() >= POOL_FROM {
+        POOL.lock().unwrap().give(v);
     }
 }
 
@@ -127,13 +149,31 @@ mod tests {
         // Sizes round up to a class, so near sizes share buffers.
         assert_eq!(class(7_800_000), 8 << 20);
         assert_eq!(class(8 << 20), 8 << 20);
-        assert_eq!(class(3000), 4096);
+        assert_eq!(class(600 << 10), 640 << 10);
+        assert_eq!(class(3000), 3000);
         assert!(take(7_800_000).capacity() >= 8 << 20);
         give(again);
+    }
+
+    #[test]
+    fn a_buffer_serves_requests_it_is_at_most_a_quarter_bigger_than() {
+        // A private pool: other tests use the global one meanwhile.
+        let mut p = Pool {
+            free: Vec::new(),
+            bytes: 0,
+        };
+        p.give(Vec::with_capacity(1 << 20));
+        assert!(p.take(600 << 10).is_none(), "1 MiB is too big for 600 KiB");
+        assert!(p.take(2 << 20).is_none());
+        assert_eq!(p.take(900 << 10).unwrap().capacity(), 1 << 20);
+        assert_eq!(p.bytes, 0);
+        // Small buffers are not kept.
+        p.give(Vec::with_capacity(4096));
+        assert!(p.free.is_empty());
         // Far more than the bound: the pool keeps at most MAX_POOLED.
         for _ in 0..(MAX_POOLED / (8 << 20) + 4) {
-            give(Vec::with_capacity(8 << 20));
+            p.give(Vec::with_capacity(8 << 20));
         }
-        assert!(POOL.lock().unwrap().bytes <= MAX_POOLED);
+        assert!(p.bytes <= MAX_POOLED && p.bytes >= MAX_POOLED - (8 << 20));
     }
 }

@@ -111,7 +111,7 @@ fn bad(m: impl Into<String>) -> ChunkError {
 /// payload is never copied to make a chunk).
 fn encode_raw(records: &[WireRecord], room: usize) -> Vec<u8> {
     let n: usize = records.iter().map(|r| REC_HEADER_LEN + r.data_len()).sum();
-    let mut out = Vec::with_capacity(room + n);
+    let mut out = bufpool::take(room + n);
     out.resize(room, 0);
     for w in records {
         let r = &w.record;
@@ -159,6 +159,7 @@ pub fn encode(pair: [u8; 16], records: &[WireRecord], codec: Codec) -> Vec<u8> {
         raw_hash,
     };
     if let Some(out) = compress_behind_header(raw, codec) {
+        bufpool::give(buf);
         return sealed(&h, out, true);
     }
     // Sent as is: the header goes in front of the payload in place.

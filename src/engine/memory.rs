@@ -7,7 +7,9 @@
 //! threshold) cost the pipeline a quarter of its throughput in page faults,
 //! and mimalloc and jemalloc kept even more. So the agent asks glibc to
 //! return free pages only when resident memory passes what it should hold:
-//! its buffers' caps plus a margin.
+//! its buffers' caps plus a margin. The same goes for the buffers kept in
+//! [`bufpool`](crate::engine::bufpool), which spare both glibc and musl the
+//! page faults of a fresh mapping for every large request and chunk.
 
 /// Resident bytes of this process (0 if unknown).
 pub fn resident_bytes() -> u64 {
@@ -21,12 +23,13 @@ pub fn resident_bytes() -> u64 {
     pages * page
 }
 
-/// Hand free heap pages back to the kernel if resident memory is above
-/// `limit` bytes. Returns whether it trimmed.
+/// Hand free heap pages back to the kernel, the buffer pool's included, if
+/// resident memory is above `limit` bytes. Returns whether it trimmed.
 pub fn trim_above(limit: u64) -> bool {
     if resident_bytes() <= limit {
         return false;
     }
+    crate::engine::bufpool::release();
     trim();
     true
 }

@@ -1042,7 +1042,8 @@ impl PairCtx {
             self.agent
                 .client
                 .put(format!("{base}/chunk/{first}?session={session}"))
-                .body(bytes)
+                // The buffer goes back to the pool once reqwest has sent it.
+                .body(crate::engine::bufpool::shared(bytes))
                 .timeout(Duration::from_secs(120)),
         )
         .await;

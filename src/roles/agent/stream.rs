@@ -22,6 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::engine::bufpool;
 use crate::engine::chunk::WireRecord;
 use crate::engine::control::AgentMode;
 use crate::engine::journal::format::BookmarkKind;
@@ -235,7 +236,7 @@ impl Stream {
     pub fn push_copy(&mut self, off: u64, data: Vec<u8>) {
         self.last_copy_seq = self.push(RecordBody::Write {
             offset: off,
-            data: data.into(),
+            data: bufpool::shared(data),
         });
     }
 
@@ -436,6 +437,9 @@ impl Volume {
     /// Write and capture. `zero`: the range becomes zeroes (data ignored).
     pub fn write(&self, off: u64, data: Vec<u8>) -> io::Result<()> {
         self.check(off, data.len() as u64)?;
+        // Back to the pool when the last record holding it is acknowledged
+        // (or at once, if the write is only marked dirty).
+        let data = bufpool::shared(data);
         let mut g = self.stream.lock().unwrap();
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(io::Error::other("the agent is stopping; write refused"));
@@ -450,10 +454,7 @@ impl Volume {
             } else if st.step1.is_some() {
                 st.mark_dirty(off, len);
             } else if st.streaming() && st.bitmap.is_empty() && st.buffered + len + 32 <= st.cap {
-                st.push(RecordBody::Write {
-                    offset: off,
-                    data: data.into(),
-                });
+                st.push(RecordBody::Write { offset: off, data });
                 drop(g);
                 self.notify.notify_one();
                 return Ok(());
@@ -600,7 +601,8 @@ pub fn drain_step(vol: &Volume, st: &mut Stream) -> io::Result<Step> {
         st.bitmap.clear(b);
     }
     if off < vol.size {
-        let mut data = vec![0u8; (end - off) as usize];
+        let mut data = bufpool::take((end - off) as usize);
+        data.resize((end - off) as usize, 0);
         vol.read(off, &mut data)?;
         st.push_copy(off, data);
     }
