@@ -80,13 +80,15 @@ impl Pool {
 
 /// The capacity a new buffer for `cap` bytes gets: rounded up to a whole
 /// MiB above 1 MiB (so a chunk's body, 7.8 MB say, and a zstd output bound
-/// for it, 8.0 MB, can use each other's buffers), to 64 KiB below.
+/// for it, 8.0 MB, can use each other's buffers), to a 4 KiB page below
+/// (an agent's buffered write then holds next to nothing beyond its data).
 fn class(cap: usize) -> usize {
     const MIB: usize = 1 << 20;
+    const PAGE: usize = 4096;
     if cap < POOL_FROM {
         cap
     } else if cap <= MIB {
-        cap.div_ceil(POOL_FROM) * POOL_FROM
+        cap.div_ceil(PAGE) * PAGE
     } else {
         cap.div_ceil(MIB) * MIB
     }
@@ -149,7 +151,8 @@ mod tests {
         // Sizes round up to a class, so near sizes share buffers.
         assert_eq!(class(7_800_000), 8 << 20);
         assert_eq!(class(8 << 20), 8 << 20);
-        assert_eq!(class(600 << 10), 640 << 10);
+        assert_eq!(class(600 << 10), 600 << 10);
+        assert_eq!(class(600_001), 602_112);
         assert_eq!(class(3000), 3000);
         assert!(take(7_800_000).capacity() >= 8 << 20);
         give(again);
