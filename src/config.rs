@@ -457,6 +457,19 @@ impl Config {
             .or_else(|| crate::engine::pki::hostname().ok())
             .unwrap_or_else(|| "tern".into())
     }
+
+    /// The names this node's certificate must carry beyond the defaults
+    /// (`pki::default_sans`): `tls_names` and the host of `data_advertise`,
+    /// so peers that dial the advertised address verify this node.
+    pub fn cert_names(&self) -> Vec<String> {
+        let mut names = self.node.tls_names.clone();
+        if let Some(a) = &self.node.data_advertise
+            && let Ok((host, _)) = crate::util::host_port(a)
+        {
+            names.push(host.to_owned());
+        }
+        names
+    }
 }
 
 /// 1-based line and column of a byte offset.
@@ -514,6 +527,33 @@ mod tests {
             .to_string();
         assert!(s.starts_with("c.toml:2:"), "{s}");
         assert!(s.contains("expected e.g."), "{s}");
+    }
+
+    #[test]
+    fn the_advertised_data_host_goes_into_the_certificate_names() {
+        let cert_names = |text: &str| {
+            Config::parse(Path::new("c.toml"), text)
+                .unwrap()
+                .cert_names()
+        };
+        assert!(cert_names("").is_empty());
+        assert_eq!(
+            cert_names(
+                "[node]\ntls_names = [\"a.example\"]\ndata_advertise = \"ps.example.net:9443\"\n"
+            ),
+            ["a.example", "ps.example.net"]
+        );
+        assert_eq!(
+            cert_names("[node]\ndata_advertise = \"[2001:db8::5]:9443\"\n"),
+            ["2001:db8::5"]
+        );
+        let e = Config::parse(Path::new("c.toml"), "[node]\ndata_advertise = \"ps\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("node.data_advertise: `ps` is not host:port"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -84,15 +84,7 @@ pub async fn run(a: EnrollArgs, g: &Global) -> anyhow::Result<()> {
     }
 
     // Step 2: key and CSR here; the key never leaves this machine.
-    // The certificate names the advertised data host too, so peers that
-    // dial it verify this node.
-    let mut names = cfg.node.tls_names.clone();
-    if let Some(a) = &cfg.node.data_advertise
-        && let Ok((host, _)) = crate::util::host_port(a)
-    {
-        names.push(host.to_owned());
-    }
-    let (key, csr) = pki::new_key_and_csr(&pki::default_sans(&names))?;
+    let (key, csr) = pki::new_key_and_csr(&pki::default_sans(&cfg.cert_names()))?;
     let name = a.name.clone().unwrap_or_else(|| cfg.node_name());
     let client = transport::client(&ca.ca_pem, None)?;
     let r = client

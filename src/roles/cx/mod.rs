@@ -132,7 +132,7 @@ pub fn bootstrap(
         id
     } else {
         let host_id = uuid::Uuid::new_v4().to_string();
-        let (key, csr) = pki::new_key_and_csr(&pki::default_sans(&cfg.node.tls_names))?;
+        let (key, csr) = pki::new_key_and_csr(&pki::default_sans(&cfg.cert_names()))?;
         let cert_pem = ca.sign_csr(&csr, &host_id)?;
         let id = Identity {
             info: NodeInfo {
