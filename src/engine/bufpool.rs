@@ -1,9 +1,11 @@
-//! Reused byte buffers for chunk bodies on the PS and the MT.
+//! Reused large byte buffers: chunk bodies and zstd output on the PS and
+//! the MT, and on the agent NBD requests, resync reads and encoded chunks.
 //!
 //! A chunk is 1–64 MiB. Allocated fresh for every chunk, glibc hands each
 //! buffer back to the kernel when it is freed and faults its pages in again
 //! for the next one: on the PS that was a fifth of its CPU time on
-//! incompressible data (`perf`, `cargo bench --bench pipeline`). Buffers
+//! incompressible data (`perf`, `cargo bench --bench pipeline`); musl maps
+//! every large block afresh, which was half the static agent's CPU. Buffers
 //! taken from here come back when their last user drops them (a
 //! [`Bytes`] made by [`shared`] returns its buffer when the last clone goes),
 //! so their pages stay mapped and warm.
@@ -12,7 +14,8 @@
 //! never grows past the peak of chunks in flight.
 //!
 //! Invariants: the pool never holds more than [`MAX_POOLED`] bytes of
-//! capacity (the rest is freed as usual); a buffer taken is empty (`len` 0),
+//! capacity (the rest is freed as usual), and [`release`] (the agent's
+//! memory trim) empties it; a buffer taken is empty (`len` 0),
 //! its old contents never visible; nothing here ever blocks for long (one
 //! mutex around a short list).
 

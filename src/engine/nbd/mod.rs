@@ -432,6 +432,7 @@ impl Export for FileExport {
         self.file.sync_data()
     }
 }
+
 /// `len` bytes from `r` in a buffer from [`bufpool`], read straight into
 /// its spare room (not zeroed first). A fresh 1 MiB buffer per write request
 /// cost a musl build, whose allocator maps every large block anew, half the
