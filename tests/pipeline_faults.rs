@@ -43,6 +43,14 @@ fn writer(url: String, vol: u64, seed: u64, stop: Arc<AtomicBool>) -> std::threa
     })
 }
 
+/// Eight 1 MiB writes, 2 MiB apart, patterns `first`, `first + 1`, …
+fn eight_writes(c: &Cluster, first: u64) {
+    let w: Vec<String> = (0..8)
+        .map(|i| format!("write -P {} {} 1M", first + i, i * 2 * MIB))
+        .collect();
+    qemu_io(&c.url(), &w);
+}
+
 /// Acceptance 3: the MT is cut off under load (the PS caches), then the PS
 /// is stopped with a small agent buffer (bitmap mode, memory bounded); each
 /// time the pair drains back and the replica ends identical.
@@ -157,12 +165,7 @@ fn a_damaged_cached_chunk_is_given_up_and_the_pair_resyncs() {
     let mut c = Cluster::with_pair(tmp.path(), vol, SMALL_CHUNKS_16M, "", 120);
     // The MT away: the PS caches what the agent sends.
     c.stop(2);
-    qemu_io(
-        &c.url(),
-        &(0..8)
-            .map(|i| format!("write -P {} {} 1M", i + 1, i * 2 * MIB))
-            .collect::<Vec<_>>(),
-    );
+    eight_writes(&c, 1);
     wait_for(60, "the PS to cache chunks", || {
         let v = c.try_pair("p")?;
         (v["transit_ps_bytes"].as_u64()? > 0 && v["transit_agent_bytes"] == 0).then_some(())
@@ -215,12 +218,7 @@ fn a_chunk_the_ps_refuses_three_times_is_dropped_and_the_pair_resyncs() {
     let before = resyncs(&c).unwrap();
     // More than the agent will ever send of one chunk.
     proxy.poison.lock().unwrap().left = 10;
-    qemu_io(
-        &c.url(),
-        &(0..8)
-            .map(|i| format!("write -P {} {} 1M", i + 11, i * 2 * MIB))
-            .collect::<Vec<_>>(),
-    );
+    eight_writes(&c, 11);
     wait_for(120, "the agent to give the chunk up and resync", || {
         (resyncs(&c)? > before).then_some(())
     });
@@ -235,7 +233,10 @@ fn a_chunk_the_ps_refuses_three_times_is_dropped_and_the_pair_resyncs() {
     );
     let agent_log = std::fs::read_to_string(dir.join("agent-1.log")).unwrap();
     assert!(
-        agent_log.contains("chunk refused 3 times; dropping the buffer and resyncing"),
+        agent_log.contains(&format!(
+            "chunk refused {} times; dropping the buffer and resyncing",
+            tern::engine::chunk::GIVE_UP_AFTER
+        )),
         "{}",
         c.logs()
     );

@@ -823,29 +823,26 @@ mod tests {
 
     #[test]
     fn a_wildcard_data_address_becomes_the_heartbeats_source() {
-        let from = |s: &str| Some(s.parse().unwrap());
-        assert_eq!(
-            reachable_at("0.0.0.0:9443", from("10.0.0.5:40000")),
-            "10.0.0.5:9443"
-        );
-        assert_eq!(
-            reachable_at("[::]:9443", from("[2001:db8::7]:40000")),
-            "[2001:db8::7]:9443"
-        );
-        // A CX on a dual-stack socket sees IPv4 peers as mapped addresses.
-        assert_eq!(
-            reachable_at("[::]:9443", from("[::ffff:10.0.0.5]:1")),
-            "10.0.0.5:9443"
-        );
-        assert_eq!(reachable_at("0.0.0.0:9443", None), "127.0.0.1:9443");
-        // What the node chose is kept.
-        assert_eq!(
-            reachable_at("10.1.1.1:9443", from("10.0.0.5:1")),
-            "10.1.1.1:9443"
-        );
-        assert_eq!(
-            reachable_at("ps.example.net:9443", from("10.0.0.5:1")),
-            "ps.example.net:9443"
-        );
+        for (addr, from, want) in [
+            ("0.0.0.0:9443", Some("10.0.0.5:40000"), "10.0.0.5:9443"),
+            (
+                "[::]:9443",
+                Some("[2001:db8::7]:40000"),
+                "[2001:db8::7]:9443",
+            ),
+            // A CX on a dual-stack socket sees IPv4 peers as mapped addresses.
+            ("[::]:9443", Some("[::ffff:10.0.0.5]:1"), "10.0.0.5:9443"),
+            ("0.0.0.0:9443", None, "127.0.0.1:9443"),
+            // What the node chose is kept.
+            ("10.1.1.1:9443", Some("10.0.0.5:1"), "10.1.1.1:9443"),
+            (
+                "ps.example.net:9443",
+                Some("10.0.0.5:1"),
+                "ps.example.net:9443",
+            ),
+        ] {
+            let from = from.map(|f| f.parse().unwrap());
+            assert_eq!(reachable_at(addr, from), want, "{addr} from {from:?}");
+        }
     }
 }
