@@ -176,23 +176,23 @@ fn compress_behind_header(raw: &[u8], codec: Codec) -> Option<Vec<u8>> {
     let Codec::Zstd(level) = codec else {
         return None;
     };
-    let mut out = bufpool::take(HEADER_LEN + zstd::zstd_safe::compress_bound(raw.len()));
-    out.resize(HEADER_LEN, 0);
-    let done = ZSTD.with(|z| {
+    ZSTD.with(|z| {
         let c = &mut z.borrow_mut().0;
         c.set_level(level);
         if looks_incompressible(c, raw) {
-            return Ok(false);
+            return None;
         }
-        c.compress_append(raw, &mut out).map(|_| true)
-    });
-    match done.expect("in-memory zstd with a compress_bound buffer cannot fail") {
-        true if out.len() - HEADER_LEN < raw.len() => Some(out),
-        _ => {
+        let mut out = bufpool::take(HEADER_LEN + zstd::zstd_safe::compress_bound(raw.len()));
+        out.resize(HEADER_LEN, 0);
+        c.compress_append(raw, &mut out)
+            .expect("in-memory zstd with a compress_bound buffer cannot fail");
+        if out.len() - HEADER_LEN < raw.len() {
+            Some(out)
+        } else {
             bufpool::give(out);
             None
         }
-    }
+    })
 }
 
 /// Payloads shorter than this are always tried whole.
