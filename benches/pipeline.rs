@@ -12,6 +12,9 @@
 //! - CPU seconds per GB of each role, and the PS's GB per CPU-second beside
 //!   `zstd -1` compressing the source volume (the same data) in the same run
 //!   (page cache warm, fastest of three);
+//! - the PS's CPU split into its own work on the chunks (hop checks and
+//!   zstd, timed on the threads that do it) and moving the bytes (TLS in
+//!   and out, HTTP, TCP), whose floor `benches/tls_relay.rs` measures;
 //! - the agent's peak RSS against its buffer cap;
 //! - the sustained rate in data mode: from the drain figure down in 10%
 //!   steps, the first paced rate that leaves the pair in differential sync
@@ -222,9 +225,9 @@ fn throughput(label: &str, comp: f64) {
     let u = c.url();
     // Sustained: 20 s of writes as fast as they are taken, then drain.
     let secs = 20;
-    let raw0 = c.tern(&["pair", "show", "p"])["bytes_raw_ps"]
-        .as_u64()
-        .unwrap_or(0);
+    let v0 = c.tern(&["pair", "show", "p"]);
+    let raw0 = v0["bytes_raw_ps"].as_u64().unwrap_or(0);
+    let codec0 = v0["ps_status"]["codec_cpu_us"].as_u64().unwrap_or(0);
     pause_for_profiler(&c);
     let cpu0 = cpus(&c);
     let t0 = Instant::now();
@@ -262,7 +265,9 @@ fn throughput(label: &str, comp: f64) {
         "pipeline {label}: CPU seconds per GB: {}",
         per_gb.join(", ")
     );
-    let ps_gbps = gb / (cpu1[1] - cpu0[1]);
+    let ps_cpu = cpu1[1] - cpu0[1];
+    let ps_gbps = gb / ps_cpu;
+    let codec_cpu = (v["ps_status"]["codec_cpu_us"].as_u64().unwrap() - codec0) as f64 / 1e6;
     println!(
         "pipeline {label}: agent peak RSS {} MiB with a {CAP} buffer cap",
         peak / 1024
@@ -319,6 +324,18 @@ fn throughput(label: &str, comp: f64) {
     println!(
         "pipeline {label}: PS {ps_gbps:.2} GB per CPU-second (hop checks, zstd, TLS in and out) vs zstd -1 {z_gbps:.2} GB per CPU-second on the source volume: {:.2}x",
         ps_gbps / z_gbps
+    );
+    // The same CPU split in two: the PS's own work on the chunks, timed on
+    // the threads that do it, and everything else, which is moving the
+    // bytes (TLS in and out, HTTP, TCP); `cargo bench --bench tls_relay`
+    // measures the floor under the second part.
+    println!(
+        "pipeline {label}: of the PS's {:.2} CPU-s per GB, checks and zstd {:.2} ({:.2} GB per CPU-second, {:.2}x zstd -1), moving the bytes (TLS in and out, HTTP, TCP) {:.2}",
+        ps_cpu / gb,
+        codec_cpu / gb,
+        gb / codec_cpu,
+        gb / codec_cpu / z_gbps,
+        (ps_cpu - codec_cpu) / gb
     );
 }
 

@@ -206,6 +206,10 @@ pub struct PsPairStatus {
     pub bytes_in: u64,
     pub bytes_raw: u64,
     pub bytes_out: u64,
+    /// CPU µs the PS spent checking and compressing this pair's chunks
+    /// (its own work, apart from TLS and HTTP).
+    #[serde(default)]
+    pub codec_cpu_us: u64,
     pub forwarded_seq: u64,
     pub error: Option<String>,
 }

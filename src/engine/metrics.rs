@@ -195,6 +195,12 @@ pub fn node_report(e: &mut Exposition, host: &str, r: &NodeReport) {
             &l,
             p.bytes_out as f64,
         );
+        e.counter(
+            "tern_ps_codec_cpu_seconds_total",
+            "CPU seconds spent checking and compressing chunks",
+            &l,
+            p.codec_cpu_us as f64 / 1e6,
+        );
     }
     for m in &r.mt_pairs {
         let l = [("host", host), ("pair", m.pair.as_str())];

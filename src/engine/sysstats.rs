@@ -12,6 +12,21 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sysinfo::{Disks, Networks, Pid, ProcessesToUpdate, System};
 
+/// CPU time (user and system) the calling thread has used, in µs: what a
+/// stretch of work on one thread cost, whatever else the process does.
+pub fn thread_cpu_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
 /// This host's interface addresses peers could dial: every address of
 /// every interface except loopback, unspecified and IPv6 link-local ones
 /// (a certificate cannot name those with their zone).

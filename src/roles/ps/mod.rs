@@ -32,6 +32,7 @@ use crate::engine::bufpool;
 use crate::engine::chunk::{self, Codec, GIVE_UP_AFTER};
 use crate::engine::control::{Compression, NodeReport, PairSpec, PsPairStatus, SyncResponse};
 use crate::engine::shutdown::Shutdown;
+use crate::engine::sysstats;
 use crate::engine::transport::{self, PeerIdentity, json_reply};
 use crate::roles::cx::api::ApiError;
 
@@ -67,6 +68,9 @@ struct PsPair {
     bytes_in: AtomicU64,
     bytes_raw: AtomicU64,
     bytes_out: AtomicU64,
+    /// CPU µs spent checking and compressing this pair's chunks: the PS's
+    /// own work, apart from moving bytes over TLS.
+    codec_cpu_us: AtomicU64,
     throttled_at: Mutex<Option<Instant>>,
     error: Mutex<Option<String>>,
     wake: tokio::sync::Notify,
@@ -244,6 +248,7 @@ impl PsRole {
             forwarded_seq: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_raw: AtomicU64::new(0),
+            codec_cpu_us: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             throttled_at: Mutex::new(None),
             error: Mutex::new(None),
@@ -273,6 +278,7 @@ impl PsRole {
                 bytes_in: p.bytes_in.load(Ordering::Relaxed),
                 bytes_raw: p.bytes_raw.load(Ordering::Relaxed),
                 bytes_out: p.bytes_out.load(Ordering::Relaxed),
+                codec_cpu_us: p.codec_cpu_us.load(Ordering::Relaxed),
                 forwarded_seq: p.forwarded_seq.load(Ordering::Relaxed),
                 error: p.error.lock().unwrap().clone(),
             });
@@ -462,8 +468,10 @@ async fn take_chunk(
     let uuid = spec.uuid_bytes();
     let recode = spec.compression == Compression::Ps;
     let level = spec.zstd_level;
+    let p2 = p.clone();
     let checked =
         tokio::task::spawn_blocking(move || -> Result<(chunk::ChunkHeader, Bytes), String> {
+            let cpu0 = sysstats::thread_cpu_us();
             // The hop's checks only: the MT verifies the end-to-end hash
             // before it applies anything, so hashing here too bought no
             // safety for 0.14 CPU-seconds per GB.
@@ -475,6 +483,8 @@ async fn take_chunk(
                 true => chunk::reseal(&h, payload, Codec::Zstd(level)).map(bufpool::shared),
                 false => None,
             };
+            let spent = sysstats::thread_cpu_us().saturating_sub(cpu0);
+            p2.codec_cpu_us.fetch_add(spent, Ordering::Relaxed);
             Ok((h, out.unwrap_or(body)))
         })
         .await
