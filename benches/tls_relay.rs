@@ -39,7 +39,9 @@ fn thread_cpu_s() -> f64 {
 fn identity(dir: &std::path::Path) -> Identity {
     let ca = Ca::load_or_create(dir, "tls-relay bench").unwrap();
     let (key, csr) = new_key_and_csr(&["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert_pem = ca.sign_csr(&csr, "bench-node").unwrap();
+    let cert_pem = ca
+        .sign_csr(&csr, "bench-node", tern::engine::pki::NODE_CERT_VALIDITY)
+        .unwrap();
     let ca_pem = std::fs::read_to_string(Ca::cert_path(dir)).unwrap();
     Identity {
         info: NodeInfo {

@@ -330,6 +330,10 @@ pub struct CxConfig {
     pub alert_retention_space_pct: f64,
     /// Alert when a node certificate or the CA expires within this.
     pub alert_cert_expiry: Dur,
+    /// How long the certificates this CX signs for nodes stay valid. A
+    /// node renews its own when two thirds of this have passed, keeping its
+    /// host id.
+    pub node_cert_validity: Dur,
     /// When daily e-mail digests go out (UTC, HH:MM).
     pub digest_at: String,
 }
@@ -348,6 +352,7 @@ impl Default for CxConfig {
             alert_disk_free_pct: 10.0,
             alert_retention_space_pct: 90.0,
             alert_cert_expiry: Dur(Duration::from_secs(30 * 24 * 3600)),
+            node_cert_validity: Dur(crate::engine::pki::NODE_CERT_VALIDITY),
             digest_at: "08:00".into(),
         }
     }
@@ -415,6 +420,9 @@ impl Config {
                 "cx.trends_step `{}` must be whole seconds dividing a minute (1s, 2s, 5s, 10s, 15s, 30s, 60s)",
                 humantime::format_duration(step)
             ));
+        }
+        if self.cx.node_cert_validity.0 < Duration::from_secs(30) {
+            return Err("cx.node_cert_validity must be at least 30s".into());
         }
         if let Err(e) = crate::util::parse_hhmm(&self.cx.digest_at) {
             return Err(format!("cx.digest_at: {e}"));

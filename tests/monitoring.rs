@@ -151,7 +151,9 @@ impl MailServer {
         let ca = tern::engine::pki::Ca::load_or_create(&pki, "smtp test").unwrap();
         let (key, csr) =
             tern::engine::pki::new_key_and_csr(&tern::engine::pki::default_sans(&[])).unwrap();
-        let cert = ca.sign_csr(&csr, "smtp").unwrap();
+        let cert = ca
+            .sign_csr(&csr, "smtp", tern::engine::pki::NODE_CERT_VALIDITY)
+            .unwrap();
         let (cert_p, key_p, ca_p) = (pki.join("s.crt"), pki.join("s.key"), pki.join("ca.pem"));
         write(&cert_p, &cert);
         write(&key_p, &key.serialize_pem());

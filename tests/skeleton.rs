@@ -27,6 +27,19 @@ fn cx_config(dir: &std::path::Path) -> std::path::PathBuf {
     p
 }
 
+/// A PS+MT node named `psmt-host` with its data in `dir/node-data`.
+fn psmt_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let p = dir.join("psmt.toml");
+    write(
+        &p,
+        &format!(
+            "data_dir = \"{}\"\nroles = [\"ps\", \"mt\"]\n[node]\nname = \"psmt-host\"\ncx_url = \"{url}\"\ndata_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"300ms\"\n",
+            dir.join("node-data").display()
+        ),
+    );
+    p
+}
+
 #[test]
 fn ps_mt_enrolls_heartbeats_and_foreign_certificates_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -48,14 +61,7 @@ fn ps_mt_enrolls_heartbeats_and_foreign_certificates_are_refused() {
     let ca_fp = v["ca_fingerprint"].as_str().unwrap().to_owned();
 
     // The PS+MT node enrolls from its own config and data directory.
-    let node_cfg = dir.join("psmt.toml");
-    write(
-        &node_cfg,
-        &format!(
-            "data_dir = \"{}\"\nroles = [\"ps\", \"mt\"]\n[node]\nname = \"psmt-host\"\ncx_url = \"{url}\"\ndata_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"300ms\"\n",
-            dir.join("node-data").display()
-        ),
-    );
+    let node_cfg = psmt_config(dir, &url);
     let o = tern(
         dir,
         &[
@@ -182,7 +188,13 @@ fn ps_mt_enrolls_heartbeats_and_foreign_certificates_are_refused() {
             host_id: "mallory".into(),
             cx_url: url.clone(),
         },
-        cert_pem: foreign_ca.sign_csr(&csr, &cx_id.info.host_id).unwrap(),
+        cert_pem: foreign_ca
+            .sign_csr(
+                &csr,
+                &cx_id.info.host_id,
+                tern::engine::pki::NODE_CERT_VALIDITY,
+            )
+            .unwrap(),
         key_pem: key.serialize_pem(),
         ca_pem: foreign_ca.cert_pem.clone(),
     };
@@ -213,6 +225,105 @@ fn ps_mt_enrolls_heartbeats_and_foreign_certificates_are_refused() {
     for needle in ["role started", "data port listening", "role stopped"] {
         assert!(log.contains(needle), "node log lacks `{needle}`:\n{log}");
     }
+}
+
+/// The not-after (Unix s) of the certificate in `pki/node.crt` under `data`.
+fn cert_expiry(data: &std::path::Path) -> (String, i64) {
+    let pem = std::fs::read_to_string(data.join("pki/node.crt")).unwrap();
+    let der = pki::pem_to_der(&pem).unwrap();
+    (pem, pki::not_after_unix(&der).unwrap())
+}
+
+#[test]
+fn nodes_renew_their_certificates_and_keep_working_after_the_old_ones_expire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = cx_config(dir);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    write(&cfg, &format!("{text}node_cert_validity = \"40s\"\n"));
+    let cx = Daemon::spawn(dir, "cx", &["serve", "--config", cfg.to_str().unwrap()]);
+    let cx_data = dir.join("cx-data");
+    let url = wait_file(&cx_data.join("cx.url"), 30, &cx);
+    let d = cx_data.to_str().unwrap();
+    let node_cfg = psmt_config(dir, &url);
+    enroll(dir, &cx_data, &url, &node_cfg);
+    let node_data = dir.join("node-data");
+    let (cx_pem0, cx_exp0) = cert_expiry(&cx_data);
+    let (node_pem0, node_exp0) = cert_expiry(&node_data);
+    let host_id = Identity::load(&node_data.join("pki")).unwrap().info.host_id;
+    let node = Daemon::spawn(
+        dir,
+        "psmt",
+        &["serve", "--config", node_cfg.to_str().unwrap()],
+    );
+    let data_addr = wait_file(&node_data.join("data.addr"), 30, &node);
+
+    // Two thirds into their 40 s, both renew: a new key and certificate
+    // on disk, the same host id, a later expiry the CX knows of.
+    wait_for(60, "both certificates renewed", || {
+        let (cx_pem, _) = cert_expiry(&cx_data);
+        let (node_pem, _) = cert_expiry(&node_data);
+        (cx_pem != cx_pem0 && node_pem != node_pem0).then_some(())
+    });
+    let (_, node_exp1) = cert_expiry(&node_data);
+    assert!(node_exp1 > node_exp0);
+    let renewed = Identity::load(&node_data.join("pki")).unwrap();
+    assert_eq!(renewed.info.host_id, host_id, "the host id stays");
+    let o = tern(dir, &["--data", d, "host", "list", "--json"]);
+    let hosts: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let h = hosts
+        .iter()
+        .find(|h| h["host_id"] == host_id.as_str())
+        .unwrap();
+    assert!(h["cert_expires"].as_str().is_some(), "{h}");
+    assert!(
+        node.log().contains("node certificate renewed"),
+        "{}",
+        node.log()
+    );
+
+    // Past the old certificates' expiry, nothing was restarted, and new
+    // connections (fresh clients, full handshakes) still work: the CX's API
+    // and the node's data port present the renewed certificates, the
+    // renewed ones on disk authenticate as clients.
+    let old_expiry = cx_exp0.max(node_exp0);
+    wait_for(60, "the old certificates expired", || {
+        ((unix_ms() / 1000) as i64 > old_expiry + 1).then_some(())
+    });
+    let rt = runtime();
+    let cx_id = Identity::load(&cx_data.join("pki")).unwrap();
+    let anon = transport::client(&cx_id.ca_pem, None).unwrap();
+    let health = rt.block_on(async { anon.get(format!("{url}/api/v1/health")).send().await });
+    assert!(
+        health.is_ok_and(|r| r.status().is_success()),
+        "the CX's API after renewal"
+    );
+    let hello = format!(
+        "https://127.0.0.1:{}/data/v1/hello",
+        data_addr.rsplit(':').next().unwrap()
+    );
+    let client = transport::client(&cx_id.ca_pem, Some(&cx_id)).unwrap();
+    let v: serde_json::Value = rt.block_on(async {
+        client
+            .get(&hello)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(v["host_id"], host_id.as_str());
+    assert_eq!(v["peer"], cx_id.info.host_id);
+    // The node keeps reporting in.
+    wait_for(10, "fresh heartbeats after the old expiry", || {
+        let o = tern(dir, &["--data", d, "host", "list", "--json"]);
+        let hosts: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        hosts
+            .iter()
+            .all(|h| h["heartbeat_age_s"].as_f64().is_some_and(|a| a < 1.0))
+            .then_some(())
+    });
 }
 
 #[test]

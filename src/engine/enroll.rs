@@ -114,6 +114,18 @@ pub struct EnrollResponse {
     pub ca_pem: String,
 }
 
+/// A node asks for a new certificate for a new key, authenticated by its
+/// current certificate (`POST /api/v1/node/renew`); it keeps its host id.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RenewResponse {
+    pub cert_pem: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

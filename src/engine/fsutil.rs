@@ -34,6 +34,11 @@ pub fn write_durable(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Make renames and removals in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// Read a secret file, refusing one that group or others can read
 /// (a world-readable key or password is a configuration error, not a warning).
 pub fn read_secret(path: &Path) -> io::Result<Vec<u8>> {

@@ -50,7 +50,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     }
 }
 
-/// How long certificates issued to nodes stay valid.
+/// How long certificates issued to nodes stay valid (`cx.node_cert_validity`).
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long the CA stays valid.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -96,10 +96,37 @@ pub fn not_after_unix(der: &[u8]) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// A certificate's `notBefore` and `notAfter`, Unix seconds.
+pub fn validity_unix(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// Whether a node certificate is due for renewal at `now_s` (Unix
+/// seconds): two thirds of its life, counted from when it was signed (its
+/// `notBefore` plus the clock slack [`validity`] gives), have passed.
+pub fn renewal_due(cert_pem: &str, now_s: i64) -> bool {
+    match signed_and_expires(cert_pem) {
+        Some((signed, until)) => now_s >= signed + (until - signed) * 2 / 3,
+        None => true,
+    }
+}
+
+/// When a certificate was signed (its `notBefore` plus the clock slack) and
+/// when it expires, Unix seconds.
+pub fn signed_and_expires(cert_pem: &str) -> Option<(i64, i64)> {
+    let (from, until) = validity_unix(&pem_to_der(cert_pem)?)?;
+    Some((from + CLOCK_SLACK_S, until))
+}
+
+/// Clock slack before "now" in every certificate's `notBefore`.
+const CLOCK_SLACK_S: i64 = 300;
+
 fn validity(params: &mut CertificateParams, valid_for: Duration) {
     let now = time_now();
     // Five minutes of slack for clocks that disagree a little.
-    params.not_before = now - time::Duration::minutes(5);
+    params.not_before = now - time::Duration::seconds(CLOCK_SLACK_S);
     params.not_after = now + time::Duration::seconds(valid_for.as_secs() as i64);
 }
 
@@ -179,9 +206,15 @@ impl Ca {
         fingerprint(&self.cert_der)
     }
 
-    /// Sign a node's CSR. The subject is replaced by `host_id`; the SANs the
-    /// node asked for are kept (they name the node's listeners).
-    pub fn sign_csr(&self, csr_pem: &str, host_id: &str) -> Result<String, PkiError> {
+    /// Sign a node's CSR, valid for `valid_for`. The subject is replaced by
+    /// `host_id`; the SANs the node asked for are kept (they name the node's
+    /// listeners).
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        host_id: &str,
+        valid_for: Duration,
+    ) -> Result<String, PkiError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::BadCsr(e.to_string()))?;
         let p = &mut csr.params;
@@ -199,7 +232,7 @@ impl Ca {
         ];
         p.serial_number = Some(random_serial());
         p.use_authority_key_identifier_extension = true;
-        validity(p, NODE_CERT_VALIDITY);
+        validity(p, valid_for);
         Ok(csr.signed_by(&self.issuer)?.pem())
     }
 }
@@ -235,6 +268,7 @@ impl Identity {
     }
 
     pub fn load(dir: &Path) -> Result<Identity, PkiError> {
+        finish_renewal(dir)?;
         let info_path = dir.join("node.json");
         if !info_path.exists() {
             return Err(PkiError::NotEnrolled(info_path));
@@ -274,6 +308,52 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// Put a renewed key and certificate in place of the current ones, so
+    /// that a crash at any point leaves either the old pair or the new one,
+    /// never a key with the other's certificate: both are written as
+    /// `.new` files first (the certificate last, so its presence means the
+    /// key is complete), then renamed, key first; [`Identity::load`]
+    /// finishes a renewal a crash interrupted.
+    pub fn replace_cert(
+        &mut self,
+        dir: &Path,
+        key_pem: String,
+        cert_pem: String,
+    ) -> Result<(), PkiError> {
+        let w = |name: &str, bytes: &[u8], mode: u32| {
+            let p = dir.join(name);
+            write_durable(&p, bytes, mode).map_err(io_err(&p))
+        };
+        w("node.key.new", key_pem.as_bytes(), 0o600)?;
+        w("node.crt.new", cert_pem.as_bytes(), 0o644)?;
+        finish_renewal(dir)?;
+        self.key_pem = key_pem;
+        self.cert_pem = cert_pem;
+        Ok(())
+    }
+}
+
+/// Completes a renewal [`Identity::replace_cert`] began: with
+/// `node.crt.new` present, both halves were written, so rename them into
+/// place (the key may already be); with only `node.key.new`, the
+/// certificate never arrived, so drop it and keep the old pair.
+fn finish_renewal(dir: &Path) -> Result<(), PkiError> {
+    let (key_new, crt_new) = (dir.join("node.key.new"), dir.join("node.crt.new"));
+    let rename = |from: &Path, to: &str| std::fs::rename(from, dir.join(to)).map_err(io_err(from));
+    if crt_new.exists() {
+        if key_new.exists() {
+            rename(&key_new, "node.key")?;
+        }
+        rename(&crt_new, "node.crt")?;
+    } else if key_new.exists() {
+        std::fs::remove_file(&key_new).map_err(io_err(&key_new))?;
+    } else {
+        return Ok(());
+    }
+    crate::engine::fsutil::sync_dir(dir).map_err(io_err(dir))
+}
+
 /// The SANs a node asks for: configured names, this host's name, the
 /// addresses of its interfaces (so a peer that dials any of them, as the CX
 /// tells it to when a wildcard data port is advertised, finds it named) and
@@ -310,7 +390,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let ca = Ca::load_or_create(d.path(), "test").unwrap();
         let (_key, csr) = new_key_and_csr(&default_sans(&["cx.example".into()])).unwrap();
-        let cert = ca.sign_csr(&csr, "host-42").unwrap();
+        let cert = ca.sign_csr(&csr, "host-42", NODE_CERT_VALIDITY).unwrap();
         let der = pem_to_der(&cert).unwrap();
         assert_eq!(common_name(&der).as_deref(), Some("host-42"));
         // The CA reloads from disk with the same fingerprint.
@@ -323,9 +403,65 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let ca = Ca::load_or_create(d.path(), "test").unwrap();
         assert!(matches!(
-            ca.sign_csr("not a csr", "h"),
+            ca.sign_csr("not a csr", "h", NODE_CERT_VALIDITY),
             Err(PkiError::BadCsr(_))
         ));
+    }
+
+    #[test]
+    fn a_certificate_is_due_for_renewal_after_two_thirds_of_its_life() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(d.path(), "test").unwrap();
+        let (_key, csr) = new_key_and_csr(&["n".into()]).unwrap();
+        let cert = ca.sign_csr(&csr, "h", Duration::from_secs(3000)).unwrap();
+        let now = time_now().unix_timestamp();
+        assert!(!renewal_due(&cert, now));
+        assert!(!renewal_due(&cert, now + 1900));
+        assert!(renewal_due(&cert, now + 2100));
+        assert!(renewal_due("not a certificate", now));
+    }
+
+    #[test]
+    fn a_renewal_is_all_or_nothing_across_a_crash() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let ca = Ca::load_or_create(dir, "test").unwrap();
+        let pair = || {
+            let (key, csr) = new_key_and_csr(&["n".into()]).unwrap();
+            (
+                key.serialize_pem(),
+                ca.sign_csr(&csr, "h", NODE_CERT_VALIDITY).unwrap(),
+            )
+        };
+        let (k1, c1) = pair();
+        let mut id = Identity {
+            info: NodeInfo {
+                host_id: "h".into(),
+                cx_url: "https://cx".into(),
+            },
+            cert_pem: c1.clone(),
+            key_pem: k1.clone(),
+            ca_pem: ca.cert_pem.clone(),
+        };
+        id.save(dir).unwrap();
+        let (k2, c2) = pair();
+        // Crash after the new key only: the old pair stays.
+        write_durable(&dir.join("node.key.new"), k2.as_bytes(), 0o600).unwrap();
+        let got = Identity::load(dir).unwrap();
+        assert_eq!((got.key_pem, got.cert_pem), (k1.clone(), c1.clone()));
+        // Crash after both were written and the key renamed: the new pair.
+        write_durable(&dir.join("node.key.new"), k2.as_bytes(), 0o600).unwrap();
+        write_durable(&dir.join("node.crt.new"), c2.as_bytes(), 0o644).unwrap();
+        std::fs::rename(dir.join("node.key.new"), dir.join("node.key")).unwrap();
+        let got = Identity::load(dir).unwrap();
+        assert_eq!((got.key_pem, got.cert_pem), (k2.clone(), c2.clone()));
+        // A whole renewal.
+        let (k3, c3) = pair();
+        id.replace_cert(dir, k3.clone(), c3.clone()).unwrap();
+        let got = Identity::load(dir).unwrap();
+        assert_eq!((got.key_pem, got.cert_pem), (k3, c3));
+        assert_eq!(got.info.host_id, "h");
+        assert!(!dir.join("node.key.new").exists() && !dir.join("node.crt.new").exists());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! heartbeat, ordered shutdown.
 //!
 //! Shutdown order: the trigger fires → listeners stop accepting and drain
-//! (bounded by the transport's deadline) → the heartbeat loop exits → state
-//! is closed. Every step logs.
+//! (bounded by the transport's deadline) → the heartbeat and certificate
+//! renewal loops exit → state is closed. Every step logs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,6 +80,7 @@ pub async fn start(
             })
             .await??
         };
+        let slot = transport::CertSlot::new(&boot.identity)?;
         let (alerts, alert_rx) = cx::alerts::Alerts::new();
         let state = Arc::new(CxState {
             cfg: cfg.clone(),
@@ -89,7 +90,7 @@ pub async fn start(
             host_id: boot.identity.info.host_id.clone(),
             started_ms: now_ms(),
             control: Default::default(),
-            client: transport::client(&boot.identity.ca_pem, Some(&boot.identity))?,
+            client: transport::client_with(&boot.identity.ca_pem, Some(slot.clone()))?,
             monitor: cx::monitor::Monitor::new(trends),
             alerts,
         });
@@ -99,7 +100,11 @@ pub async fn start(
             alert_rx,
             trigger.subscribe(),
         ));
-        let tls = transport::server_config(&boot.identity, ClientAuth::Optional)?;
+        let tls = transport::server_config_with(
+            &boot.identity.ca_pem,
+            slot.clone(),
+            ClientAuth::Optional,
+        )?;
         tracing::info!(role = "cx", listen = %addr, url = %url, ca = %state.ca.fingerprint(), "role started: UI and API listening (HTTPS)");
         tasks.spawn(transport::serve(
             "cx-api",
@@ -122,13 +127,16 @@ pub async fn start(
             ));
         }
         api_addr = Some(addr);
-        boot.identity
+        (boot.identity, slot)
     } else {
-        Identity::load(&pki_dir)?
+        let id = Identity::load(&pki_dir)?;
+        let slot = transport::CertSlot::new(&id)?;
+        (id, slot)
     };
+    let (identity, slot) = identity;
 
     // Replication parts of this process.
-    let node_client = transport::client(&identity.ca_pem, Some(&identity))?;
+    let node_client = transport::client_with(&identity.ca_pem, Some(slot.clone()))?;
     let host_id = identity.info.host_id.clone();
     let agent = roles.contains(&Role::Agent).then(|| {
         crate::roles::agent::AgentRole::new(
@@ -167,7 +175,8 @@ pub async fn start(
             format!("{addr}\n").as_bytes(),
             0o644,
         )?;
-        let tls = transport::server_config(&identity, ClientAuth::Required)?;
+        let tls =
+            transport::server_config_with(&identity.ca_pem, slot.clone(), ClientAuth::Required)?;
         let routes = data_routes(
             identity.info.host_id.clone(),
             roles.clone(),
@@ -201,7 +210,7 @@ pub async fn start(
     }
 
     let hb = HeartbeatLoop {
-        client: transport::client(&identity.ca_pem, Some(&identity))?,
+        client: transport::client_with(&identity.ca_pem, Some(slot.clone()))?,
         url: format!(
             "{}/api/v1/heartbeat",
             identity.info.cx_url.trim_end_matches('/')
@@ -223,6 +232,16 @@ pub async fn start(
         interval: cfg.node.heartbeat_interval.0,
     };
     tasks.spawn(hb.run(trigger.subscribe()));
+    tasks.spawn(
+        crate::roles::renewal::Renewal {
+            dir: pki_dir.clone(),
+            identity: identity.clone(),
+            slot: slot.clone(),
+            client: node_client.clone(),
+            names: cfg.cert_names(),
+        }
+        .run(trigger.subscribe()),
+    );
 
     let last_report: Arc<std::sync::Mutex<Option<crate::engine::control::NodeReport>>> =
         Arc::default();

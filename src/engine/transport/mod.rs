@@ -11,6 +11,10 @@
 //!   any peer whose certificate was not signed by the CX CA.
 //! - On shutdown a listener stops accepting at once; open connections get a
 //!   graceful close and are dropped after [`DRAIN_DEADLINE`].
+//! - A process presents the certificate in its [`CertSlot`] on every
+//!   handshake, as server and as client; a renewed certificate put in the
+//!   slot is used from the next handshake on, with no restart (connections
+//!   already open keep the one they began with).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,6 +86,60 @@ pub fn ca_roots(ca_pem: &str) -> Result<RootCertStore, TransportError> {
     Ok(roots)
 }
 
+/// This process's certificate and key, shared by every listener and client
+/// it builds, so a renewal ([`CertSlot::set`]) reaches all of them at once.
+#[derive(Debug)]
+pub struct CertSlot(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl CertSlot {
+    pub fn new(id: &Identity) -> Result<Arc<CertSlot>, TransportError> {
+        Ok(Arc::new(CertSlot(std::sync::RwLock::new(certified(id)?))))
+    }
+
+    /// Present `id`'s certificate from the next handshake on.
+    pub fn set(&self, id: &Identity) -> Result<(), TransportError> {
+        let k = certified(id)?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = k;
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertSlot {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CertSlot {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn certified(id: &Identity) -> Result<Arc<rustls::sign::CertifiedKey>, TransportError> {
+    let (certs, key) = chain_and_key(id)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::from_der(
+        certs,
+        key,
+        &provider(),
+    )?))
+}
+
 fn chain_and_key(
     id: &Identity,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TransportError> {
@@ -93,32 +151,49 @@ fn chain_and_key(
     Ok((certs, key))
 }
 
-/// A TLS 1.3 server configuration presenting the node certificate.
+/// A TLS 1.3 server configuration presenting `id`'s certificate.
 pub fn server_config(
     id: &Identity,
     auth: ClientAuth,
 ) -> Result<Arc<rustls::ServerConfig>, TransportError> {
-    let roots = Arc::new(ca_roots(&id.ca_pem)?);
+    server_config_with(&id.ca_pem, CertSlot::new(id)?, auth)
+}
+
+/// A TLS 1.3 server configuration presenting what `slot` holds at each
+/// handshake.
+pub fn server_config_with(
+    ca_pem: &str,
+    slot: Arc<CertSlot>,
+    auth: ClientAuth,
+) -> Result<Arc<rustls::ServerConfig>, TransportError> {
+    let roots = Arc::new(ca_roots(ca_pem)?);
     let b = WebPkiClientVerifier::builder_with_provider(roots, provider());
     let verifier = match auth {
         ClientAuth::Required => b.build(),
         ClientAuth::Optional => b.allow_unauthenticated().build(),
     }
     .map_err(|e| TransportError::Verifier(e.to_string()))?;
-    let (certs, key) = chain_and_key(id)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(slot);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
 /// An HTTPS client that trusts only `ca_pem` and, given an identity, presents it.
 pub fn client(ca_pem: &str, id: Option<&Identity>) -> Result<reqwest::Client, TransportError> {
+    client_with(ca_pem, id.map(CertSlot::new).transpose()?)
+}
+
+/// [`client`] presenting what `slot` holds at each handshake.
+pub fn client_with(
+    ca_pem: &str,
+    slot: Option<Arc<CertSlot>>,
+) -> Result<reqwest::Client, TransportError> {
     Ok(reqwest::Client::builder()
         .http1_only()
-        .tls_backend_preconfigured(client_tls(ca_pem, id)?)
+        .tls_backend_preconfigured(client_tls_with(ca_pem, slot)?)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60))
         .build()?)
@@ -130,15 +205,20 @@ pub fn client_tls(
     ca_pem: &str,
     id: Option<&Identity>,
 ) -> Result<rustls::ClientConfig, TransportError> {
+    client_tls_with(ca_pem, id.map(CertSlot::new).transpose()?)
+}
+
+/// [`client_tls`] presenting what `slot` holds at each handshake.
+pub fn client_tls_with(
+    ca_pem: &str,
+    slot: Option<Arc<CertSlot>>,
+) -> Result<rustls::ClientConfig, TransportError> {
     let roots = ca_roots(ca_pem)?;
     let b = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots);
-    let mut cfg = match id {
-        Some(id) => {
-            let (certs, key) = chain_and_key(id)?;
-            b.with_client_auth_cert(certs, key)?
-        }
+    let mut cfg = match slot {
+        Some(slot) => b.with_client_cert_resolver(slot),
         None => b.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -378,6 +458,73 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node identity signed by `ca` for host id `host`.
+    fn identity(ca: &pki::Ca, host: &str) -> Identity {
+        let (key, csr) = pki::new_key_and_csr(&["localhost".into()]).unwrap();
+        Identity {
+            info: pki::NodeInfo {
+                host_id: host.into(),
+                cx_url: String::new(),
+            },
+            cert_pem: ca.sign_csr(&csr, host, pki::NODE_CERT_VALIDITY).unwrap(),
+            key_pem: key.serialize_pem(),
+            ca_pem: ca.cert_pem.clone(),
+        }
+    }
+
+    /// One mutual-TLS handshake in memory: the host ids each side saw.
+    fn handshake(
+        s: &Arc<rustls::ServerConfig>,
+        c: &Arc<rustls::ClientConfig>,
+    ) -> (Option<String>, Option<String>) {
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(c.clone(), name).unwrap();
+        let mut server = rustls::ServerConnection::new(s.clone()).unwrap();
+        while client.is_handshaking() || server.is_handshaking() {
+            let mut b = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut b).unwrap();
+            }
+            server.read_tls(&mut &b[..]).unwrap();
+            server.process_new_packets().unwrap();
+            let mut b = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut b).unwrap();
+            }
+            client.read_tls(&mut &b[..]).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        let cn = |c: Option<&[CertificateDer<'_>]>| c.and_then(|c| pki::common_name(&c[0]));
+        (
+            cn(server.peer_certificates()),
+            cn(client.peer_certificates()),
+        )
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_presented_from_the_next_handshake_on() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = pki::Ca::load_or_create(d.path(), "test").unwrap();
+        let (srv, cli) = (identity(&ca, "server-1"), identity(&ca, "client-1"));
+        let (srv_slot, cli_slot) = (CertSlot::new(&srv).unwrap(), CertSlot::new(&cli).unwrap());
+        let s = server_config_with(&ca.cert_pem, srv_slot.clone(), ClientAuth::Required).unwrap();
+        let mut c = client_tls_with(&ca.cert_pem, Some(cli_slot.clone())).unwrap();
+        // A resumed session carries the certificates of the one it resumes;
+        // every handshake here is a full one.
+        c.resumption = rustls::client::Resumption::disabled();
+        let c = Arc::new(c);
+        let seen = |a: &str, b: &str| (Some(a.to_owned()), Some(b.to_owned()));
+        assert_eq!(handshake(&s, &c), seen("client-1", "server-1"));
+        srv_slot.set(&identity(&ca, "server-2")).unwrap();
+        cli_slot.set(&identity(&ca, "client-2")).unwrap();
+        assert_eq!(handshake(&s, &c), seen("client-2", "server-2"));
+        // A key that is not the certificate's is refused and changes nothing.
+        let mut wrong = identity(&ca, "server-3");
+        wrong.key_pem = identity(&ca, "x").key_pem;
+        assert!(srv_slot.set(&wrong).is_err());
+        assert_eq!(handshake(&s, &c), seen("client-2", "server-2"));
+    }
 
     #[tokio::test]
     async fn a_gathered_body_and_its_crc_do_not_depend_on_how_it_was_cut() {

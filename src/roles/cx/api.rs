@@ -226,6 +226,13 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(with_state(s.clone()))
         .and_then(heartbeat);
 
+    let renew = warp::path!("api" / "v1" / "node" / "renew")
+        .and(warp::post())
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(json_body::<crate::engine::enroll::RenewRequest>())
+        .and(with_state(s.clone()))
+        .and_then(renew);
+
     use super::pairs;
     let node_sync = warp::path!("api" / "v1" / "node" / "sync")
         .and(warp::post())
@@ -379,6 +386,7 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(enroll_ca)
         .or(enroll)
         .or(heartbeat)
+        .or(renew)
         .or(node_sync)
         .or(pairs_list)
         .or(pairs_create)
@@ -514,6 +522,8 @@ pub struct HostView {
     pub heartbeat_age_s: Option<f64>,
     pub overdue: bool,
     pub data_addr: Option<String>,
+    /// When the node's current certificate expires (it renews it itself).
+    pub cert_expires: Option<String>,
 }
 
 async fn list_hosts(_p: Principal, s: Arc<CxState>) -> Result<impl Reply, Rejection> {
@@ -540,6 +550,7 @@ async fn list_hosts(_p: Principal, s: Arc<CxState>) -> Result<impl Reply, Reject
                 roles: h.roles,
                 version: h.version,
                 data_addr: h.data_addr,
+                cert_expires: h.cert_not_after.map(|t| rfc3339_ms(t.max(0) as u64 * 1000)),
             }
         })
         .collect();
@@ -692,7 +703,7 @@ async fn enroll(req: EnrollRequest, s: Arc<CxState>) -> Result<impl Reply, Rejec
     // Sign first (pure computation): the token is consumed only together with
     // the host record, in one transaction, and only if signing worked.
     let cert_pem =
-        s.ca.sign_csr(&req.csr_pem, &host_id)
+        s.ca.sign_csr(&req.csr_pem, &host_id, s.cfg.cx.node_cert_validity.0)
             .map_err(|e| ApiError::reject(StatusCode::BAD_REQUEST, e.to_string()))?;
     let cert_not_after = crate::engine::pki::pem_to_der(&cert_pem)
         .and_then(|d| crate::engine::pki::not_after_unix(&d));
@@ -781,14 +792,13 @@ pub fn node_host(peer: PeerIdentity, what: &str) -> Result<String, Rejection> {
     })
 }
 
-async fn heartbeat(
-    peer: PeerIdentity,
-    hb: Heartbeat,
+/// Change the record of a host that calls as itself; refused (403) for a
+/// host this CX no longer has.
+async fn update_host(
     s: Arc<CxState>,
-) -> Result<impl Reply, Rejection> {
-    let from = peer.addr;
-    let host_id = node_host(peer, "a heartbeat")?;
-    let interval = s.cfg.node.heartbeat_interval.0;
+    host_id: String,
+    f: impl FnOnce(&mut HostRecord) + Send + 'static,
+) -> Result<(), Rejection> {
     blocking(move || {
         s.store
             .update(|tx| -> Result<(), ApiErrorWrap> {
@@ -798,23 +808,57 @@ async fn heartbeat(
                         format!("host {host_id} is not registered with this CX; enroll it again"),
                     )));
                 };
-                h.name = hb.name;
-                h.roles = hb.roles;
-                h.version = Some(hb.version);
-                h.data_addr = hb.data_addr.map(|a| reachable_at(&a, from));
-                if hb.interval_ms.is_some() {
-                    h.heartbeat_interval_ms = hb.interval_ms;
-                }
-                h.last_heartbeat_ms = Some(now_ms());
+                f(&mut h);
                 store::put_in(tx, HOSTS, &host_id, &h)?;
                 Ok(())
             })
             .map_err(|e| e.0)
     })
+    .await
+}
+
+async fn heartbeat(
+    peer: PeerIdentity,
+    hb: Heartbeat,
+    s: Arc<CxState>,
+) -> Result<impl Reply, Rejection> {
+    let from = peer.addr;
+    let host_id = node_host(peer, "a heartbeat")?;
+    let interval = s.cfg.node.heartbeat_interval.0;
+    update_host(s, host_id, move |h| {
+        h.name = hb.name;
+        h.roles = hb.roles;
+        h.version = Some(hb.version);
+        h.data_addr = hb.data_addr.map(|a| reachable_at(&a, from));
+        if hb.interval_ms.is_some() {
+            h.heartbeat_interval_ms = hb.interval_ms;
+        }
+        h.last_heartbeat_ms = Some(now_ms());
+    })
     .await?;
     Ok(warp::reply::json(
         &serde_json::json!({ "interval_ms": interval.as_millis() as u64 }),
     ))
+}
+
+/// A node's new certificate for the key in its CSR, under the host id its
+/// current certificate names; refused for a host this CX no longer has.
+async fn renew(
+    peer: PeerIdentity,
+    req: crate::engine::enroll::RenewRequest,
+    s: Arc<CxState>,
+) -> Result<impl Reply, Rejection> {
+    let host_id = node_host(peer, "a certificate renewal")?;
+    let cert_pem =
+        s.ca.sign_csr(&req.csr_pem, &host_id, s.cfg.cx.node_cert_validity.0)
+            .map_err(|e| ApiError::reject(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let not_after = crate::engine::pki::pem_to_der(&cert_pem)
+        .and_then(|d| crate::engine::pki::not_after_unix(&d));
+    update_host(s, host_id.clone(), move |h| h.cert_not_after = not_after).await?;
+    tracing::info!(host_id = %host_id, "node certificate renewed");
+    Ok(warp::reply::json(&crate::engine::enroll::RenewResponse {
+        cert_pem,
+    }))
 }
 
 #[cfg(test)]

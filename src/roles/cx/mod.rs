@@ -133,7 +133,7 @@ pub fn bootstrap(
     } else {
         let host_id = uuid::Uuid::new_v4().to_string();
         let (key, csr) = pki::new_key_and_csr(&pki::default_sans(&cfg.cert_names()))?;
-        let cert_pem = ca.sign_csr(&csr, &host_id)?;
+        let cert_pem = ca.sign_csr(&csr, &host_id, cfg.cx.node_cert_validity.0)?;
         let id = Identity {
             info: NodeInfo {
                 host_id: host_id.clone(),

@@ -54,7 +54,8 @@ pub fn document() -> Value {
                     "last_heartbeat": {"type": ["string", "null"], "format": "date-time"},
                     "heartbeat_age_s": {"type": ["number", "null"]},
                     "overdue": {"type": "boolean"},
-                    "data_addr": {"type": ["string", "null"]}}},
+                    "data_addr": {"type": ["string", "null"]},
+                    "cert_expires": {"type": ["string", "null"], "format": "date-time", "description": "the node renews its certificate when two thirds of its life have passed"}}},
                 "HostList": {"type": "object", "properties": {"hosts": {"type": "array", "items": {"$ref": "#/components/schemas/Host"}}}},
                 "TokenRequest": {"type": "object", "properties": {"ttl": {"type": "string", "examples": ["1h"]}}},
                 "TokenResponse": {"type": "object", "properties": {
@@ -67,6 +68,8 @@ pub fn document() -> Value {
                 "EnrollRequest": {"type": "object", "required": ["token", "csr_pem", "name", "roles"], "properties": {
                     "token": {"type": "string"}, "csr_pem": {"type": "string"}, "name": {"type": "string"},
                     "roles": {"type": "array", "items": {"$ref": "#/components/schemas/Role"}}}},
+                "RenewRequest": {"type": "object", "required": ["csr_pem"], "properties": {"csr_pem": {"type": "string"}}},
+                "RenewResponse": {"type": "object", "properties": {"cert_pem": {"type": "string"}}},
                 "EnrollResponse": {"type": "object", "properties": {
                     "host_id": {"type": "string"}, "cert_pem": {"type": "string"}, "ca_pem": {"type": "string"}}},
                 "Heartbeat": {"type": "object", "required": ["name", "roles", "version"], "properties": {
@@ -168,6 +171,8 @@ pub fn document() -> Value {
                 "responses": {"200": ok("EnrollResponse"), "400": err(), "403": err(), "409": err(), "410": err()}}},
             "/api/v1/heartbeat": {"post": {"summary": "a node reports in (client certificate required)", "security": [{"nodeCertificate": []}],
                 "requestBody": body("Heartbeat"), "responses": {"200": ok("HeartbeatAck"), "401": err(), "403": err()}}},
+            "/api/v1/node/renew": {"post": {"summary": "a node renews its certificate: a new key, the same host id (client certificate required)", "security": [{"nodeCertificate": []}],
+                "requestBody": body("RenewRequest"), "responses": {"200": ok("RenewResponse"), "400": err(), "401": err(), "403": err()}}},
             "/api/v1/node/sync": {"post": {"summary": "a node reports and long-polls for its pairs, volumes and commands (client certificate required)", "security": [{"nodeCertificate": []}],
                 "requestBody": body("SyncRequest"), "responses": {"200": ok("SyncResponse"), "401": err()}}},
             "/api/v1/pairs": {
