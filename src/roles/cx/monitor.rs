@@ -49,6 +49,18 @@ impl Monitor {
     }
 }
 
+/// A pair's counter since the last sample. Unlike a host's totals since
+/// boot, a pair counter the monitor sees for the first time, after its
+/// first sample, began at zero (a new pair, or a node that has just started
+/// reporting it): all of it counts, or a new pair's first bytes would be
+/// missing from its trends and health report.
+fn pair_delta(cur: Option<u64>, prev: Option<u64>) -> Option<u64> {
+    match (cur, prev) {
+        (Some(c), None) => Some(c),
+        _ => delta(cur, prev),
+    }
+}
+
 fn delta(cur: Option<u64>, prev: Option<u64>) -> Option<u64> {
     match (cur, prev) {
         (Some(c), Some(p)) if c >= p => Some(c - p),
@@ -123,7 +135,7 @@ pub fn sample(s: &CxState, t_ms: u64) -> anyhow::Result<()> {
             }
         }
         next_pairs.insert(p.name.clone(), keep);
-        let d: Vec<Option<u64>> = (0..6).map(|i| delta(cur[i], old[i])).collect();
+        let d: Vec<Option<u64>> = (0..6).map(|i| pair_delta(cur[i], old[i])).collect();
         if let Some(r) = v.rpo_s {
             samples.push(Sample::new("pair_rpo_seconds", &l, r));
         }
@@ -521,4 +533,21 @@ pub async fn metrics(_p: super::auth::Principal, s: Arc<CxState>) -> Result<impl
         "content-type",
         "text/plain; version=0.0.4; charset=utf-8",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_counter_seen_first_counts_from_zero_a_host_total_does_not() {
+        assert_eq!(pair_delta(Some(5), None), Some(5));
+        assert_eq!(delta(Some(5), None), None);
+        for f in [pair_delta, delta] {
+            assert_eq!(f(Some(9), Some(5)), Some(4));
+            assert_eq!(f(Some(3), Some(5)), Some(3), "restarted from zero");
+            assert_eq!(f(None, Some(5)), None, "silent: counted when it speaks");
+            assert_eq!(f(None, None), None);
+        }
+    }
 }
