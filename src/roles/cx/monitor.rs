@@ -29,6 +29,9 @@ use crate::util::now_ms;
 #[derive(Default)]
 struct Prev {
     at_ms: u64,
+    /// The first sample of this CX process (0: none yet). A pair created
+    /// after it has had its counters watched since they began at zero.
+    first_ms: u64,
     /// pair → [captured, ps in, ps raw, ps out, applied, retention resets]
     pairs: HashMap<String, [Option<u64>; 6]>,
     /// host → [disk read, disk written, net rx, net tx] (data disk for disks)
@@ -49,12 +52,15 @@ impl Monitor {
     }
 }
 
-/// A pair's counter since the last sample. Unlike a host's totals since
-/// boot, a pair counter the monitor sees for the first time, after its
-/// first sample, began at zero (a new pair, or a node that has just started
-/// reporting it): all of it counts, or a new pair's first bytes would be
-/// missing from its trends and health report.
-fn pair_delta(cur: Option<u64>, prev: Option<u64>) -> Option<u64> {
+/// A counter since the last sample, for a counter known to have begun at
+/// zero while the monitor watched (a pair created after the monitor's first
+/// sample): seen for the first time, all of it counts, or a new pair's
+/// first bytes, written before its agent's first report reached the CX,
+/// would be missing from its trends and health report. Any other counter
+/// seen for the first time (a host's totals since boot, a pair that existed
+/// before this CX started) may hold bytes from before anyone watched, so
+/// [`delta`] skips it rather than show them as one spike.
+fn delta_from_zero(cur: Option<u64>, prev: Option<u64>) -> Option<u64> {
     match (cur, prev) {
         (Some(c), None) => Some(c),
         _ => delta(cur, prev),
@@ -102,6 +108,9 @@ pub fn sample(s: &CxState, t_ms: u64) -> anyhow::Result<()> {
     let names = host_names(&s.store).map_err(|_| anyhow::anyhow!("cannot read hosts"))?;
     let specs = pair_specs(&s.store).map_err(|_| anyhow::anyhow!("cannot read pairs"))?;
     let mut prev = s.monitor.prev.lock().unwrap();
+    if prev.first_ms == 0 {
+        prev.first_ms = t_ms;
+    }
     let dt_s = if prev.at_ms == 0 || t_ms <= prev.at_ms {
         None
     } else {
@@ -135,7 +144,10 @@ pub fn sample(s: &CxState, t_ms: u64) -> anyhow::Result<()> {
             }
         }
         next_pairs.insert(p.name.clone(), keep);
-        let d: Vec<Option<u64>> = (0..6).map(|i| pair_delta(cur[i], old[i])).collect();
+        let d: Vec<Option<u64>> = match p.created_ms > prev.first_ms {
+            true => (0..6).map(|i| delta_from_zero(cur[i], old[i])).collect(),
+            false => (0..6).map(|i| delta(cur[i], old[i])).collect(),
+        };
         if let Some(r) = v.rpo_s {
             samples.push(Sample::new("pair_rpo_seconds", &l, r));
         }
@@ -540,10 +552,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_pair_counter_seen_first_counts_from_zero_a_host_total_does_not() {
-        assert_eq!(pair_delta(Some(5), None), Some(5));
+    fn a_counter_seen_first_counts_whole_only_if_it_began_while_watched() {
+        assert_eq!(delta_from_zero(Some(5), None), Some(5));
         assert_eq!(delta(Some(5), None), None);
-        for f in [pair_delta, delta] {
+        for f in [delta_from_zero, delta] {
             assert_eq!(f(Some(9), Some(5)), Some(4));
             assert_eq!(f(Some(3), Some(5)), Some(3), "restarted from zero");
             assert_eq!(f(None, Some(5)), None, "silent: counted when it speaks");
