@@ -293,13 +293,23 @@ impl Identity {
         })
     }
 
+    /// Write this identity's key and certificate over the ones on disk
+    /// (a renewal), so that a crash at any point leaves either the old pair
+    /// or this one, never a key with the other's certificate: both go to
+    /// `.new` files first (the certificate last, so its presence means the
+    /// key is complete), then are renamed, key first; [`Identity::load`]
+    /// finishes a renewal a crash interrupted.
+    pub fn save_cert(&self, dir: &Path) -> Result<(), PkiError> {
+        let w = |name: &str, bytes: &[u8], mode: u32| write_in(dir, name, bytes, mode);
+        w("node.key.new", self.key_pem.as_bytes(), 0o600)?;
+        w("node.crt.new", self.cert_pem.as_bytes(), 0o644)?;
+        finish_renewal(dir)
+    }
+
     /// Persist: key first (0600), then certificates, then node.json last, so
     /// `exists()` is true only for a complete identity.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        let w = |name: &str, bytes: &[u8], mode: u32| {
-            let p = dir.join(name);
-            write_durable(&p, bytes, mode).map_err(io_err(&p))
-        };
+        let w = |name: &str, bytes: &[u8], mode: u32| write_in(dir, name, bytes, mode);
         w("node.key", self.key_pem.as_bytes(), 0o600)?;
         w("node.crt", self.cert_pem.as_bytes(), 0o644)?;
         w("ca.crt", self.ca_pem.as_bytes(), 0o644)?;
@@ -308,33 +318,13 @@ impl Identity {
     }
 }
 
-impl Identity {
-    /// Put a renewed key and certificate in place of the current ones, so
-    /// that a crash at any point leaves either the old pair or the new one,
-    /// never a key with the other's certificate: both are written as
-    /// `.new` files first (the certificate last, so its presence means the
-    /// key is complete), then renamed, key first; [`Identity::load`]
-    /// finishes a renewal a crash interrupted.
-    pub fn replace_cert(
-        &mut self,
-        dir: &Path,
-        key_pem: String,
-        cert_pem: String,
-    ) -> Result<(), PkiError> {
-        let w = |name: &str, bytes: &[u8], mode: u32| {
-            let p = dir.join(name);
-            write_durable(&p, bytes, mode).map_err(io_err(&p))
-        };
-        w("node.key.new", key_pem.as_bytes(), 0o600)?;
-        w("node.crt.new", cert_pem.as_bytes(), 0o644)?;
-        finish_renewal(dir)?;
-        self.key_pem = key_pem;
-        self.cert_pem = cert_pem;
-        Ok(())
-    }
+/// `dir/name`, durably (see [`write_durable`]).
+fn write_in(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    let p = dir.join(name);
+    write_durable(&p, bytes, mode).map_err(io_err(&p))
 }
 
-/// Completes a renewal [`Identity::replace_cert`] began: with
+/// Completes a renewal [`Identity::save_cert`] began: with
 /// `node.crt.new` present, both halves were written, so rename them into
 /// place (the key may already be); with only `node.key.new`, the
 /// certificate never arrived, so drop it and keep the old pair.
@@ -457,7 +447,8 @@ mod tests {
         assert_eq!((got.key_pem, got.cert_pem), (k2.clone(), c2.clone()));
         // A whole renewal.
         let (k3, c3) = pair();
-        id.replace_cert(dir, k3.clone(), c3.clone()).unwrap();
+        (id.key_pem, id.cert_pem) = (k3.clone(), c3.clone());
+        id.save_cert(dir).unwrap();
         let got = Identity::load(dir).unwrap();
         assert_eq!((got.key_pem, got.cert_pem), (k3, c3));
         assert_eq!(got.info.host_id, "h");

@@ -57,7 +57,7 @@ pub async fn start(
     // The CX binds first: its URL goes into its own identity.
     let mut api_addr = None;
     let mut admin_password_file = None;
-    let identity = if roles.contains(&Role::Cx) {
+    let (identity, slot) = if roles.contains(&Role::Cx) {
         let listener = TcpListener::bind(cfg.cx.api_listen)
             .await
             .with_context(|| {
@@ -133,7 +133,6 @@ pub async fn start(
         let slot = transport::CertSlot::new(&id)?;
         (id, slot)
     };
-    let (identity, slot) = identity;
 
     // Replication parts of this process.
     let node_client = transport::client_with(&identity.ca_pem, Some(slot.clone()))?;

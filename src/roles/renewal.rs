@@ -6,7 +6,7 @@
 //! ([`pki::renewal_due`]), the node makes a new key and a CSR for the names
 //! it would enroll with now, asks the CX (`POST /api/v1/node/renew`,
 //! authenticated by the certificate it is replacing), writes the new pair
-//! ([`Identity::replace_cert`]) and puts it in the process's [`CertSlot`],
+//! ([`Identity::save_cert`]) and puts it in the process's [`CertSlot`],
 //! which every listener and client presents from their next handshake. A
 //! CX renews its own the same way, through its own API.
 //!
@@ -90,12 +90,9 @@ impl Renewal {
         next.cert_pem = r.cert_pem;
         // The pair must be usable before it is written over the old one.
         CertSlot::new(&next).context("the renewed certificate does not match its key")?;
-        let (dir, mut id) = (self.dir.clone(), self.identity.clone());
-        let next = tokio::task::spawn_blocking(move || {
-            id.replace_cert(&dir, next.key_pem, next.cert_pem)
-                .map(|()| id)
-        })
-        .await??;
+        let dir = self.dir.clone();
+        let next =
+            tokio::task::spawn_blocking(move || next.save_cert(&dir).map(|()| next)).await??;
         self.slot.set(&next)?;
         self.identity = next;
         Ok(pki::not_after_unix(&der)
