@@ -472,20 +472,25 @@ async fn take_chunk(
     let checked =
         tokio::task::spawn_blocking(move || -> Result<(chunk::ChunkHeader, Bytes), String> {
             let cpu0 = sysstats::thread_cpu_us();
-            // The hop's checks only: the MT verifies the end-to-end hash
-            // before it applies anything, so hashing here too bought no
-            // safety for 0.14 CPU-seconds per GB.
-            let (h, payload) = chunk::check_hop(&body, payload_crc).map_err(|e| e.to_string())?;
-            if h.pair != uuid {
-                return Err(chunk::ChunkError::WrongPair.to_string());
-            }
-            let out = match recode && !h.compressed {
-                true => chunk::reseal(&h, payload, Codec::Zstd(level)).map(bufpool::shared),
-                false => None,
-            };
+            let checked = (|| {
+                // The hop's checks only: the MT verifies the end-to-end hash
+                // before it applies anything, so hashing here too bought no
+                // safety for 0.14 CPU-seconds per GB.
+                let (h, payload) =
+                    chunk::check_hop(&body, payload_crc).map_err(|e| e.to_string())?;
+                if h.pair != uuid {
+                    return Err(chunk::ChunkError::WrongPair.to_string());
+                }
+                let out = match recode && !h.compressed {
+                    true => chunk::reseal(&h, payload, Codec::Zstd(level)).map(bufpool::shared),
+                    false => None,
+                };
+                Ok((h, out.unwrap_or_else(|| body.clone())))
+            })();
+            // Refused chunks cost checking too.
             let spent = sysstats::thread_cpu_us().saturating_sub(cpu0);
             p2.codec_cpu_us.fetch_add(spent, Ordering::Relaxed);
-            Ok((h, out.unwrap_or(body)))
+            checked
         })
         .await
         .map_err(ApiError::internal)?;
