@@ -33,6 +33,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
 #[path = "../tests/util/mod.rs"]
 mod util;
 use util::{Cluster, bin, rss_kib};
@@ -95,36 +96,6 @@ fn cpu_s(pid: u32) -> f64 {
 
 fn cpus(c: &Cluster) -> [f64; 3] {
     [cpu_s(c.pid(0)), cpu_s(c.pid(1)), cpu_s(c.pid(2))]
-}
-
-/// `zstd -1` over `file` to /dev/null: (bytes, CPU seconds of the zstd
-/// process). The file is read once first and the fastest of three runs
-/// counts, so the reference pays no disk reads (the PS gets its data from
-/// the network, not a disk) and is the hardest one to meet: a single cold
-/// run gave 1.36 to 1.74 GB per CPU-second on the same data.
-fn zstd_1(file: &Path) -> (u64, f64) {
-    let _ = Command::new("cat").arg(file).stdout(Stdio::null()).status();
-    let best = (0..3)
-        .map(|_| {
-            let before = children_cpu_s();
-            let st = Command::new("zstd")
-                .args(["-1", "-q", "-c", "--single-thread"])
-                .arg(file)
-                .stdout(Stdio::null())
-                .status()
-                .expect("zstd (apt install zstd)");
-            assert!(st.success());
-            children_cpu_s() - before
-        })
-        .fold(f64::INFINITY, f64::min);
-    (std::fs::metadata(file).unwrap().len(), best)
-}
-
-fn children_cpu_s() -> f64 {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 fn drop_caches() -> bool {
@@ -319,7 +290,7 @@ fn throughput(label: &str, comp: f64) {
     // from 1.42 to 1.74 GB per CPU-second on the same data.
     let src = c.src.clone();
     drop(c);
-    let (zb, zs) = zstd_1(&src);
+    let (zb, zs) = common::zstd_1(&src).expect("zstd (apt install zstd)");
     let z_gbps = zb as f64 / 1e9 / zs;
     println!(
         "pipeline {label}: PS {ps_gbps:.2} GB per CPU-second (hop checks, zstd, TLS in and out) vs zstd -1 {z_gbps:.2} GB per CPU-second on the source volume: {:.2}x",

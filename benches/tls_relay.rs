@@ -22,19 +22,12 @@ use std::time::Instant;
 
 use rand::RngCore;
 use tern::engine::pki::{Ca, Identity, NodeInfo, new_key_and_csr};
+use tern::engine::sysstats;
 use tern::engine::transport::{ClientAuth, client_tls, server_config};
 
-const BUF: usize = 256 << 10;
+mod common;
 
-fn thread_cpu_s() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-}
+const BUF: usize = 256 << 10;
 
 fn identity(dir: &std::path::Path) -> Identity {
     let ca = Ca::load_or_create(dir, "tls-relay bench").unwrap();
@@ -109,7 +102,7 @@ fn drain(mut r: impl Read) -> u64 {
 /// Copies `total` bytes; returns this thread's CPU seconds for it.
 fn copy(inp: &mut impl Read, out: &mut impl Write, total: u64) -> f64 {
     let mut buf = vec![0u8; BUF];
-    let cpu0 = thread_cpu_s();
+    let cpu0 = sysstats::thread_cpu_us();
     let mut n = 0u64;
     while n < total {
         let k = inp.read(&mut buf).unwrap();
@@ -118,7 +111,7 @@ fn copy(inp: &mut impl Read, out: &mut impl Write, total: u64) -> f64 {
         n += k as u64;
     }
     out.flush().unwrap();
-    thread_cpu_s() - cpu0
+    (sysstats::thread_cpu_us() - cpu0) as f64 / 1e6
 }
 
 fn send(out: &mut impl Write, data: &[u8], total: u64) {
@@ -235,23 +228,13 @@ fn socat(port: u16, sink_port: u16, dir: &Path) -> f64 {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("socat");
-    let before = children_cpu_s();
+    let before = common::children_cpu_s();
     let st = child.wait_with_output().expect("socat");
     assert!(st.status.success(), "socat: {}", st.status);
-    children_cpu_s() - before
+    common::children_cpu_s() - before
 }
 
-/// CPU seconds of the children waited for so far.
-fn children_cpu_s() -> f64 {
-    // SAFETY: rusage is plain data; getrusage fills the one we own.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(ru.ru_utime) + t(ru.ru_stime)
-}
-
-/// `zstd -1` over 512 MiB of random bytes from a warm page cache, fastest
-/// of three: CPU seconds per GB, the reference the PS goal is set against.
+/// `zstd -1` over 512 MiB of random bytes: CPU seconds per GB.
 fn zstd_1(dir: &Path) -> Option<f64> {
     let file = dir.join("random.bin");
     let mut f = std::fs::File::create(&file).unwrap();
@@ -261,20 +244,8 @@ fn zstd_1(dir: &Path) -> Option<f64> {
         f.write_all(&data).unwrap();
     }
     drop(f);
-    let gb = (512u64 << 20) as f64 / 1e9;
-    let mut best = f64::INFINITY;
-    for _ in 0..3 {
-        let before = children_cpu_s();
-        let st = std::process::Command::new("zstd")
-            .args(["-1", "-q", "-c", "--single-thread"])
-            .arg(&file)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        assert!(st.success());
-        best = best.min((children_cpu_s() - before) / gb);
-    }
-    Some(best)
+    let (bytes, secs) = common::zstd_1(&file)?;
+    Some(secs / (bytes as f64 / 1e9))
 }
 
 /// A client connection to a relay that may still be starting (socat). It
