@@ -382,22 +382,20 @@ fn heartbeat_loss_alerts_within_two_intervals() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let cx_data = dir.join("cx-data");
-    let cx_cfg = dir.join("cx.toml");
-    write(
-        &cx_cfg,
-        &format!(
-            "data_dir = \"{}\"\nroles = [\"cx\"]\n[node]\nname = \"cx\"\nheartbeat_interval = \"2s\"\n[cx]\napi_listen = \"127.0.0.1:0\"\n",
-            cx_data.display()
-        ),
+    let cx_cfg = config_file(
+        dir,
+        "cx.toml",
+        "cx-data",
+        "roles = [\"cx\"]\n[node]\nname = \"cx\"\nheartbeat_interval = \"2s\"\n[cx]\napi_listen = \"127.0.0.1:0\"\n",
     );
     let cx = Daemon::spawn(dir, "cx", &["serve", "--config", cx_cfg.to_str().unwrap()]);
     let url = wait_file(&cx_data.join("cx.url"), 30, &cx);
-    let agent_cfg = dir.join("agent.toml");
-    write(
-        &agent_cfg,
+    let agent_cfg = config_file(
+        dir,
+        "agent.toml",
+        "agent-data",
         &format!(
-            "data_dir = \"{}\"\nroles = [\"agent\"]\n[node]\nname = \"src01\"\ncx_url = \"{url}\"\nheartbeat_interval = \"2s\"\n",
-            dir.join("agent-data").display()
+            "roles = [\"agent\"]\n[node]\nname = \"src01\"\ncx_url = \"{url}\"\nheartbeat_interval = \"2s\"\n"
         ),
     );
     let cx_tern = |args: &[&str]| -> serde_json::Value {

@@ -15,29 +15,34 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// GET `url` with `client`: the JSON answer.
+fn get_json(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    url: &str,
+) -> serde_json::Value {
+    rt.block_on(async { client.get(url).send().await.unwrap().json().await.unwrap() })
+}
+
 fn cx_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let p = dir.join("cx.toml");
-    write(
-        &p,
-        &format!(
-            "data_dir = \"{}\"\nroles = [\"cx\"]\n[node]\nname = \"cx-host\"\nheartbeat_interval = \"300ms\"\n[cx]\napi_listen = \"127.0.0.1:0\"\nheartbeat_overdue = \"2s\"\n",
-            dir.join("cx-data").display()
-        ),
-    );
-    p
+    config_file(
+        dir,
+        "cx.toml",
+        "cx-data",
+        "roles = [\"cx\"]\n[node]\nname = \"cx-host\"\nheartbeat_interval = \"300ms\"\n[cx]\napi_listen = \"127.0.0.1:0\"\nheartbeat_overdue = \"2s\"\n",
+    )
 }
 
 /// A PS+MT node named `psmt-host` with its data in `dir/node-data`.
 fn psmt_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
-    let p = dir.join("psmt.toml");
-    write(
-        &p,
+    config_file(
+        dir,
+        "psmt.toml",
+        "node-data",
         &format!(
-            "data_dir = \"{}\"\nroles = [\"ps\", \"mt\"]\n[node]\nname = \"psmt-host\"\ncx_url = \"{url}\"\ndata_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"300ms\"\n",
-            dir.join("node-data").display()
+            "roles = [\"ps\", \"mt\"]\n[node]\nname = \"psmt-host\"\ncx_url = \"{url}\"\ndata_listen = \"127.0.0.1:0\"\nheartbeat_interval = \"300ms\"\n"
         ),
-    );
-    p
+    )
 }
 
 #[test]
@@ -172,8 +177,7 @@ fn ps_mt_enrolls_heartbeats_and_foreign_certificates_are_refused() {
     );
     let cx_id = Identity::load(&cx_data.join("pki")).unwrap();
     let good = transport::client(&node_id.ca_pem, Some(&cx_id)).unwrap();
-    let v: serde_json::Value =
-        rt.block_on(async { good.get(&hello).send().await.unwrap().json().await.unwrap() });
+    let v: serde_json::Value = get_json(&rt, &good, &hello);
     assert_eq!(v["host_id"], node_id.info.host_id);
     assert_eq!(
         v["peer"], cx_id.info.host_id,
@@ -303,16 +307,7 @@ fn nodes_renew_their_certificates_and_keep_working_after_the_old_ones_expire() {
         data_addr.rsplit(':').next().unwrap()
     );
     let client = transport::client(&cx_id.ca_pem, Some(&cx_id)).unwrap();
-    let v: serde_json::Value = rt.block_on(async {
-        client
-            .get(&hello)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
+    let v = get_json(&rt, &client, &hello);
     assert_eq!(v["host_id"], host_id.as_str());
     assert_eq!(v["peer"], cx_id.info.host_id);
     // The node keeps reporting in.
@@ -378,16 +373,7 @@ fn up_answers_health_stops_on_sigterm_and_restarts_on_the_same_data() {
         let ca = std::fs::read_to_string(data.join("pki/ca.crt")).unwrap();
         let client = transport::client(&ca, None).unwrap();
         let rt = runtime();
-        let h: serde_json::Value = rt.block_on(async {
-            client
-                .get(format!("{url}/api/v1/health"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-        });
+        let h = get_json(&rt, &client, &format!("{url}/api/v1/health"));
         assert_eq!(h["status"], "ok");
         assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(h["roles"], serde_json::json!(["cx", "ps", "mt", "agent"]));

@@ -160,23 +160,31 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// ports picked by the kernel, reports every 200 ms) followed by `sections`:
 /// TOML tables such as `[agent]`, `[ps]` and [`volume`] entries.
 pub fn aio_config(dir: &Path, file: &str, sections: &str) -> PathBuf {
-    let cfg = dir.join(file);
-    write(
-        &cfg,
+    config_file(
+        dir,
+        file,
+        "tern-data",
         &format!(
-            r#"data_dir = "{data}"
-[node]
+            r#"[node]
 name = "aio"
 data_listen = "127.0.0.1:0"
 heartbeat_interval = "1s"
 report_interval = "200ms"
 [cx]
 api_listen = "127.0.0.1:0"
-{sections}"#,
-            data = dir.join("tern-data").display(),
+{sections}"#
         ),
+    )
+}
+
+/// `dir/file`: a config whose data directory is `dir/data`, then `body`.
+pub fn config_file(dir: &Path, file: &str, data: &str, body: &str) -> PathBuf {
+    let p = dir.join(file);
+    write(
+        &p,
+        &format!("data_dir = \"{}\"\n{body}", dir.join(data).display()),
     );
-    cfg
+    p
 }
 
 /// One `[[agent.volumes]]` entry named `vol` over `dir/src.img`; `capture`
