@@ -19,7 +19,10 @@ pub struct Node {
 pub struct Cluster {
     pub dir: PathBuf,
     pub cx_data: PathBuf,
-    _cx: Daemon,
+    cx_cfg: PathBuf,
+    /// None while [`Cluster::cx_down`] has it stopped.
+    cx: Option<Daemon>,
+    cx_starts: u32,
     pub nodes: Vec<Node>,
     pub src: PathBuf,
     nbd_port: u16,
@@ -70,13 +73,15 @@ impl Cluster {
         write(
             &cx_cfg,
             &format!(
-                "data_dir = \"{}\"\nroles = [\"cx\"]\n[node]\nname = \"cx\"\nheartbeat_interval = \"300ms\"\nreport_interval = \"200ms\"\n[cx]\napi_listen = \"{}:0\"\nheartbeat_overdue = \"2s\"\n{common}",
+                "data_dir = \"{}\"\nroles = [\"cx\"]\n[node]\nname = \"cx\"\nheartbeat_interval = \"300ms\"\nreport_interval = \"200ms\"\n[cx]\napi_listen = \"{}:{}\"\nheartbeat_overdue = \"2s\"\n{common}",
                 cx_data.display(),
                 if netns.is_some() {
                     "0.0.0.0"
                 } else {
                     "127.0.0.1"
                 },
+                // A fixed port: the nodes find a restarted CX where it was.
+                free_port(),
             ),
         );
         let cx = Daemon::spawn(dir, "cx", &["serve", "--config", cx_cfg.to_str().unwrap()]);
@@ -118,7 +123,9 @@ impl Cluster {
         let mut c = Cluster {
             dir: dir.to_owned(),
             cx_data,
-            _cx: cx,
+            cx_cfg,
+            cx: Some(cx),
+            cx_starts: 1,
             nodes,
             src,
             nbd_port,
@@ -152,6 +159,37 @@ impl Cluster {
         if let Some(mut d) = self.nodes[i].daemon.take() {
             d.terminate();
         }
+    }
+
+    /// Stop the CX (`kill9`: SIGKILL, else SIGTERM).
+    pub fn cx_down(&mut self, kill9: bool) {
+        if let Some(mut d) = self.cx.take() {
+            if kill9 {
+                let _ = d.child.kill();
+                let _ = d.child.wait();
+            } else {
+                d.terminate();
+            }
+        }
+    }
+
+    pub fn cx_up(&mut self) {
+        if self.cx.is_some() {
+            return;
+        }
+        self.cx_starts += 1;
+        let _ = std::fs::remove_file(self.cx_data.join("cx.url"));
+        let d = Daemon::spawn(
+            &self.dir,
+            &format!("cx-{}", self.cx_starts),
+            &["serve", "--config", self.cx_cfg.to_str().unwrap()],
+        );
+        wait_file(&self.cx_data.join("cx.url"), 30, &d);
+        self.cx = Some(d);
+    }
+
+    pub fn cx_is_up(&self) -> bool {
+        self.cx.is_some()
     }
 
     pub fn pid(&self, i: usize) -> u32 {

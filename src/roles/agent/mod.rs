@@ -8,10 +8,16 @@
 //! commands; [`AgentRole::report`] tells the CX how each pair is doing.
 //!
 //! Invariants: a chunk leaves the buffer only after the PS acknowledged it
-//! (the PS acknowledges only what is durable on it or on the MT); after a
-//! restart the bitmap is trusted only if the stop was clean, otherwise the
-//! pair goes to "resync required".
+//! (the PS acknowledges only what is durable on it or on the MT); every
+//! write the agent acknowledges is in the pair's stream or dirty bitmap and
+//! inside an extent of the volume's durable [`activity`] log, even while no
+//! pair exists yet; after a restart the pair takes the clean-stop bitmap
+//! plus the logged extents, after a crash the logged extents (a drain that
+//! starts at once), and with no trustworthy log it is "resync required".
+//! A volume replaced under a pair (its spec changed) is released by the
+//! pair first, with the same clean stop as the process's.
 
+pub mod activity;
 pub mod fuse;
 pub mod state;
 pub mod stream;
@@ -67,6 +73,17 @@ fn state_dir(cfg: &Config) -> PathBuf {
     cfg.data_dir.join("agent").join("pairs")
 }
 
+fn activity_path(cfg: &Config, volume: &str) -> PathBuf {
+    cfg.data_dir
+        .join("agent")
+        .join("volumes")
+        .join(format!("{volume}.al"))
+}
+
+/// How often each pair's activity log drops the extents that are safe at
+/// the PS (and `PAIR.state` takes the resync's progress).
+const ACTIVITY_COMPACT: Duration = Duration::from_secs(2);
+
 impl AgentRole {
     pub fn new(
         cfg: Config,
@@ -104,6 +121,22 @@ impl AgentRole {
     }
 
     fn ensure_volumes(&self, specs: &[VolumeSpec]) {
+        // A volume whose spec changed is opened anew; a pair on the old one
+        // stops first, as at a clean stop, and starts again on the new one
+        // (the next `apply`): no write reaches either uncaptured.
+        let changed: Vec<(String, bool)> = {
+            let vols = self.volumes.lock().unwrap();
+            specs
+                .iter()
+                .filter_map(|s| {
+                    let old = vols.get(&s.name).filter(|v| &v.spec != s)?;
+                    Some((s.name.clone(), old.spec.path != s.path))
+                })
+                .collect()
+        };
+        for (volume, other_device) in changed {
+            self.release_pairs_on(&volume, other_device);
+        }
         let mut vols = self.volumes.lock().unwrap();
         for spec in specs {
             if vols.get(&spec.name).is_some_and(|v| &v.spec == spec) {
@@ -127,7 +160,18 @@ impl AgentRole {
     }
 
     fn open_volume(&self, spec: &VolumeSpec) -> anyhow::Result<VolumeRt> {
-        let vol = Arc::new(Volume::open(&spec.name, &spec.path, spec.size)?);
+        let vol = Arc::new(Volume::open(
+            &spec.name,
+            &spec.path,
+            spec.size,
+            &activity_path(&self.cfg, &spec.name),
+        )?);
+        match &vol.activity.lock().unwrap().found {
+            activity::Found::Damaged(e) => {
+                tracing::error!(volume = %spec.name, error = %e, "activity log unreadable: a pair on this volume that did not stop cleanly needs a full resync")
+            }
+            activity::Found::Created | activity::Found::Loaded => {}
+        }
         let trig = crate::engine::shutdown::ShutdownTrigger::new();
         let export = match spec.capture {
             Capture::Nbd => {
@@ -251,22 +295,50 @@ impl AgentRole {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{}.state", spec.name));
         let cap = self.cfg.agent.buffer_cap.0.max(2 * RESYNC_BLOCK + 4096);
-        let mut st = Stream::new(&spec.name, vol.size, cap);
         let loaded = state::load(&path, Some(&spec.uuid_bytes()), vol.size);
+        // Under the volume's lock from here to the stream's installation:
+        // every write before it is in the activity log, every write after
+        // it is captured.
+        let mut g = vol.stream.lock().unwrap();
+        if vol.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            anyhow::bail!("volume {} is closing", vol.name);
+        }
+        let mut al = vol.activity.lock().unwrap();
+        let mut st = Stream::new(&spec.name, vol.size, cap);
+        let logged = al.as_bitmap();
+        let al_state = al.found.clone();
         let resync_gen = match loaded {
-            Ok(Some(s)) if s.clean => {
+            Ok(Some(s)) if s.resync_required => {
+                st.resync_required = true;
+                tracing::warn!(pair = %spec.name, "pair still needs the full resync it needed before the restart (auto resync after {:?})", self.cfg.agent.auto_resync_delay.0);
+                s.resync_gen
+            }
+            Ok(Some(s)) if s.clean && !matches!(al_state, activity::Found::Damaged(_)) => {
                 st.bitmap = s.bitmap;
+                // Writes made since (no pair stream yet) are in the log.
+                st.bitmap.union(&logged);
                 st.step1 = s.step1;
                 st.resyncing = s.resyncing;
-                if !st.bitmap.is_empty() {
-                    st.dirty_since_us = Some(crate::util::now_ms() * 1000);
-                }
-                tracing::info!(pair = %spec.name, dirty_blocks = st.bitmap.count(), step1 = ?st.step1, "pair resumed after a clean stop");
+                tracing::info!(pair = %spec.name, dirty_blocks = st.bitmap.count(), logged_extents = al.count(), step1 = ?st.step1, "pair resumed after a clean stop");
+                s.resync_gen
+            }
+            Ok(Some(s)) if al_state == activity::Found::Loaded => {
+                // A crash: the buffer is gone, but every extent it (or the
+                // bitmap) touched is logged. Drain those now.
+                st.bitmap = logged;
+                st.step1 = s.step1;
+                st.resyncing = s.resyncing;
+                st.last_inconsistent = true;
+                tracing::warn!(pair = %spec.name, extents = al.count(), bytes = st.bitmap.count() * stream::BITMAP_BLOCK, step1 = ?st.step1, "the agent did not stop cleanly: the extents in the activity log are resynced now (nothing else can differ)");
                 s.resync_gen
             }
             Ok(Some(s)) => {
                 st.resync_required = true;
-                tracing::warn!(pair = %spec.name, "the agent did not stop cleanly: writes may have been lost in memory; pair needs a resync (auto resync after {:?})", self.cfg.agent.auto_resync_delay.0);
+                let why = match &al_state {
+                    activity::Found::Damaged(e) => format!("the activity log is unreadable ({e})"),
+                    _ => "no activity log was kept (an older agent)".into(),
+                };
+                tracing::warn!(pair = %spec.name, "the agent did not stop cleanly and {why}: writes may have been lost in memory; pair needs a full resync (auto resync after {:?})", self.cfg.agent.auto_resync_delay.0);
                 s.resync_gen
             }
             Ok(None) => {
@@ -280,7 +352,18 @@ impl AgentRole {
                 spec.resync_gen
             }
         };
-        // From here until a clean stop, the on-disk state says "unclean".
+        if !st.bitmap.is_empty() {
+            st.dirty_since_us = Some(crate::util::now_ms() * 1000);
+        }
+        if st.step1.is_some() {
+            st.resume_step1();
+        }
+        // Every pending block is in the log before the state on disk says
+        // "unclean" (a clean-stop bitmap's blocks are not, yet).
+        let mut pending = al.empty_set();
+        st.pending_extents(&mut pending);
+        al.add(&pending)?;
+        let key = st.persist_key(resync_gen);
         state::save(
             &path,
             &state::PairState {
@@ -289,13 +372,17 @@ impl AgentRole {
                 resync_gen,
                 step1: st.step1,
                 resyncing: st.resyncing,
+                resync_required: st.resync_required,
                 bitmap: stream::Bitmap::new(vol.size),
             },
             vol.size,
         )?;
+        st.persisted = Some(key);
+        drop(al);
         st.mode_paused = spec.paused;
         st.scan = capture == Capture::Scan;
-        *vol.stream.lock().unwrap() = Some(st);
+        *g = Some(st);
+        drop(g);
         let (spec_tx, spec_rx) = watch::channel(spec.clone());
         let stop = crate::engine::shutdown::ShutdownTrigger::new();
         let ctx = PairCtx {
@@ -313,6 +400,7 @@ impl AgentRole {
         let sd = crate::engine::shutdown::either(self.shutdown.clone(), stop.subscribe());
         let ctx = Arc::new(ctx);
         tokio::spawn(ctx.clone().resync_driver(sd.clone()));
+        tokio::spawn(ctx.clone().compactor(sd.clone()));
         tokio::spawn(ctx.run(sd));
         Ok(PairRt {
             spec_tx,
@@ -465,33 +553,89 @@ impl AgentRole {
     /// which is saved with the clean flag.
     pub fn stop(&self) {
         for (name, vol) in self.pair_volumes() {
-            let mut g = vol.stream.lock().unwrap();
-            vol.closed.store(true, std::sync::atomic::Ordering::Relaxed);
-            let Some(st) = g.as_mut() else { continue };
-            let path = state_dir(&self.cfg).join(format!("{name}.state"));
-            let Ok(Some(mut ps)) = state::load(&path, None, vol.size) else {
-                continue;
-            };
-            if st.resync_required {
-                // Nothing trustworthy to save: stay unclean.
-                continue;
-            }
-            st.spill_buffer_to_bitmap();
-            ps.clean = true;
-            ps.step1 = st.step1;
-            ps.resyncing = st.resyncing;
-            ps.bitmap = st.bitmap.clone();
-            match state::save(&path, &ps, vol.size) {
-                Ok(()) => {
-                    tracing::info!(pair = %name, dirty_blocks = st.bitmap.count(), "pair state saved (clean stop)")
-                }
-                Err(e) => {
-                    tracing::error!(pair = %name, error = %e, "cannot save pair state; the pair will resync")
-                }
-            }
-            // No write may slip in after the save.
-            *g = None;
+            self.save_clean(&name, &vol, false);
         }
+    }
+
+    /// Stop the pairs on `volume` as at a clean stop (its spec changed);
+    /// `other_device`: it now names another file or device, which only a
+    /// full resync can compare.
+    fn release_pairs_on(&self, volume: &str, other_device: bool) {
+        let released: Vec<String> = {
+            let mut pairs = self.pairs.lock().unwrap();
+            let names: Vec<String> = pairs
+                .iter()
+                .filter(|(_, p)| p.volume == volume)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in &names {
+                if let Some(rt) = pairs.remove(n) {
+                    rt.stop.fire();
+                }
+            }
+            names
+        };
+        let vol = self
+            .volumes
+            .lock()
+            .unwrap()
+            .get(volume)
+            .map(|v| v.vol.clone());
+        if let Some(vol) = vol {
+            for n in &released {
+                tracing::info!(pair = %n, volume, other_device, "volume reconfigured: pair restarts on it");
+                self.save_clean(n, &vol, other_device);
+            }
+            // No write reaches the old volume from here on.
+            let _g = vol.stream.lock().unwrap();
+            vol.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Save pair `name`'s state with every unacknowledged write in its
+    /// bitmap (clean, or resync-required with `needs_resync`), then stop
+    /// the volume taking writes and empty its activity log (the state now
+    /// holds everything pending).
+    fn save_clean(&self, name: &str, vol: &Volume, needs_resync: bool) {
+        // The source's blocks are durable before the state that says which
+        // of them the replica lacks.
+        if let Err(e) = vol.flush() {
+            tracing::error!(pair = %name, error = %e, "cannot flush the volume; the pair state stays unclean");
+            return;
+        }
+        let mut g = vol.stream.lock().unwrap();
+        vol.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        let Some(st) = g.as_mut() else { return };
+        let path = state_dir(&self.cfg).join(format!("{name}.state"));
+        let Ok(Some(mut ps)) = state::load(&path, None, vol.size) else {
+            return;
+        };
+        if st.resync_required && !needs_resync {
+            // Nothing trustworthy to save: the state on disk says
+            // resync-required already.
+            *g = None;
+            return;
+        }
+        st.spill_buffer_to_bitmap();
+        ps.clean = !needs_resync;
+        ps.resync_required = needs_resync;
+        ps.step1 = st.step1;
+        ps.resyncing = st.resyncing;
+        ps.bitmap = st.bitmap.clone();
+        match state::save(&path, &ps, vol.size) {
+            Ok(()) => {
+                tracing::info!(pair = %name, dirty_blocks = st.bitmap.count(), "pair state saved (clean stop)");
+                if let Err(e) = vol.activity.lock().unwrap().clear() {
+                    // Harmless: the next start drains the logged extents too.
+                    tracing::warn!(pair = %name, error = %e, "cannot empty the activity log");
+                }
+            }
+            Err(e) => {
+                tracing::error!(pair = %name, error = %e, "cannot save pair state; the pair will resync what its activity log holds")
+            }
+        }
+        // No write may slip in after the save.
+        *g = None;
     }
 }
 
@@ -680,9 +824,10 @@ impl PairCtx {
             // Pause / resume / resync requests.
             self.with_stream(|st| st.mode_paused = spec.paused);
             if spec.resync_gen > self.resync_gen.load(std::sync::atomic::Ordering::Relaxed) {
+                // `PAIR.state` takes the new generation at the next
+                // compaction, before the log drops anything.
                 self.resync_gen
                     .store(spec.resync_gen, std::sync::atomic::Ordering::Relaxed);
-                self.save_gen();
                 self.with_stream(|st| {
                     // Buffered records stay: they are in order before the copy.
                     st.bitmap = stream::Bitmap::new(self.vol.size);
@@ -855,11 +1000,82 @@ impl PairCtx {
         self.with_stream(|st| st.error = e);
     }
 
-    fn save_gen(&self) {
-        if let Ok(Some(mut s)) = state::load(&self.state_path, None, self.vol.size) {
-            s.resync_gen = self.resync_gen.load(std::sync::atomic::Ordering::Relaxed);
-            let _ = state::save(&self.state_path, &s, self.vol.size);
+    /// Every [`ACTIVITY_COMPACT`]: drop from the activity log the extents
+    /// that are safe at the PS, after saving what `PAIR.state` must say.
+    async fn compactor(self: Arc<Self>, mut sd: Shutdown) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ACTIVITY_COMPACT) => {}
+                _ = sd.wait() => break,
+            }
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.compact()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(pair = %self.spec().name, error = %e, "activity log compaction failed (the log keeps its extents)")
+                }
+                Err(e) => tracing::warn!(error = %e, "activity log compaction task"),
+            }
         }
+    }
+
+    /// One compaction (blocking). Order matters, see [`activity`]: the
+    /// volume is synced after the extents written before it were taken, the
+    /// log becomes (pending ∪ recently written) before the state's cursor
+    /// moves past a copy, and both happen under the volume's lock.
+    fn compact(&self) -> std::io::Result<()> {
+        let vol = &self.vol;
+        let closed = || vol.closed.load(std::sync::atomic::Ordering::Relaxed);
+        let earlier = {
+            let g = vol.stream.lock().unwrap();
+            if closed() || g.is_none() {
+                return Ok(());
+            }
+            vol.activity.lock().unwrap().take_touched()
+        };
+        vol.flush()?;
+        let mut g = vol.stream.lock().unwrap();
+        if closed() {
+            return Ok(());
+        }
+        let Some(st) = g.as_mut() else { return Ok(()) };
+        let gen_ = self.resync_gen.load(std::sync::atomic::Ordering::Relaxed);
+        let key = st.persist_key(gen_);
+        let mut al = vol.activity.lock().unwrap();
+        // 1. What is pending now is logged (a step-I copy of a block never
+        //    written, before the state's cursor passes it) ...
+        let mut pending = al.empty_set();
+        st.pending_extents(&mut pending);
+        al.add(&pending)?;
+        // 2. ... the state on disk says what the stream does (a resync
+        //    started since the last save is not forgotten) ...
+        if st.persisted != Some(key) {
+            let spec = self.spec();
+            state::save(
+                &self.state_path,
+                &state::PairState {
+                    uuid: spec.uuid_bytes(),
+                    clean: false,
+                    resync_gen: gen_,
+                    step1: key.step1,
+                    resyncing: key.resyncing,
+                    resync_required: key.resync_required,
+                    bitmap: stream::Bitmap::new(vol.size),
+                },
+                vol.size,
+            )?;
+            st.persisted = Some(key);
+        }
+        // 3. ... and only then the log drops what is neither pending nor
+        //    written in this period or the last (synced above).
+        if !st.resync_required {
+            let mut keep = earlier;
+            for ((k, t), p) in keep.iter_mut().zip(al.touched()).zip(&pending) {
+                *k |= t | p;
+            }
+            al.set(&keep)?;
+        }
+        Ok(())
     }
 
     fn maybe_auto_resync(&self) {

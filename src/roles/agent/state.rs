@@ -1,10 +1,14 @@
 //! `DATA/agent/pairs/PAIR.state`: what an agent keeps of a pair across
 //! restarts (layout in docs/FORMATS.md, "Agent pair state").
 //!
-//! Written with `clean = false` when the pair starts and with `clean = true`
-//! (and the dirty bitmap, which by then includes every unacknowledged write)
-//! on a clean stop. A state found unclean at start means writes may have been
-//! lost from memory: the pair needs a resync.
+//! Written with `clean = false` when the pair starts, again whenever the
+//! resync fields change (step I cursor, resyncing, resync required,
+//! generation) before the activity log may drop an extent, and with
+//! `clean = true` (and the dirty bitmap, which by then includes every
+//! unacknowledged write) on a clean stop. A state found unclean at start
+//! means the buffer was lost from memory: the volume's activity log says
+//! which extents to drain (see [`super::activity`]); without a readable log
+//! the pair is resync-required.
 
 use std::path::Path;
 
@@ -13,7 +17,8 @@ use crate::engine::crc;
 use crate::engine::journal::format;
 
 pub const MAGIC: [u8; 8] = *b"TERNAPST";
-pub const VERSION: u16 = 1;
+/// 2 added flag bit 2 (resync required); version 1 files are read as well.
+pub const VERSION: u16 = 2;
 const HEADER: usize = 64;
 
 #[derive(Debug, Clone)]
@@ -23,6 +28,8 @@ pub struct PairState {
     pub resync_gen: u64,
     pub step1: Option<u64>,
     pub resyncing: bool,
+    /// Only a full resync can make the replica whole again.
+    pub resync_required: bool,
     pub bitmap: Bitmap,
 }
 
@@ -31,7 +38,7 @@ pub fn encode(s: &PairState, volume_size: u64) -> Vec<u8> {
     let mut b = vec![0u8; HEADER];
     b[0..8].copy_from_slice(&MAGIC);
     b[8..10].copy_from_slice(&VERSION.to_le_bytes());
-    b[10] = s.clean as u8 | (s.resyncing as u8) << 1;
+    b[10] = s.clean as u8 | (s.resyncing as u8) << 1 | (s.resync_required as u8) << 2;
     b[16..32].copy_from_slice(&s.uuid);
     b[32..40].copy_from_slice(&volume_size.to_le_bytes());
     b[40..48].copy_from_slice(&s.resync_gen.to_le_bytes());
@@ -59,10 +66,11 @@ pub fn decode(
         return Err("header checksum mismatch".into());
     }
     let v = format::u16_at(b, 8);
-    if v != VERSION {
+    if v != VERSION && v != 1 {
         return Err(format!("unsupported version {v}"));
     }
-    if b[10] & !3 != 0 || b[11..16] != [0; 5] {
+    let flags = if v == 1 { 3 } else { 7 };
+    if b[10] & !flags != 0 || b[11..16] != [0; 5] {
         return Err("reserved bits set".into());
     }
     let n = u32_at(56) as usize;
@@ -89,6 +97,7 @@ pub fn decode(
         uuid: id,
         clean: b[10] & 1 == 1,
         resyncing: b[10] & 2 == 2,
+        resync_required: b[10] & 4 == 4,
         resync_gen: u64_at(40),
         step1: (step1 != u64::MAX).then_some(step1),
         bitmap,
@@ -129,10 +138,12 @@ mod tests {
             resync_gen: 3,
             step1: Some(1 << 20),
             resyncing: true,
+            resync_required: false,
             bitmap: bm,
         };
         let b = encode(&s, size);
         assert_eq!(&b[0..8], b"TERNAPST");
+        assert_eq!(format::u16_at(&b, 8), 2);
         assert_eq!(b[10], 3);
         assert_eq!(b.len(), 64 + 16 + 4, "128 blocks = 2 words");
         let d = decode(&b, Some(&[9; 16]), size).unwrap().unwrap();
@@ -140,11 +151,45 @@ mod tests {
         assert!(d.bitmap.get(1) && d.bitmap.count() == 1);
         assert!(decode(&b, Some(&[8; 16]), size).unwrap().is_none());
         assert!(decode(&b, None, size * 2).is_err());
+        let r = encode(
+            &PairState {
+                resync_required: true,
+                ..s.clone()
+            },
+            size,
+        );
+        assert_eq!(r[10], 7);
+        assert!(decode(&r, None, size).unwrap().unwrap().resync_required);
         for i in 0..b.len() {
             let mut c = b.clone();
             c[i] ^= 0x40;
             let r = decode(&c, None, size);
             assert!(r.is_err() || (16..32).contains(&i), "flip at {i} accepted");
         }
+    }
+
+    #[test]
+    fn a_version_1_state_is_still_read() {
+        let size = 8 << 20;
+        let s = PairState {
+            uuid: [1; 16],
+            clean: true,
+            resync_gen: 0,
+            step1: None,
+            resyncing: false,
+            resync_required: false,
+            bitmap: Bitmap::new(size),
+        };
+        let mut b = encode(&s, size);
+        b[8..10].copy_from_slice(&1u16.to_le_bytes());
+        let c = crc::crc32c(&b[..60]);
+        b[60..64].copy_from_slice(&c.to_le_bytes());
+        let d = decode(&b, None, size).unwrap().unwrap();
+        assert!(d.clean && !d.resync_required);
+        // Bit 2 did not exist in version 1.
+        b[10] = 4;
+        let c = crc::crc32c(&b[..60]);
+        b[60..64].copy_from_slice(&c.to_le_bytes());
+        assert!(decode(&b, None, size).is_err());
     }
 }

@@ -12,8 +12,17 @@
 //!   marked in the bitmap instead (bitmap mode);
 //! - a record's `inconsistent` flag is set iff, after it, dirty blocks remain
 //!   or step I has not finished: the MT never offers such a point;
-//! - the bitmap is trusted after a restart only if the last stop was clean
-//!   (`PAIR.state` says so); otherwise the pair needs a full (fast) resync.
+//! - **no acknowledged write is lost to replication**: every write the agent
+//!   acknowledges (NBD, FUSE) is in the pair's stream (buffered until the PS
+//!   acknowledges it), or in its dirty bitmap, and in both cases inside an
+//!   extent of the volume's persisted [`ActivityLog`], made durable before
+//!   the write is acknowledged — also while no pair stream exists at all
+//!   (the agent has not heard of its pair yet). At the next start the pair
+//!   takes the clean-stop bitmap (if the stop was clean) plus every logged
+//!   extent; after a crash, the logged extents alone: a drain of what can
+//!   differ, not of the volume. Where neither can be trusted (the log is
+//!   damaged or missing after a crash) the pair is resync-required and says
+//!   so; nothing is guessed.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -22,6 +31,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::activity::{self, ActivityLog};
 use crate::engine::bufpool;
 use crate::engine::chunk::WireRecord;
 use crate::engine::control::AgentMode;
@@ -112,6 +122,17 @@ impl Bitmap {
             w = *self.words.get(i)?;
         }
     }
+    /// The bitmap's words: word i covers activity-log extent i.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+    /// Set every bit of `other` too.
+    pub fn union(&mut self, other: &Bitmap) {
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a |= b;
+        }
+        self.count = self.words.iter().map(|w| w.count_ones() as u64).sum();
+    }
     pub fn to_bytes(&self) -> Vec<u8> {
         self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
@@ -172,6 +193,20 @@ pub struct Stream {
     /// II) until the PS has acknowledged it, so its slot is held, and the
     /// pair shown resyncing, until the data has really left the agent.
     last_copy_seq: u64,
+    /// What `PAIR.state` last said of the resync (step I cursor, resyncing,
+    /// resync required, resync generation); see [`PersistedState`].
+    pub persisted: Option<PersistedState>,
+}
+
+/// The fields of `PAIR.state` that change while a pair runs. The activity
+/// log may drop an extent only while the state on disk says what the
+/// stream does (a step I started since would otherwise be forgotten).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersistedState {
+    pub step1: Option<u64>,
+    pub resyncing: bool,
+    pub resync_required: bool,
+    pub resync_gen: u64,
 }
 
 impl Stream {
@@ -203,6 +238,40 @@ impl Stream {
             step1_started: None,
             last_step1: None,
             last_copy_seq: 0,
+            persisted: None,
+        }
+    }
+
+    /// The resync fields as they are now (for `PAIR.state`).
+    pub fn persist_key(&self, resync_gen: u64) -> PersistedState {
+        PersistedState {
+            step1: self.step1,
+            resyncing: self.resyncing,
+            resync_required: self.resync_required,
+            resync_gen,
+        }
+    }
+
+    /// Add to `set` the extents of everything not yet safe at the PS:
+    /// buffered records (writes and resync copies) and dirty blocks.
+    pub fn pending_extents(&self, set: &mut [u64]) {
+        for r in &self.buffer {
+            match &r.record.body {
+                RecordBody::Write { offset, data } => {
+                    activity::mark_extents(set, *offset, data.len() as u64)
+                }
+                RecordBody::Zero { offset, len } => {
+                    activity::mark_extents(set, *offset, *len as u64)
+                }
+                RecordBody::Bookmark { .. } => {}
+            }
+        }
+        for (i, w) in self.bitmap.words().iter().enumerate() {
+            if *w != 0
+                && let Some(s) = set.get_mut(i / 64)
+            {
+                *s |= 1 << (i % 64);
+            }
         }
     }
 
@@ -347,6 +416,13 @@ impl Stream {
         self.step1_started = Some(std::time::Instant::now());
     }
 
+    /// Step I goes on from a cursor saved before a restart.
+    pub fn resume_step1(&mut self) {
+        self.resyncing = true;
+        self.last_inconsistent = true;
+        self.step1_started = Some(std::time::Instant::now());
+    }
+
     /// Step I has copied (or matched) everything before `next`.
     pub fn advance_step1(&mut self, next: u64, volume_size: u64) {
         self.step1 = (next < volume_size).then_some(next);
@@ -364,6 +440,9 @@ pub struct Volume {
     pub size: u64,
     file: File,
     pub stream: Mutex<Option<Stream>>,
+    /// Extents that may hold writes the replica lacks, durable before a
+    /// write is acknowledged. Lock order: `stream`, then `activity`.
+    pub activity: Mutex<ActivityLog>,
     /// Set (under the stream lock) by a clean stop: from then on writes are
     /// refused, so none can reach the volume without being captured.
     pub closed: std::sync::atomic::AtomicBool,
@@ -374,8 +453,14 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// Open (or create with `create_size`) the backing file or device.
-    pub fn open(name: &str, path: &Path, create_size: Option<u64>) -> io::Result<Volume> {
+    /// Open (or create with `create_size`) the backing file or device, and
+    /// its activity log at `activity_path`.
+    pub fn open(
+        name: &str,
+        path: &Path,
+        create_size: Option<u64>,
+        activity_path: &Path,
+    ) -> io::Result<Volume> {
         if !path.exists() {
             let Some(sz) = create_size else {
                 return Err(io::Error::new(
@@ -407,12 +492,14 @@ impl Volume {
                 ),
             ));
         }
+        let activity = ActivityLog::open(activity_path, size)?;
         Ok(Volume {
             name: name.to_owned(),
             path: path.to_owned(),
             size,
             file,
             stream: Mutex::new(None),
+            activity: Mutex::new(activity),
             closed: Default::default(),
             room: Arc::new(tokio::sync::Notify::new()),
             notify: Arc::new(tokio::sync::Notify::new()),
@@ -444,6 +531,8 @@ impl Volume {
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(io::Error::other("the agent is stopping; write refused"));
         }
+        // Logged before it is written, so before it is acknowledged.
+        self.activity.lock().unwrap().note(off, data.len() as u64)?;
         self.file.write_all_at(&data, off)?;
         if let Some(st) = g.as_mut() {
             st.bytes_captured += data.len() as u64;
@@ -473,6 +562,7 @@ impl Volume {
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(io::Error::other("the agent is stopping; write refused"));
         }
+        self.activity.lock().unwrap().note(off, len)?;
         // Zero the backing range (punching a hole where possible).
         zero_range(&self.file, off, len)?;
         if let Some(st) = g.as_mut() {

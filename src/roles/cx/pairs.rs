@@ -496,6 +496,18 @@ pub fn pair_view(s: &CxState, p: &PairSpec, names: &HashMap<String, String>) -> 
         };
         if let Some(a) = &agent {
             note(a.oldest_pending_us);
+            // Dirty blocks (bitmap mode, a drain after a crash, a resync)
+            // or a replica known to lack writes: nothing after the latest
+            // recoverable point is proven to be on the MT, whenever the
+            // agent first marked it.
+            let unproven = a.dirty_bytes > 0
+                || matches!(
+                    a.mode,
+                    AgentMode::ResyncRequired | AgentMode::ResyncStep1 | AgentMode::ResyncQueued
+                );
+            if unproven {
+                note(Some(m.latest_point.map_or(p.created_ms * 1000, |x| x.1)));
+            }
         }
         if let Some(ps) = &ps {
             note(ps.oldest_cached_us);
