@@ -597,7 +597,8 @@ fn trends_health_report_and_metrics_agree_with_a_workload() {
     let stored = sum(&raw);
     assert!(
         (stored - written).abs() <= 0.02 * written,
-        "trend points add up to {stored} bytes; the workload wrote {written}"
+        "trend points add up to {stored} bytes; the workload wrote {written} from {start}: {}",
+        raw["series"][0]["points"]
     );
     let out = sum(&fetch("pair_ps_out_bytes_per_s", "raw", "avg"));
     assert!(
