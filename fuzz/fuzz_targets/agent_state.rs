@@ -38,8 +38,8 @@ fuzz_target!(|data: &[u8]| {
     if fix {
         fix_crcs(&mut b, 40);
     }
-    if let Ok((g, words)) = activity::decode(&b, size) {
-        let again = activity::encode(g, size, &words);
+    if let Ok((g, origin, words)) = activity::decode(&b, size) {
+        let again = activity::encode(g, origin, size, &words);
         assert_eq!(&again[..], &b[..again.len()]);
     }
 });

@@ -20,7 +20,10 @@
 //! read is never guessed at: the pair is marked resync-required.
 //!
 //! Two slots, written alternately, each with a generation and checksums: a
-//! torn write leaves the other slot, the last one completed, valid.
+//! torn write leaves the other slot, the last one completed, valid; memory
+//! takes a change only once it is on disk. The verdict of an open (created,
+//! damaged) stays in the slots until a pair has saved its meaning
+//! ([`ActivityLog::settle`]), so a second crash cannot lose it.
 
 use std::fs::File;
 use std::io;
@@ -58,6 +61,8 @@ pub struct ActivityLog {
     extents: Vec<u64>,
     count: u64,
     generation: u64,
+    /// [`ORIGIN_COMPLETE`], [`ORIGIN_CREATED`] or [`ORIGIN_DAMAGED`], as on disk.
+    origin: u8,
     /// Extents written since the last [`ActivityLog::take_touched`]: kept
     /// one more compaction period (hysteresis), so a hot extent is not
     /// dropped and added again on every write.
@@ -73,11 +78,20 @@ fn slot_len(volume_size: u64) -> u64 {
     ((HEADER + words_for(volume_size) * 8 + 4) as u64).next_multiple_of(4096)
 }
 
+/// Byte 10 of a slot: how complete the log's history is. Kept on disk so
+/// that a verdict survives another crash before a pair has acted on it.
+pub const ORIGIN_COMPLETE: u8 = 0;
+/// Started where no log existed: it holds every write since then.
+pub const ORIGIN_CREATED: u8 = 1;
+/// Started over a damaged log: what it held is lost.
+pub const ORIGIN_DAMAGED: u8 = 2;
+
 /// One slot's bytes.
-pub fn encode(generation: u64, volume_size: u64, extents: &[u64]) -> Vec<u8> {
+pub fn encode(generation: u64, origin: u8, volume_size: u64, extents: &[u64]) -> Vec<u8> {
     let mut b = vec![0u8; HEADER];
     b[0..8].copy_from_slice(&MAGIC);
     b[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    b[10] = origin;
     b[16..24].copy_from_slice(&generation.to_le_bytes());
     b[24..32].copy_from_slice(&volume_size.to_le_bytes());
     b[32..40].copy_from_slice(&EXTENT.to_le_bytes());
@@ -92,8 +106,8 @@ pub fn encode(generation: u64, volume_size: u64, extents: &[u64]) -> Vec<u8> {
     b
 }
 
-/// Decode one slot: `(generation, extent words)`.
-pub fn decode(b: &[u8], volume_size: u64) -> Result<(u64, Vec<u64>), String> {
+/// Decode one slot: `(generation, origin, extent words)`.
+pub fn decode(b: &[u8], volume_size: u64) -> Result<(u64, u8, Vec<u64>), String> {
     if b.len() < HEADER + 4 || b[0..8] != MAGIC {
         return Err("not an activity log slot (bad magic or too short)".into());
     }
@@ -103,6 +117,9 @@ pub fn decode(b: &[u8], volume_size: u64) -> Result<(u64, Vec<u64>), String> {
     let v = format::u16_at(b, 8);
     if v != VERSION {
         return Err(format!("unsupported version {v}"));
+    }
+    if b[10] > ORIGIN_DAMAGED || b[11..16] != [0; 5] || b[44..60] != [0; 16] {
+        return Err("reserved bytes set".into());
     }
     if format::u64_at(b, 24) != volume_size {
         return Err(format!(
@@ -124,7 +141,7 @@ pub fn decode(b: &[u8], volume_size: u64) -> Result<(u64, Vec<u64>), String> {
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    Ok((format::u64_at(b, 16), words))
+    Ok((format::u64_at(b, 16), b[10], words))
 }
 
 impl ActivityLog {
@@ -141,7 +158,7 @@ impl ActivityLog {
             .truncate(false)
             .open(path)?;
         let slot = slot_len(volume_size);
-        let mut best: Option<(u64, Vec<u64>)> = None;
+        let mut best: Option<(u64, u8, Vec<u64>)> = None;
         let mut errors = Vec::new();
         if existed {
             let len = file.metadata()?.len();
@@ -153,20 +170,34 @@ impl ActivityLog {
                 let mut b = vec![0u8; slot as usize];
                 file.read_exact_at(&mut b, i * slot)?;
                 match decode(&b, volume_size) {
-                    Ok((g, w)) if best.as_ref().is_none_or(|(bg, _)| g > *bg) => {
-                        best = Some((g, w))
+                    Ok((g, o, w)) if best.as_ref().is_none_or(|(bg, _, _)| g > *bg) => {
+                        best = Some((g, o, w))
                     }
                     Ok(_) => {}
                     Err(e) => errors.push(format!("slot {i}: {e}")),
                 }
             }
         }
-        let found = match (&best, existed) {
-            (Some(_), _) => Found::Loaded,
-            (None, false) => Found::Created,
-            (None, true) => Found::Damaged(format!("{}: {}", path.display(), errors.join("; "))),
+        let (generation, origin, extents, fresh) = match best {
+            Some((g, o, w)) => (g, o, w, false),
+            None => {
+                let o = if existed {
+                    ORIGIN_DAMAGED
+                } else {
+                    ORIGIN_CREATED
+                };
+                (0, o, vec![0; words_for(volume_size)], true)
+            }
         };
-        let (generation, extents) = best.unwrap_or((0, vec![0; words_for(volume_size)]));
+        let found = match origin {
+            ORIGIN_COMPLETE => Found::Loaded,
+            ORIGIN_CREATED => Found::Created,
+            _ if fresh => Found::Damaged(format!("{}: {}", path.display(), errors.join("; "))),
+            _ => Found::Damaged(format!(
+                "{}: found damaged at an earlier start, not yet acted on",
+                path.display()
+            )),
+        };
         let count = extents.iter().map(|w| w.count_ones() as u64).sum();
         let mut al = ActivityLog {
             file,
@@ -176,14 +207,28 @@ impl ActivityLog {
             extents,
             count,
             generation,
+            origin,
             found,
         };
-        if al.found != Found::Loaded {
-            // Both slots valid from here on.
-            al.persist()?;
-            al.persist()?;
+        if fresh {
+            // Both slots valid from here on, with the verdict in them.
+            let w = al.extents.clone();
+            al.persist(w.clone())?;
+            al.persist(w)?;
         }
         Ok(al)
+    }
+
+    /// A pair has taken the verdict of [`ActivityLog::found`] into its
+    /// durable state: from now on the log's history is complete.
+    pub fn settle(&mut self) -> io::Result<()> {
+        if self.origin == ORIGIN_COMPLETE {
+            return Ok(());
+        }
+        let old = self.origin;
+        self.origin = ORIGIN_COMPLETE;
+        let w = self.extents.clone();
+        self.persist(w).inspect_err(|_| self.origin = old)
     }
 
     pub fn path(&self) -> &Path {
@@ -208,18 +253,12 @@ impl ActivityLog {
             return Ok(());
         }
         mark_extents(&mut self.touched, off, len);
-        let mut added = false;
-        for e in off / EXTENT..=(off + len - 1) / EXTENT {
-            if let Some(w) = self.extents.get_mut((e / 64) as usize) {
-                let m = 1u64 << (e % 64);
-                if *w & m == 0 {
-                    *w |= m;
-                    self.count += 1;
-                    added = true;
-                }
-            }
+        let mut w = self.extents.clone();
+        mark_extents(&mut w, off, len);
+        if w == self.extents {
+            return Ok(());
         }
-        if added { self.persist() } else { Ok(()) }
+        self.persist(w)
     }
 
     /// Make the log exactly `keep`: the extents pending (buffered, dirty,
@@ -231,10 +270,7 @@ impl ActivityLog {
         if self.extents.as_slice() == keep {
             return Ok(());
         }
-        let n = self.extents.len();
-        self.extents.copy_from_slice(&keep[..n]);
-        self.count = self.extents.iter().map(|w| w.count_ones() as u64).sum();
-        self.persist()
+        self.persist(keep[..self.extents.len()].to_vec())
     }
 
     /// Add `more` (an extent set) to the log.
@@ -275,6 +311,14 @@ impl ActivityLog {
         std::mem::replace(&mut self.touched, vec![0; self.extents.len()])
     }
 
+    /// Put extents taken by [`ActivityLog::take_touched`] back (the sync
+    /// they waited for failed).
+    pub fn restore_touched(&mut self, t: &[u64]) {
+        for (a, b) in self.touched.iter_mut().zip(t) {
+            *a |= b;
+        }
+    }
+
     /// The extents written since the last [`ActivityLog::take_touched`].
     pub fn touched(&self) -> &[u64] {
         &self.touched
@@ -285,20 +329,27 @@ impl ActivityLog {
         vec![0; self.extents.len()]
     }
 
-    fn persist(&mut self) -> io::Result<()> {
-        self.generation += 1;
+    /// Write `words` as the next generation, then take them: memory never
+    /// runs ahead of the disk (a failed write changes nothing, and the slot
+    /// it tore is the older one).
+    fn persist(&mut self, words: Vec<u64>) -> io::Result<()> {
+        let g = self.generation + 1;
         let slot = slot_len(self.volume_size);
-        let mut b = encode(self.generation, self.volume_size, &self.extents);
+        let mut b = encode(g, self.origin, self.volume_size, &words);
         b.resize(slot as usize, 0);
         self.file
-            .write_all_at(&b, (self.generation % 2) * slot)
+            .write_all_at(&b, (g % 2) * slot)
             .and_then(|_| self.file.sync_data())
             .map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("activity log {}: {e}", self.path.display()),
                 )
-            })
+            })?;
+        self.generation = g;
+        self.count = words.iter().map(|w| w.count_ones() as u64).sum();
+        self.extents = words;
+        Ok(())
     }
 }
 
@@ -324,14 +375,14 @@ mod tests {
         let mut w = vec![0u64; words_for(size)];
         mark_extents(&mut w, 5 * EXTENT + 1, 1);
         mark_extents(&mut w, 299 * EXTENT, 2 * EXTENT);
-        let b = encode(7, size, &w);
+        let b = encode(7, ORIGIN_COMPLETE, size, &w);
         assert_eq!(&b[0..8], b"TERNACTL");
         assert_eq!(format::u16_at(&b, 8), 1);
         assert_eq!(format::u64_at(&b, 16), 7);
         assert_eq!(format::u64_at(&b, 32), 4 << 20);
         assert_eq!(b.len(), 64 + 5 * 8 + 4, "301 extents = 5 words");
-        let (g, d) = decode(&b, size).unwrap();
-        assert_eq!((g, &d), (7, &w));
+        let (g, o, d) = decode(&b, size).unwrap();
+        assert_eq!((g, o, &d), (7, ORIGIN_COMPLETE, &w));
         assert!(decode(&b, size + 512).is_err(), "another volume's log");
         for i in 0..b.len() {
             let mut c = b.clone();
@@ -351,14 +402,24 @@ mod tests {
             al.note(EXTENT * 3, 10).unwrap();
             al.note(EXTENT * 9, 10).unwrap();
         }
-        // Tear the newest slot (generation 4 lives in slot 0).
+        // Tear the newest slot (generation 4 lives in slot 0). Created,
+        // never settled: the verdict is still on disk.
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         f.write_all_at(&[0xff; 8], 70).unwrap();
+        let mut al = ActivityLog::open(&p, size).unwrap();
+        assert_eq!(al.found, Found::Created);
+        assert!(al.contains(3) && !al.contains(9), "the older slot is taken");
+        al.settle().unwrap();
+        drop(al);
         let al = ActivityLog::open(&p, size).unwrap();
         assert_eq!(al.found, Found::Loaded);
-        assert!(al.contains(3) && !al.contains(9), "the older slot is taken");
         // Both torn: damaged, never an empty log taken for the truth.
+        f.write_all_at(&[0xff; 8], 70).unwrap();
         f.write_all_at(&[0xff; 8], 4096 + 70).unwrap();
+        drop(al);
+        let al = ActivityLog::open(&p, size).unwrap();
+        assert!(matches!(al.found, Found::Damaged(_)), "{:?}", al.found);
+        // A crash before any pair acted on it: still damaged.
         drop(al);
         let al = ActivityLog::open(&p, size).unwrap();
         assert!(matches!(al.found, Found::Damaged(_)), "{:?}", al.found);

@@ -378,6 +378,10 @@ impl AgentRole {
             vol.size,
         )?;
         st.persisted = Some(key);
+        // The state now says what the log's verdict meant: the log's
+        // history is complete from here.
+        al.settle()?;
+        st.uuid = spec.uuid_bytes();
         drop(al);
         st.mode_paused = spec.paused;
         st.scan = capture == Capture::Scan;
@@ -597,14 +601,14 @@ impl AgentRole {
     /// the volume taking writes and empty its activity log (the state now
     /// holds everything pending).
     fn save_clean(&self, name: &str, vol: &Volume, needs_resync: bool) {
-        // The source's blocks are durable before the state that says which
-        // of them the replica lacks.
+        let mut g = vol.stream.lock().unwrap();
+        vol.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        // No write from here on; the source's blocks are durable before
+        // the state that says which of them the replica lacks.
         if let Err(e) = vol.flush() {
             tracing::error!(pair = %name, error = %e, "cannot flush the volume; the pair state stays unclean");
             return;
         }
-        let mut g = vol.stream.lock().unwrap();
-        vol.closed.store(true, std::sync::atomic::Ordering::Relaxed);
         let Some(st) = g.as_mut() else { return };
         let path = state_dir(&self.cfg).join(format!("{name}.state"));
         let Ok(Some(mut ps)) = state::load(&path, None, vol.size) else {
@@ -826,9 +830,11 @@ impl PairCtx {
             if spec.resync_gen > self.resync_gen.load(std::sync::atomic::Ordering::Relaxed) {
                 // `PAIR.state` takes the new generation at the next
                 // compaction, before the log drops anything.
-                self.resync_gen
-                    .store(spec.resync_gen, std::sync::atomic::Ordering::Relaxed);
                 self.with_stream(|st| {
+                    // Under the lock with the resync's start: a compaction
+                    // never saves the new generation without step I.
+                    self.resync_gen
+                        .store(spec.resync_gen, std::sync::atomic::Ordering::Relaxed);
                     // Buffered records stay: they are in order before the copy.
                     st.bitmap = stream::Bitmap::new(self.vol.size);
                     st.start_resync();
@@ -861,6 +867,9 @@ impl PairCtx {
                 match self.cursor(&base).await {
                     Ok(n) => {
                         self.reconcile(n);
+                        // A full resync decided there is on disk before
+                        // anything else happens.
+                        self.save_now().await;
                         resession = false;
                     }
                     Err(e) => {
@@ -963,6 +972,7 @@ impl PairCtx {
                         // read the volume again, skipping what the MT holds.
                         tracing::error!(pair = %name, first = done.first, error = %e, "chunk refused {GIVE_UP_AFTER} times; dropping the buffer and resyncing");
                         self.with_stream(|st| restart_with_resync(st, self.vol.size, None));
+                        self.save_now().await;
                         self.set_error(Some(format!(
                             "{e} ({GIVE_UP_AFTER} times); the buffered changes were dropped and a fast resync started"
                         )));
@@ -1019,6 +1029,14 @@ impl PairCtx {
         }
     }
 
+    /// A compaction now (awaited): `PAIR.state` takes a resync just decided.
+    async fn save_now(self: &Arc<Self>) {
+        let me = self.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.compact()).await {
+            tracing::warn!(pair = %self.spec().name, error = %e, "cannot save the pair state");
+        }
+    }
+
     /// One compaction (blocking). Order matters, see [`activity`]: the
     /// volume is synced after the extents written before it were taken, the
     /// log becomes (pending ∪ recently written) before the state's cursor
@@ -1033,12 +1051,20 @@ impl PairCtx {
             }
             vol.activity.lock().unwrap().take_touched()
         };
-        vol.flush()?;
+        if let Err(e) = vol.flush() {
+            let _g = vol.stream.lock().unwrap();
+            vol.activity.lock().unwrap().restore_touched(&earlier);
+            return Err(e);
+        }
         let mut g = vol.stream.lock().unwrap();
         if closed() {
             return Ok(());
         }
         let Some(st) = g.as_mut() else { return Ok(()) };
+        if st.uuid != self.spec().uuid_bytes() {
+            // Another pair's stream (this one was removed meanwhile).
+            return Ok(());
+        }
         let gen_ = self.resync_gen.load(std::sync::atomic::Ordering::Relaxed);
         let key = st.persist_key(gen_);
         let mut al = vol.activity.lock().unwrap();

@@ -196,6 +196,8 @@ pub struct Stream {
     /// What `PAIR.state` last said of the resync (step I cursor, resyncing,
     /// resync required, resync generation); see [`PersistedState`].
     pub persisted: Option<PersistedState>,
+    /// The pair's UUID (set when the pair starts).
+    pub uuid: [u8; 16],
 }
 
 /// The fields of `PAIR.state` that change while a pair runs. The activity
@@ -239,6 +241,7 @@ impl Stream {
             last_step1: None,
             last_copy_seq: 0,
             persisted: None,
+            uuid: [0; 16],
         }
     }
 
