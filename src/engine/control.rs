@@ -283,3 +283,18 @@ pub struct SyncResponse {
     pub volumes: Vec<VolumeSpec>,
     pub commands: Vec<Command>,
 }
+
+/// A pair name every role accepts: it names the MT's pair directory and
+/// the agent's state file, so no path separators, no leading dot.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// How long a PS keeps a pair's resync slot without a renewal; the agent
+/// renews well inside it (roles::agent) and the PS expires it (roles::ps::slots).
+pub const RESYNC_SLOT_LEASE: std::time::Duration = std::time::Duration::from_secs(90);

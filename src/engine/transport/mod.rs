@@ -16,6 +16,9 @@
 //!   slot is used from the next handshake on, with no restart (connections
 //!   already open keep the one they began with).
 
+mod error;
+pub use error::ApiError;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

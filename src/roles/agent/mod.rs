@@ -1520,7 +1520,7 @@ const SLOT_RENEW: Duration = Duration::from_secs(20);
 /// A slot that could not be renewed is given up this long after it was
 /// last granted: before the PS would hand it to another pair.
 const SLOT_GIVE_UP: Duration = Duration::from_secs(60);
-const _: () = assert!(SLOT_GIVE_UP.as_secs() < crate::roles::ps::slots::LEASE.as_secs());
+const _: () = assert!(SLOT_GIVE_UP.as_secs() < crate::engine::control::RESYNC_SLOT_LEASE.as_secs());
 
 /// Step I blocks per fast-resync hash request (the next batch's hashes are
 /// asked for while this one is compared).

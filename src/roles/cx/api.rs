@@ -19,35 +19,7 @@ use crate::engine::store::{self, ENROLL_TOKENS, HOSTS, StoreError};
 use crate::engine::transport::PeerIdentity;
 use crate::util::{now_ms, rfc3339_ms};
 
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl warp::reject::Reject for ApiError {}
-
-impl ApiError {
-    pub fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
-        warp::reject::custom(ApiError {
-            status,
-            message: message.into(),
-        })
-    }
-    pub fn unauthorized() -> Rejection {
-        Self::reject(
-            StatusCode::UNAUTHORIZED,
-            "authentication required: send `Authorization: Bearer TOKEN` (see `tern login`) or log in through the UI",
-        )
-    }
-    pub fn internal(e: impl std::fmt::Display) -> Rejection {
-        tracing::error!(error = %e, "internal error");
-        Self::reject(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("internal error: {e}"),
-        )
-    }
-}
+pub use crate::engine::transport::ApiError;
 
 impl From<StoreError> for ApiErrorWrap {
     fn from(e: StoreError) -> Self {

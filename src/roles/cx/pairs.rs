@@ -236,7 +236,7 @@ pub async fn create_pair(
     let s2 = s.clone();
     let spec = blocking(move || {
         let s = s2;
-        if !crate::roles::mt::valid_name(&req.name) {
+        if !crate::engine::control::valid_name(&req.name) {
             return Err(bad(format!(
                 "pair name `{}` must be 1-64 letters, digits, `-`, `_` or `.`",
                 req.name
@@ -768,7 +768,7 @@ pub async fn add_volume(
     req: AddVolume,
     s: Arc<CxState>,
 ) -> Result<impl Reply, Rejection> {
-    if !crate::roles::mt::valid_name(&req.spec.name) {
+    if !crate::engine::control::valid_name(&req.spec.name) {
         return Err(bad(format!(
             "volume name `{}` must be 1-64 letters, digits, `-`, `_` or `.`",
             req.spec.name

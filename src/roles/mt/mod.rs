@@ -39,14 +39,7 @@ pub fn pairs_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("mt").join("pairs")
 }
 
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
+pub use crate::engine::control::valid_name;
 
 /// An open pair: its config, journal, and the lock that makes it ours.
 pub struct ReplicaPair {

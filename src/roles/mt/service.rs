@@ -29,8 +29,8 @@ use crate::config::Config;
 use crate::engine::chunk;
 use crate::engine::control::{MtPairStatus, NodeReport, PairSpec, SyncResponse};
 use crate::engine::journal::{JournalError, PointSpec};
+use crate::engine::transport::ApiError;
 use crate::engine::transport::{self, PeerIdentity, json_reply};
-use crate::roles::cx::api::ApiError;
 
 struct MtPair {
     spec: PairSpec,

@@ -33,8 +33,8 @@ use crate::engine::chunk::{self, Codec, GIVE_UP_AFTER};
 use crate::engine::control::{Compression, NodeReport, PairSpec, PsPairStatus, SyncResponse};
 use crate::engine::shutdown::Shutdown;
 use crate::engine::sysstats;
+use crate::engine::transport::ApiError;
 use crate::engine::transport::{self, PeerIdentity, json_reply};
-use crate::roles::cx::api::ApiError;
 
 struct Cached {
     first: u64,

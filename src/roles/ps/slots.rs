@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// How long a slot (or a place in the queue) lasts without being asked for.
-pub const LEASE: Duration = Duration::from_secs(90);
+pub const LEASE: Duration = crate::engine::control::RESYNC_SLOT_LEASE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {
