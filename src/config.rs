@@ -119,12 +119,17 @@ pub struct MtConfig {
     /// (time and space limits, sparse tiers). A pass takes each pair's lock
     /// briefly and skips pairs that another process (a vsnap) holds.
     pub prune_interval: Dur,
+    /// Bytes every journal leaves free on the filesystem it lives on: its
+    /// space budget, unless a pair's `max_bytes` is lower. Unset: 2% of the
+    /// filesystem, at least 32 MiB and at most 4 GiB.
+    pub keep_free: Option<Size>,
 }
 
 impl Default for MtConfig {
     fn default() -> Self {
         MtConfig {
             prune_interval: Dur(Duration::from_secs(60)),
+            keep_free: None,
         }
     }
 }

@@ -38,6 +38,11 @@ pub enum PairCmd {
         /// Journal space budget, e.g. 50GiB.
         #[arg(long, value_parser = crate::util::parse_size)]
         max_bytes: Option<u64>,
+        /// At the journal's space limit (max_bytes, or its disk less
+        /// mt.keep_free): `prune` drops the oldest points, `stop` stops
+        /// taking changes (the agent keeps them) until space returns.
+        #[arg(long, default_value = "prune", value_parser = ["prune", "stop"])]
+        on_full: String,
         /// Alert when the RPO exceeds this.
         #[arg(long, default_value = "30m")]
         rpo_threshold: String,
@@ -178,6 +183,7 @@ pub async fn pair(cmd: PairCmd, g: &Global) -> anyhow::Result<()> {
             zstd_level,
             retention,
             max_bytes,
+            on_full,
             rpo_threshold,
             priority,
         } => {
@@ -187,7 +193,7 @@ pub async fn pair(cmd: PairCmd, g: &Global) -> anyhow::Result<()> {
                     &json!({
                         "name": name, "source": source, "ps": ps, "target": target,
                         "compression": compression, "zstd_level": zstd_level,
-                        "retention": retention, "max_bytes": max_bytes,
+                        "retention": retention, "max_bytes": max_bytes, "on_full": on_full,
                         "rpo_threshold": rpo_threshold, "priority": priority,
                     }),
                 )
@@ -258,6 +264,9 @@ pub async fn pair(cmd: PairCmd, g: &Global) -> anyhow::Result<()> {
                         .map(|t| format!("{t} (seq {})", p["latest_point"]["seq"]))
                         .unwrap_or_else(|| "none yet".into()),
                 ]);
+                if let Some(why) = p["stopped"].as_str() {
+                    rows.push(vec![String::new(), format!("  stopped: {why}")]);
+                }
                 for e in p["errors"].as_array().into_iter().flatten() {
                     if let Some(e) = e.as_str() {
                         rows.push(vec![String::new(), format!("  error: {e}")]);

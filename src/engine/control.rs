@@ -232,6 +232,18 @@ pub struct MtPairStatus {
     #[serde(default)]
     pub retention_resets: u64,
     pub error: Option<String>,
+    /// Why the journal takes no chunks for want of space (retention disk
+    /// full with policy=stop, or opened read-only on a full disk).
+    #[serde(default)]
+    pub stopped: Option<String>,
+    /// The journal's space budget now: `max_bytes`, or what its disk holds
+    /// beyond the margin it keeps free.
+    #[serde(default)]
+    pub space_limit_bytes: Option<u64>,
+    /// The last time space forced points out of the time window: when, and
+    /// the source times the oldest point moved from and to (µs).
+    #[serde(default)]
+    pub last_reset: Option<(u64, u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

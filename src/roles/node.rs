@@ -199,6 +199,7 @@ pub async fn start(
             cfg.data_dir.clone(),
             mt.as_ref().map(|m| m.open.clone()).unwrap_or_default(),
             cfg.mt.prune_interval.0,
+            cfg.mt.keep_free.map(|s| s.0),
             trigger.subscribe(),
         ));
     }

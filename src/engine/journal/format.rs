@@ -448,7 +448,14 @@ pub fn decode_index(b: &[u8]) -> Result<(u64, u64, u64, Vec<IndexEntry>), Decode
 
 // --- state file ------------------------------------------------------------
 
-/// `journal.state`: what is true of the replica. Replaced atomically.
+/// `journal.state` version 2: two slots written in place (see
+/// [`State::encode_file`]); version 1 was one record replaced by rename.
+pub const STATE_VERSION: u16 = 2;
+/// Each slot of `journal.state` v2 (sector-aligned, so a torn write spoils one).
+pub const STATE_SLOT: usize = 512;
+pub const STATE_FILE_LEN: usize = 2 * STATE_SLOT;
+
+/// `journal.state`: what is true of the replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct State {
     pub journal_id: u64,
@@ -462,12 +469,17 @@ pub struct State {
     pub pending_base: Option<(u64, u64)>,
     /// Times the window was cut short by the space policy ("retention log reset").
     pub resets: u64,
+    /// Write generation: each write goes to slot `gen % 2`; the valid slot
+    /// with the higher generation is the state.
+    pub generation: u64,
 }
 
 impl State {
+    /// One version-2 record (96 bytes).
     pub fn encode(&self) -> [u8; STATE_LEN] {
         let mut b = [0u8; STATE_LEN];
-        start_header(&mut b, &STATE_MAGIC);
+        b[0..8].copy_from_slice(&STATE_MAGIC);
+        b[8..10].copy_from_slice(&STATE_VERSION.to_le_bytes());
         b[16..24].copy_from_slice(&self.journal_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.volume_size.to_le_bytes());
         b[32..40].copy_from_slice(&self.base_seq.to_le_bytes());
@@ -476,12 +488,29 @@ impl State {
         b[48..56].copy_from_slice(&ps.to_le_bytes());
         b[56..64].copy_from_slice(&pt.to_le_bytes());
         b[64..72].copy_from_slice(&self.resets.to_le_bytes());
+        b[72..80].copy_from_slice(&self.generation.to_le_bytes());
         seal_header(&mut b, 92);
         b
     }
 
+    /// One record: version 2, or version 1 (no generation; read as 0).
     pub fn decode(b: &[u8]) -> Result<State, DecodeError> {
-        check_header(b, &STATE_MAGIC, 92)?;
+        need(b, STATE_LEN)?;
+        if b[0..8] != STATE_MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        if crc::crc32c(&b[0..92]) != u32_at(b, 92) {
+            return Err(DecodeError::HeaderChecksum);
+        }
+        let v = u16_at(b, 8);
+        let reserved = match v {
+            1 => &b[72..92],
+            STATE_VERSION => &b[80..92],
+            _ => return Err(DecodeError::Version(v)),
+        };
+        if b[10..16].iter().chain(reserved).any(|x| *x != 0) {
+            return Err(DecodeError::Invalid("reserved bytes set"));
+        }
         let ps = u64_at(b, 48);
         Ok(State {
             journal_id: u64_at(b, 16),
@@ -490,7 +519,76 @@ impl State {
             base_ts_us: u64_at(b, 40),
             pending_base: (ps != u64::MAX).then(|| (ps, u64_at(b, 56))),
             resets: u64_at(b, 64),
+            generation: if v == 1 { 0 } else { u64_at(b, 72) },
         })
+    }
+
+    /// The slot this state is written to, zero-padded.
+    pub fn encode_slot(&self) -> [u8; STATE_SLOT] {
+        let mut b = [0u8; STATE_SLOT];
+        b[..STATE_LEN].copy_from_slice(&self.encode());
+        b
+    }
+
+    /// A whole version-2 file holding this state in its slot (the other empty).
+    pub fn encode_file(&self) -> Vec<u8> {
+        let mut b = vec![0u8; STATE_FILE_LEN];
+        let at = self.slot_offset() as usize;
+        b[at..at + STATE_SLOT].copy_from_slice(&self.encode_slot());
+        b
+    }
+
+    pub fn slot_offset(&self) -> u64 {
+        (self.generation % 2) * STATE_SLOT as u64
+    }
+
+    /// A `journal.state` file: a version-1 record (96 bytes), or a
+    /// version-2 pair of slots, of which the valid one with the higher
+    /// generation wins (the other may be empty or torn).
+    pub fn decode_file(b: &[u8]) -> Result<State, DecodeError> {
+        if b.len() == STATE_LEN {
+            let s = State::decode(b)?;
+            if u16_at(b, 8) != 1 {
+                return Err(DecodeError::Invalid(
+                    "a 96-byte state file must be version 1",
+                ));
+            }
+            return Ok(s);
+        }
+        if b.len() != STATE_FILE_LEN {
+            return Err(DecodeError::Invalid(
+                "state file length is neither 96 nor 1024",
+            ));
+        }
+        let mut best: Option<State> = None;
+        let mut first_err = None;
+        for k in 0..2 {
+            let slot = &b[k * STATE_SLOT..(k + 1) * STATE_SLOT];
+            if slot.iter().all(|x| *x == 0) {
+                continue;
+            }
+            let r = State::decode(slot).and_then(|s| {
+                if u16_at(slot, 8) != STATE_VERSION {
+                    Err(DecodeError::Invalid("a state slot must be version 2"))
+                } else if slot[STATE_LEN..].iter().any(|x| *x != 0) {
+                    Err(DecodeError::Invalid(
+                        "bytes after the record in a state slot",
+                    ))
+                } else if s.slot_offset() != (k * STATE_SLOT) as u64 {
+                    Err(DecodeError::Invalid(
+                        "state record in the wrong slot for its generation",
+                    ))
+                } else {
+                    Ok(s)
+                }
+            });
+            match r {
+                Ok(s) if best.is_none_or(|b| s.generation > b.generation) => best = Some(s),
+                Ok(_) => {}
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        best.ok_or(first_err.unwrap_or(DecodeError::Invalid("both state slots are empty")))
     }
 }
 
@@ -685,6 +783,7 @@ mod tests {
                 }
                 let _ = SegmentHeader::decode(&m);
                 let _ = State::decode(&m);
+                let _ = State::decode_file(&m);
             }
         }
     }
@@ -730,13 +829,61 @@ mod tests {
             base_ts_us: 4,
             pending_base: Some((5, 6)),
             resets: 7,
+            generation: 9,
         };
         let b = st.encode();
         assert_eq!(&b[0..8], b"TERNJSTA");
+        assert_eq!(u16_at(&b, 8), 2);
         assert_eq!(u64_at(&b, 32), 3);
         assert_eq!(u64_at(&b, 48), 5);
         assert_eq!(u64_at(&b, 64), 7);
+        assert_eq!(u64_at(&b, 72), 9);
+        assert_eq!(u32_at(&b, 92), crc::crc32c(&b[..92]));
         assert_eq!(State::decode(&b).unwrap(), st);
+        // The file: gen 9 lives in slot 1 (offset 512); slot 0 may be empty.
+        let f = st.encode_file();
+        assert_eq!(f.len(), 1024);
+        assert_eq!(&f[512..520], b"TERNJSTA");
+        assert!(f[..512].iter().all(|x| *x == 0));
+        assert_eq!(State::decode_file(&f).unwrap(), st);
+        // The newer of two valid slots wins; a torn newer slot leaves the older.
+        let mut two = f.clone();
+        let next = State {
+            generation: 10,
+            base_seq: 30,
+            ..st
+        };
+        two[..512].copy_from_slice(&next.encode_slot());
+        assert_eq!(State::decode_file(&two).unwrap(), next);
+        let mut torn = two.clone();
+        torn[40] ^= 1;
+        assert_eq!(State::decode_file(&torn).unwrap(), st);
+        // A record in the slot its generation does not name is refused.
+        let mut wrong = vec![0u8; 1024];
+        wrong[..512].copy_from_slice(&st.encode_slot());
+        assert!(State::decode_file(&wrong).is_err());
+        // Version 1 (96 bytes, no generation) still reads.
+        let mut v1 = st.encode();
+        v1[8..10].copy_from_slice(&1u16.to_le_bytes());
+        v1[72..80].fill(0);
+        seal_header(&mut v1, 92);
+        assert_eq!(
+            State::decode_file(&v1).unwrap(),
+            State {
+                generation: 0,
+                ..st
+            }
+        );
+        for i in 0..f.len() {
+            let mut c = f.clone();
+            c[i] ^= 0x10;
+            if i < 512 {
+                // Damage to the unused slot leaves the valid one.
+                assert_eq!(State::decode_file(&c).unwrap(), st);
+            } else {
+                assert!(State::decode_file(&c).is_err(), "flip at byte {i} accepted");
+            }
+        }
         let none = State {
             pending_base: None,
             ..st

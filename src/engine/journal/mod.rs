@@ -26,6 +26,18 @@
 //!   from the journal verifies what it reads.
 //! - Segment files are deleted only after the state file says their records
 //!   are in the replica.
+//! - A full disk never costs a recovery point. The journal stays inside its
+//!   space limit ([`SpaceLimit`]: the pair's `max_bytes`, and a margin it
+//!   leaves free on its filesystem) by checking before each append; at the
+//!   limit `prune` checkpoints the oldest segment first and `stop` refuses the
+//!   chunk (nothing changes; it is taken once space returns). Pruning itself
+//!   needs no new space: the replica is allocated when the journal is created
+//!   or opened, `journal.state` is rewritten in place (two slots), and
+//!   pruning only removes segments. `ENOSPC` from an append is undone (the
+//!   segment is cut back) and answered as "full", never a permanent stop. A
+//!   journal opened on a disk too full to finish its own recovery opens
+//!   read-only: every point stays listed and readable, and
+//!   [`Journal::try_resume`] completes the recovery once space returns.
 
 pub mod format;
 pub mod index;
@@ -44,8 +56,9 @@ use format::{
     SEGMENT_HEADER_LEN, SegmentHeader, State,
 };
 use index::{Index, RecMeta, Source};
+use policy::OnFull;
 use serde::Serialize;
-use storage::{BlockFile, Storage};
+use storage::{BlockFile, Storage, is_no_space};
 
 use crate::engine::crc;
 
@@ -165,10 +178,14 @@ pub enum JournalError {
         "cannot move the oldest point past seq {pinned}: it is held by an open snapshot; close it first"
     )]
     Pinned { pinned: u64 },
-    #[error(
-        "retention space full ({used} of {limit} bytes, policy=stop); apply stopped: free space or raise the limit"
-    )]
-    RetentionFull { used: u64, limit: u64 },
+    /// The journal is at its space limit and cannot take the chunk (policy
+    /// `stop`, or `prune` with nothing left to prune). Nothing changed.
+    #[error("{0}")]
+    RetentionFull(String),
+    /// Opened on a disk too full to finish recovery: points are readable,
+    /// nothing is written until [`Journal::try_resume`] succeeds.
+    #[error("{0}")]
+    ReadOnly(String),
     #[error("journal stopped after an I/O failure ({0}); fix the disk and restart the MT")]
     Failed(String),
     #[error("{0} is not a Tern journal (no journal.state); create it first")]
@@ -193,6 +210,48 @@ impl Default for JournalOptions {
             segment_bytes: 64 << 20,
         }
     }
+}
+
+/// How much space the journal may take; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpaceLimit {
+    /// Journal bytes never pass this (the pair's `max_bytes`).
+    pub max_bytes: Option<u64>,
+    /// Bytes left free on the journal's filesystem; `None`: 2% of it, at
+    /// least 32 MiB (a quarter of a tiny one) and at most 4 GiB.
+    pub keep_free: Option<u64>,
+    pub on_full: OnFull,
+    /// The policy's time window: points dropped for space while younger
+    /// than this count as a "retention log reset".
+    pub window_us: Option<u64>,
+}
+
+impl Default for SpaceLimit {
+    fn default() -> Self {
+        SpaceLimit {
+            max_bytes: None,
+            keep_free: None,
+            on_full: OnFull::Prune,
+            window_us: None,
+        }
+    }
+}
+
+impl SpaceLimit {
+    /// The margin kept free on a filesystem of `total` bytes.
+    pub fn keep_free_of(&self, total: u64) -> u64 {
+        self.keep_free
+            .unwrap_or_else(|| (total / 50).clamp((32 << 20).min(total / 4), 4 << 30))
+    }
+}
+
+/// The last time space forced points out of the policy's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ResetInfo {
+    pub at_us: u64,
+    /// Source time the oldest point moved from and to.
+    pub from_ts_us: u64,
+    pub to_ts_us: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,8 +292,17 @@ struct Inner {
     pins: BTreeMap<u64, u64>,
     next_pin: u64,
     failed: Option<String>,
-    /// Stop applying above this many journal bytes (policy `stop`).
-    stop_at_bytes: Option<u64>,
+    limit: SpaceLimit,
+    /// Why the last chunk was refused for space (cleared by the next apply).
+    full: Option<String>,
+    /// Why the journal opened read-only (cleared by `try_resume`).
+    read_only: Option<String>,
+    /// `journal.state` is still version 1 and must be rewritten as two slots.
+    legacy_state: bool,
+    last_reset: Option<ResetInfo>,
+    /// Segment size for the next roll: at most `opts.segment_bytes`, and
+    /// small enough that pruning one segment frees a fair share of the limit.
+    segment_target: u64,
     /// Seq ranges thinned by sparse retention (from → to, inclusive): inside
     /// them only the seqs in `retained` are points.
     thinned: BTreeMap<u64, u64>,
@@ -299,6 +367,8 @@ pub struct Journal {
     dir: PathBuf,
     storage: Arc<dyn Storage>,
     replica: Arc<dyn BlockFile>,
+    /// `journal.state`, written in place under `inner`'s write lock.
+    state_file: Arc<dyn BlockFile>,
     volume_size: u64,
     opts: JournalOptions,
     /// Serialises appliers and owns the active segment.
@@ -327,8 +397,9 @@ fn now_us() -> u64 {
 
 impl Journal {
     /// Create a new journal in `dir` for a replica at `replica_path` of
-    /// `volume_size` bytes (a regular file is created or extended sparsely; a
-    /// device must be at least that large).
+    /// `volume_size` bytes (a regular file is created or extended, and its
+    /// blocks allocated, so pruning never needs space; a device must be at
+    /// least that large).
     pub fn create(
         storage: Arc<dyn Storage>,
         dir: &Path,
@@ -360,8 +431,15 @@ impl Journal {
                 "cannot size replica {} to {volume_size} bytes",
                 replica_path.display()
             )))?;
-            replica.sync().map_err(io("replica sync"))?;
         }
+        allocate_replica(&*replica, volume_size).map_err(|e| JournalError::Io {
+            what: format!(
+                "cannot allocate the replica {} ({volume_size} bytes): the retention disk needs room for the whole volume",
+                replica_path.display()
+            ),
+            source: e,
+        })?;
+        replica.sync().map_err(io("replica sync"))?;
         let state = State {
             journal_id: rand::random(),
             volume_size,
@@ -370,9 +448,10 @@ impl Journal {
             base_ts_us: 0,
             pending_base: None,
             resets: 0,
+            generation: 1,
         };
         storage
-            .write_atomic(&dir.join(STATE_FILE), &state.encode())
+            .write_atomic(&dir.join(STATE_FILE), &state.encode_file())
             .map_err(io("cannot write journal.state"))?;
         Self::open(storage, dir, replica_path, opts)
     }
@@ -391,10 +470,18 @@ impl Journal {
         let sf = storage
             .open(&state_path, false)
             .map_err(io("journal.state"))?;
-        let mut sb = vec![0u8; sf.len().map_err(io("journal.state"))? as usize];
+        let sl = sf.len().map_err(io("journal.state"))?;
+        if sl > format::STATE_FILE_LEN as u64 {
+            return Err(JournalError::Corrupt(format!(
+                "{}: {sl} bytes, longer than any state file",
+                state_path.display()
+            )));
+        }
+        let mut sb = vec![0u8; sl as usize];
         sf.read_at(&mut sb, 0).map_err(io("journal.state"))?;
-        let state = State::decode(&sb)
+        let state = State::decode_file(&sb)
             .map_err(|e| JournalError::Corrupt(format!("{}: {e}", state_path.display())))?;
+        let legacy_state = sb.len() != format::STATE_FILE_LEN;
         let replica = storage.open(replica_path, false).map_err(io(format!(
             "cannot open replica {}",
             replica_path.display()
@@ -426,7 +513,12 @@ impl Journal {
             pins: BTreeMap::new(),
             next_pin: 1,
             failed: None,
-            stop_at_bytes: None,
+            limit: SpaceLimit::default(),
+            full: None,
+            read_only: None,
+            legacy_state,
+            last_reset: None,
+            segment_target: opts.segment_bytes,
             thinned: BTreeMap::new(),
             retained: Default::default(),
             unrec: BTreeMap::new(),
@@ -580,17 +672,106 @@ impl Journal {
             dir: dir.to_owned(),
             storage,
             replica,
+            state_file: sf,
             volume_size: state.volume_size,
             opts,
             active: Mutex::new(active),
             inner: RwLock::new(inner),
             checkpoint_mu: Mutex::new(()),
         };
-        if let Some((seq, ts)) = state.pending_base {
-            // A checkpoint was interrupted: finish it before anything reads the replica.
-            j.finish_checkpoint(seq, ts)?;
+        // Finish recovery: what cannot be written for want of space leaves
+        // the journal read-only, every point readable, until space returns.
+        match j.recover() {
+            Ok(()) => {}
+            Err(JournalError::ReadOnly(why)) => {
+                tracing::error!(journal = %dir.display(), reason = %why, "journal opened read-only: its points stay readable; it resumes once space is freed");
+                j.inner.write().unwrap().read_only = Some(why);
+            }
+            Err(e) => return Err(e),
         }
         Ok(j)
+    }
+
+    /// The writes recovery needs: allocate the replica (journals made
+    /// before it was allocated), rewrite a version-1 state as two slots,
+    /// and finish an interrupted checkpoint. Points past a pending
+    /// checkpoint read correctly before it is finished: the bytes it has
+    /// not yet written to the replica are still served from the journal.
+    fn recover(&self) -> Result<(), JournalError> {
+        let full = |what: String, e: std::io::Error| {
+            if is_no_space(&e) {
+                JournalError::ReadOnly(format!(
+                    "retention disk full: {what} ({e}); every point stays readable; free space on {} and the journal resumes by itself",
+                    self.dir.display()
+                ))
+            } else {
+                JournalError::Io { what, source: e }
+            }
+        };
+        allocate_replica(&*self.replica, self.volume_size)
+            .map_err(|e| full("the replica cannot be allocated".into(), e))?;
+        let (legacy, state) = {
+            let i = self.inner.read().unwrap();
+            (i.legacy_state, i.state)
+        };
+        if legacy {
+            self.storage
+                .write_atomic(&self.dir.join(STATE_FILE), &state.encode_file())
+                .map_err(|e| {
+                    full(
+                        "journal.state cannot be rewritten in its new form".into(),
+                        e,
+                    )
+                })?;
+            self.inner.write().unwrap().legacy_state = false;
+        }
+        if let Some((seq, ts)) = state.pending_base {
+            // A checkpoint was interrupted: finish it before anything reads the replica.
+            self.finish_checkpoint(seq, ts)?;
+        }
+        Ok(())
+    }
+
+    /// If the journal opened read-only (its disk was full), try to finish
+    /// its recovery now; Ok(true) once it takes chunks again.
+    pub fn try_resume(&self) -> Result<bool, JournalError> {
+        let _g = self.checkpoint_mu.lock().unwrap();
+        if self.inner.read().unwrap().read_only.is_none() {
+            return Ok(true);
+        }
+        match self.recover() {
+            Ok(()) => {
+                self.inner.write().unwrap().read_only = None;
+                tracing::info!(journal = %self.dir.display(), "space is back: the journal takes chunks again");
+                Ok(true)
+            }
+            Err(JournalError::ReadOnly(why)) => {
+                self.inner.write().unwrap().read_only = Some(why);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write `st` to `journal.state` in place (the slot its next generation
+    /// names) and make it durable. Needs no new space. Call with `inner`
+    /// write-locked (`i`); on success `i.state` is the new state.
+    fn write_state(&self, i: &mut Inner, mut st: State) -> Result<(), JournalError> {
+        if i.legacy_state {
+            return Err(JournalError::ReadOnly(
+                "journal.state is still in its old form".into(),
+            ));
+        }
+        st.generation = i.state.generation + 1;
+        let r = self
+            .state_file
+            .write_at(&st.encode_slot(), st.slot_offset())
+            .and_then(|_| self.state_file.sync());
+        if let Err(e) = r {
+            return Err(fail_locked(i, &self.dir, io("journal.state")(e)));
+        }
+        i.state = st;
+        Ok(())
     }
 
     pub fn segment_bytes(&self) -> u64 {
@@ -609,16 +790,165 @@ impl Journal {
         self.inner.read().unwrap().last_seq
     }
 
-    /// Apply policy `stop`: refuse chunks once the journal holds this many bytes.
-    pub fn set_stop_at_bytes(&self, limit: Option<u64>) {
-        self.inner.write().unwrap().stop_at_bytes = limit;
+    /// The space the journal may take (from the pair's policy).
+    pub fn set_space_limit(&self, limit: SpaceLimit) {
+        self.inner.write().unwrap().limit = limit;
+    }
+
+    pub fn space_limit(&self) -> SpaceLimit {
+        self.inner.read().unwrap().limit
     }
 
     fn check_failed(&self) -> Result<(), JournalError> {
-        match &self.inner.read().unwrap().failed {
-            Some(f) => Err(JournalError::Failed(f.clone())),
-            None => Ok(()),
+        let i = self.inner.read().unwrap();
+        if let Some(f) = &i.failed {
+            return Err(JournalError::Failed(f.clone()));
         }
+        if let Some(r) = &i.read_only {
+            return Err(JournalError::ReadOnly(r.clone()));
+        }
+        Ok(())
+    }
+
+    /// The journal's byte limit now: `max_bytes`, and what the filesystem
+    /// has free beyond its margin (None if neither bounds it).
+    pub fn effective_limit(&self) -> Option<u64> {
+        let (limit, used) = {
+            let i = self.inner.read().unwrap();
+            (i.limit, i.total_bytes())
+        };
+        let fs = self
+            .storage
+            .space(&self.dir)
+            .ok()
+            .map(|sp| used + sp.avail.saturating_sub(limit.keep_free_of(sp.total)));
+        match (limit.max_bytes, fs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Make room for `need` more bytes, or say why there is none. Under
+    /// policy `prune` this checkpoints the oldest segment (oldest points
+    /// first) until the chunk fits; under `stop` it refuses. Called with the
+    /// active segment held (`active`), which it may seal.
+    fn make_room(&self, active: &mut Option<Active>, need: u64) -> Result<(), JournalError> {
+        loop {
+            let (limit, used) = {
+                let i = self.inner.read().unwrap();
+                (i.limit, i.total_bytes())
+            };
+            let sp = self.storage.space(&self.dir).ok();
+            let keep = sp.map(|s| limit.keep_free_of(s.total)).unwrap_or(0);
+            let over_max = limit.max_bytes.filter(|m| used + need > *m);
+            let over_fs = sp.filter(|s| s.avail < need + keep);
+            // Size segments so one of them is at most 1/16 of the room.
+            let room = match (limit.max_bytes, sp) {
+                (Some(m), Some(s)) => m.min(used + s.avail.saturating_sub(keep)),
+                (Some(m), None) => m,
+                (None, Some(s)) => used + s.avail.saturating_sub(keep),
+                (None, None) => u64::MAX,
+            };
+            self.inner.write().unwrap().segment_target = (room / 16)
+                .clamp(4 << 20, self.opts.segment_bytes.max(4 << 20))
+                .min(self.opts.segment_bytes);
+            if over_max.is_none() && over_fs.is_none() {
+                return Ok(());
+            }
+            let why = match (over_max, over_fs) {
+                (Some(m), _) => format!(
+                    "the journal holds {} of its {} limit (max_bytes)",
+                    crate::util::human_bytes(used),
+                    crate::util::human_bytes(m)
+                ),
+                (None, Some(s)) => format!(
+                    "retention disk full: {} free on {}, {} kept free",
+                    crate::util::human_bytes(s.avail),
+                    self.dir.display(),
+                    crate::util::human_bytes(keep)
+                ),
+                (None, None) => unreachable!(),
+            };
+            let refuse = |msg: String| {
+                self.inner.write().unwrap().full = Some(msg.clone());
+                Err(JournalError::RetentionFull(msg))
+            };
+            if limit.on_full == OnFull::Stop {
+                return refuse(format!(
+                    "{why} (policy=stop): replication stops and resumes by itself when space returns; free space or raise the limit"
+                ));
+            }
+            match self.prune_for_space(active, limit)? {
+                Ok(()) => continue,
+                Err(blocker) => {
+                    return refuse(format!(
+                        "{why} (policy=prune) and {blocker}; free space or raise the limit"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Free the oldest segment for space (policy `prune`). The inner
+    /// `Err` says why nothing could be freed.
+    fn prune_for_space(
+        &self,
+        active: &mut Option<Active>,
+        limit: SpaceLimit,
+    ) -> Result<Result<(), String>, JournalError> {
+        let st = self.stats();
+        let oldest = st.oldest;
+        let live: Vec<&SegmentStats> = st
+            .segments
+            .iter()
+            .filter(|s| s.last_seq > oldest.seq)
+            .collect();
+        let active_segno = active.as_ref().map(|a| a.segno);
+        let target = match live.first() {
+            None => return Ok(Err("the journal holds nothing left to prune".into())),
+            // All that is live sits in the active segment: seal it first.
+            Some(s) if Some(s.segno) == active_segno => {
+                if live.len() == 1 {
+                    let next = match self.roll(active) {
+                        Ok(n) => n,
+                        Err(JournalError::RetentionFull(m)) => return Ok(Err(m)),
+                        Err(e) => return Err(self.fail(e)),
+                    };
+                    *active = Some(next);
+                }
+                s.last_seq
+            }
+            Some(s) => s.last_seq,
+        };
+        let to = match st.min_pin {
+            Some(pin) if pin <= oldest.seq => {
+                return Ok(Err(format!(
+                    "an open snapshot or export holds seq {pin}; close it"
+                )));
+            }
+            Some(pin) => target.min(pin),
+            None => target,
+        };
+        self.checkpoint(to)?;
+        let (new_oldest, latest) = self.window();
+        let now = now_us();
+        // History now spans less than the window asks (measured back from
+        // the newest point, which is the source's present while it replicates).
+        let inside_window = limit
+            .window_us
+            .is_some_and(|w| new_oldest.ts_us > latest.ts_us.saturating_sub(w));
+        if inside_window {
+            self.note_reset()?;
+            self.inner.write().unwrap().last_reset = Some(ResetInfo {
+                at_us: now,
+                from_ts_us: oldest.ts_us,
+                to_ts_us: new_oldest.ts_us,
+            });
+            tracing::warn!(journal = %self.dir.display(), from_seq = oldest.seq, to_seq = new_oldest.seq,
+                lost_s = new_oldest.ts_us.saturating_sub(oldest.ts_us) / 1_000_000,
+                "retention space full: the oldest points were dropped inside the time window (retention log reset)");
+        }
+        Ok(Ok(()))
     }
 
     /// Stop the journal after an I/O failure (must not be called with `inner` held).
@@ -630,10 +960,7 @@ impl Journal {
     pub fn apply(&self, records: &[Record]) -> Result<ApplyOutcome, JournalError> {
         let mut active = self.active.lock().unwrap();
         self.check_failed()?;
-        let (last_seq, stop_at, used) = {
-            let i = self.inner.read().unwrap();
-            (i.last_seq, i.stop_at_bytes, i.total_bytes())
-        };
+        let last_seq = self.inner.read().unwrap().last_seq;
         let Some(first) = records.first() else {
             return Ok(ApplyOutcome::AlreadyApplied);
         };
@@ -723,30 +1050,42 @@ impl Journal {
         });
         format::encode_record(&mut buf, &ch, &commit);
 
-        if let Some(limit) = stop_at
-            && used + buf.len() as u64 > limit
-        {
-            return Err(JournalError::RetentionFull { used, limit });
-        }
+        // Inside the space limit, or prune to get there, or refuse.
+        self.make_room(&mut active, buf.len() as u64 + SEGMENT_HEADER_LEN as u64)?;
 
         // Roll to a new segment when the active one is full.
+        let target = self.inner.read().unwrap().segment_target;
         let need_new = match &*active {
             None => true,
-            Some(a) => {
-                a.len > SEGMENT_HEADER_LEN as u64
-                    && a.len + buf.len() as u64 > self.opts.segment_bytes
-            }
+            Some(a) => a.len > SEGMENT_HEADER_LEN as u64 && a.len + buf.len() as u64 > target,
         };
         if need_new {
-            let next = self.roll(&mut active).map_err(|e| self.fail(e))?;
+            let next = match self.roll(&mut active) {
+                Ok(n) => n,
+                Err(e @ JournalError::RetentionFull(_)) => return Err(e),
+                Err(e) => return Err(self.fail(e)),
+            };
             *active = Some(next);
         }
         let a = active.as_mut().unwrap();
         let base_pos = a.len;
-        a.file
-            .write_at(&buf, base_pos)
-            .map_err(io(format!("journal write (segment {})", a.segno)))
-            .map_err(|e| self.fail(e))?;
+        if let Err(e) = a.file.write_at(&buf, base_pos) {
+            if is_no_space(&e) {
+                // Nothing is committed: cut off what part of it was written,
+                // so the segment ends where its index says.
+                a.file
+                    .set_len(base_pos)
+                    .map_err(io(format!("journal truncate (segment {})", a.segno)))
+                    .map_err(|e| self.fail(e))?;
+                let msg = format!(
+                    "retention disk full: {} ({e}); the chunk is taken once space returns",
+                    self.dir.display()
+                );
+                self.inner.write().unwrap().full = Some(msg.clone());
+                return Err(JournalError::RetentionFull(msg));
+            }
+            return Err(self.fail(io(format!("journal write (segment {})", a.segno))(e)));
+        }
         a.file
             .sync()
             .map_err(io(format!("journal fsync (segment {})", a.segno)))
@@ -760,6 +1099,7 @@ impl Journal {
         // Durable: now make it visible.
         let segno = a.segno;
         let mut i = self.inner.write().unwrap();
+        i.full = None;
         for (r, e) in new.iter().zip(&entries) {
             let ts = r.ts_us.max(i.last_ts_us);
             i.last_ts_us = ts;
@@ -833,9 +1173,17 @@ impl Journal {
         let next_segno = match active.take() {
             Some(a) => {
                 let idx = format::encode_index(a.segno, state.journal_id, a.len, &a.entries);
-                self.storage
+                match self
+                    .storage
                     .write_atomic(&self.dir.join(idx_name(a.segno)), &idx)
-                    .map_err(io(format!("cannot seal segment {}", a.segno)))?;
+                {
+                    Ok(()) => {}
+                    // The index only spares a scan on open: go on without it.
+                    Err(e) if is_no_space(&e) => {
+                        tracing::warn!(segment = a.segno, error = %e, "no space for the segment's index; it is rebuilt by a scan on open")
+                    }
+                    Err(e) => return Err(io(format!("cannot seal segment {}", a.segno))(e)),
+                }
                 a.segno + 1
             }
             None => self
@@ -861,8 +1209,17 @@ impl Journal {
             level: 0,
         };
         file.set_len(0).map_err(io("new segment"))?;
-        file.write_at(&hdr.encode(), 0)
-            .map_err(io("new segment header"))?;
+        if let Err(e) = file.write_at(&hdr.encode(), 0) {
+            if is_no_space(&e) {
+                drop(file);
+                let _ = self.storage.remove(&path);
+                return Err(JournalError::RetentionFull(format!(
+                    "retention disk full: no room for a new segment in {} ({e}); free space",
+                    self.dir.display()
+                )));
+            }
+            return Err(io("new segment header")(e));
+        }
         file.sync().map_err(io("new segment fsync"))?;
         self.storage
             .sync_dir(&self.dir)
@@ -1142,13 +1499,7 @@ impl Journal {
             let ts = i.ts_of(seq);
             let mut st = i.state;
             st.pending_base = Some((seq, ts));
-            if let Err(e) = self
-                .storage
-                .write_atomic(&self.dir.join(STATE_FILE), &st.encode())
-            {
-                return Err(fail_locked(&mut i, &self.dir, io("journal.state")(e)));
-            }
-            i.state = st;
+            self.write_state(&mut i, st)?;
             ts
         };
         self.finish_checkpoint(seq, ts)
@@ -1189,27 +1540,19 @@ impl Journal {
                 }
                 self.replica
                     .write_at(&buf, p.off + done)
-                    .map_err(io("replica write"))
-                    .map_err(|e| self.fail(e))?;
+                    .map_err(|e| self.replica_error("replica write", e))?;
                 done += n as u64;
             }
         }
         self.replica
             .sync()
-            .map_err(io("replica fsync"))
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| self.replica_error("replica fsync", e))?;
         let mut i = self.inner.write().unwrap();
         let mut st = i.state;
         st.base_seq = seq;
         st.base_ts_us = ts;
         st.pending_base = None;
-        if let Err(e) = self
-            .storage
-            .write_atomic(&self.dir.join(STATE_FILE), &st.encode())
-        {
-            return Err(fail_locked(&mut i, &self.dir, io("journal.state")(e)));
-        }
-        i.state = st;
+        self.write_state(&mut i, st)?;
         i.index.remove_upto(seq);
         let n = i.times.partition_point(|(s, _)| *s <= seq);
         i.times.drain(..n);
@@ -1237,6 +1580,22 @@ impl Journal {
             .sync_dir(&self.dir)
             .map_err(io("journal directory fsync"))?;
         Ok(())
+    }
+
+    /// A replica write failed during a checkpoint. For want of space (a
+    /// replica the filesystem could not preallocate, a thin device) the
+    /// journal goes read-only: the checkpoint is redone whole, so it is safe
+    /// to retry once space returns. Anything else stops the journal.
+    fn replica_error(&self, what: &str, e: std::io::Error) -> JournalError {
+        if is_no_space(&e) {
+            let msg = format!(
+                "retention disk full: {what} failed ({e}) while pruning; every point stays readable; free space on the replica's disk and the journal resumes by itself"
+            );
+            tracing::error!(journal = %self.dir.display(), error = %msg, "journal read-only");
+            self.inner.write().unwrap().read_only = Some(msg.clone());
+            return JournalError::ReadOnly(msg);
+        }
+        self.fail(io(what)(e))
     }
 
     /// Make the replica itself equal to `point` (recovery). Points after it
@@ -1285,6 +1644,8 @@ impl Journal {
             min_pin: i.pins.values().min().copied(),
             resets: i.state.resets,
             failed: i.failed.clone(),
+            stopped: i.read_only.clone().or_else(|| i.full.clone()),
+            last_reset: i.last_reset,
         }
     }
 
@@ -1338,6 +1699,15 @@ impl Journal {
             .storage
             .write_atomic(&self.dir.join(UNREC_FILE), &format::encode_ranges(&m))
         {
+            // The old file stands; nothing changed: refuse the chunk.
+            if is_no_space(&e) {
+                let msg = format!(
+                    "retention disk full: cannot record a resync range in {} ({e}); the chunk is taken once space returns",
+                    self.dir.display()
+                );
+                i.full = Some(msg.clone());
+                return Err(JournalError::RetentionFull(msg));
+            }
             return Err(fail_locked(&mut i, &self.dir, io(UNREC_FILE)(e)));
         }
         i.unrec = m;
@@ -1353,14 +1723,7 @@ impl Journal {
         let mut i = self.inner.write().unwrap();
         let mut st = i.state;
         st.resets += 1;
-        if let Err(e) = self
-            .storage
-            .write_atomic(&self.dir.join(STATE_FILE), &st.encode())
-        {
-            return Err(fail_locked(&mut i, &self.dir, io("journal.state")(e)));
-        }
-        i.state = st;
-        Ok(())
+        self.write_state(&mut i, st)
     }
 }
 
@@ -1385,6 +1748,10 @@ pub struct JournalStats {
     pub min_pin: Option<u64>,
     pub resets: u64,
     pub failed: Option<String>,
+    /// Why the journal takes no chunks now for want of space (read-only
+    /// since open, or the last chunk refused at its limit).
+    pub stopped: Option<String>,
+    pub last_reset: Option<ResetInfo>,
 }
 
 /// Keeps a point recoverable (pruning stops before it) while held.
@@ -1407,6 +1774,18 @@ impl Pin {
 impl Drop for Pin {
     fn drop(&mut self) {
         self.journal.inner.write().unwrap().pins.remove(&self.id);
+    }
+}
+
+/// Allocate a replica's blocks (a no-op where already allocated; a
+/// filesystem without `fallocate` leaves it sparse, with a warning).
+fn allocate_replica(f: &dyn BlockFile, size: u64) -> std::io::Result<()> {
+    match f.allocate(size) {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            tracing::warn!(error = %e, "the replica's filesystem cannot preallocate: pruning on a full disk may fail");
+            Ok(())
+        }
+        r => r,
     }
 }
 

@@ -1,10 +1,15 @@
 //! Retention policies and the pruning step that enforces them.
 //!
 //! A policy keeps a time window (`window`), a space budget (`max_bytes`), or
-//! both (whichever is hit first). When the space budget is reached, `on_full`
-//! decides: `prune` drops the oldest points even inside the time window (a
+//! both (whichever is hit first). Every journal also keeps a margin free on
+//! its filesystem (`mt.keep_free`), so without `max_bytes` the budget is
+//! what the disk holds. When the budget is reached, `on_full` decides:
+//! `prune` drops the oldest points even inside the time window (a
 //! "retention log reset", counted and reported), `stop` refuses new chunks
-//! (the PS keeps caching) until pruning by time frees space.
+//! (the agent falls back to its bitmap) until space returns: pruning by
+//! time, or an operator freeing space or raising the limit. The journal
+//! enforces both as it appends ([`super::SpaceLimit`]); the pruner only
+//! catches up with a limit that was lowered.
 //!
 //! [`prune_step`] does at most one segment's worth of checkpointing per call,
 //! so a background pruner never holds the journal for longer than that; it
@@ -72,6 +77,17 @@ impl SparseTier {
 }
 
 impl RetentionPolicy {
+    /// The journal's space limit under this policy, keeping `keep_free`
+    /// bytes free on its filesystem (None: the journal's default margin).
+    pub fn space_limit(&self, keep_free: Option<u64>) -> super::SpaceLimit {
+        super::SpaceLimit {
+            max_bytes: self.max_bytes,
+            keep_free,
+            on_full: self.on_full,
+            window_us: self.window.map(|w| w.as_micros() as u64),
+        }
+    }
+
     /// Rules serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
         for t in &self.tiers {
@@ -164,10 +180,7 @@ pub fn prune_step(
     p: &RetentionPolicy,
     now_us: u64,
 ) -> Result<PruneOutcome, JournalError> {
-    j.set_stop_at_bytes(match p.on_full {
-        OnFull::Stop => p.max_bytes,
-        OnFull::Prune => None,
-    });
+    j.set_space_limit(p.space_limit(j.space_limit().keep_free));
     let mut st = j.stats();
     // The only segment with data is the active one and space says go: seal it first.
     if let (Some(max), OnFull::Prune) = (p.max_bytes, p.on_full)
@@ -253,6 +266,14 @@ fn compact_step(
             bytes += segs[n].bytes;
             n += 1;
         }
+        // The merged segment is written before the old ones go: only with room for it.
+        if j.effective_limit()
+            .is_some_and(|lim| st.bytes + bytes > lim)
+        {
+            tracing::info!(journal = %j.dir().display(), "sparse retention deferred: no room to rewrite segments");
+            i = n;
+            continue;
+        }
         // A tier also keeps what every later tier keeps (bookmarks survive "every 4 h").
         let rules = &tiers[k..];
         match j.compact_segments(&run, level, |pt| rules.iter().any(|t| t.keeps(pt)))? {
@@ -296,6 +317,7 @@ pub struct RetentionReport {
     pub oldest: super::Point,
     pub latest: super::Point,
     pub space_used_bytes: u64,
+    /// The budget now: `max_bytes`, or what the disk holds beyond its margin.
     pub space_limit_bytes: Option<u64>,
     pub consistency_points: u64,
     pub retention_log_resets: u64,
@@ -325,7 +347,7 @@ pub fn report(j: &Journal, p: &RetentionPolicy, now_us: u64) -> RetentionReport 
         oldest: st.oldest,
         latest: st.latest,
         space_used_bytes: st.bytes,
-        space_limit_bytes: p.max_bytes,
+        space_limit_bytes: j.effective_limit(),
         consistency_points: st.bookmarks,
         retention_log_resets: st.resets,
         window_shortfall,

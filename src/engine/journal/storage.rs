@@ -6,6 +6,9 @@
 //! simulated crash keeps the durable bytes plus a random prefix of the
 //! unsynced writes (the last one possibly torn), and it can fail an fsync on
 //! demand. The crash tests run the engine against it thousands of times.
+//! It can also be given a capacity: writes that need blocks past it fail
+//! with `ENOSPC`, as a full filesystem does, so the full-disk paths are
+//! tested the same way.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -24,6 +27,23 @@ pub trait BlockFile: Send + Sync {
     fn sync(&self) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Make the file at least `len` bytes long with every block allocated,
+    /// so later writes below `len` never need new space (a no-op for block
+    /// devices, which are allocated by nature).
+    fn allocate(&self, len: u64) -> io::Result<()>;
+}
+
+/// Free and total bytes of the filesystem holding a path (`statvfs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes an unprivileged writer may still allocate (`f_bavail`).
+    pub avail: u64,
+    pub total: u64,
+}
+
+/// Is this the filesystem saying it is full (`ENOSPC`, or a quota's `EDQUOT`)?
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 /// A directory of files.
@@ -38,6 +58,8 @@ pub trait Storage: Send + Sync {
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Make creations and removals in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Space on the filesystem holding `dir`.
+    fn space(&self, dir: &Path) -> io::Result<Space>;
 }
 
 /// Real files.
@@ -63,6 +85,20 @@ impl BlockFile for FsFile {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        if !self.0.metadata()?.file_type().is_file() {
+            return Ok(());
+        }
+        let len = i64::try_from(len).map_err(|_| io::Error::other("length too large"))?;
+        // SAFETY: fallocate on a valid open descriptor; mode 0 allocates
+        // (and extends) without touching the bytes already there.
+        let r = unsafe { libc::fallocate(self.0.as_raw_fd(), 0, 0, len) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
@@ -100,6 +136,21 @@ impl Storage for FsStorage {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
+    fn space(&self, dir: &Path) -> io::Result<Space> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("path holds a NUL byte"))?;
+        // SAFETY: statvfs fills the zeroed struct we pass; `c` is a valid C string.
+        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut v) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let f = v.f_frsize as u64;
+        Ok(Space {
+            avail: v.f_bavail as u64 * f,
+            total: v.f_blocks as u64 * f,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -112,6 +163,17 @@ struct SimFileState {
     pending: Vec<Pending>,
     /// The file as readers see it (durable + pending).
     visible: Vec<u8>,
+    /// 4 KiB blocks holding data (written or allocated), for the capacity model.
+    blocks: std::collections::BTreeSet<u64>,
+}
+
+const SIM_BLOCK: u64 = 4096;
+
+fn blocks_of(off: u64, len: u64) -> std::ops::Range<u64> {
+    if len == 0 {
+        return 0..0;
+    }
+    off / SIM_BLOCK..(off + len).div_ceil(SIM_BLOCK)
 }
 
 #[derive(Clone)]
@@ -141,6 +203,9 @@ struct SimInner {
     fail_sync_in: Option<u64>,
     /// Once a sync failed, every later sync fails too (as on Linux after EIO).
     poisoned: bool,
+    /// Capacity in bytes (None: unbounded) and blocks in use.
+    capacity: Option<u64>,
+    used_blocks: u64,
 }
 
 impl SimInner {
@@ -165,6 +230,21 @@ impl SimInner {
             None => Ok(()),
         }
     }
+
+    /// Take `n` more blocks, or fail as a full filesystem does.
+    fn charge(&mut self, n: u64) -> io::Result<()> {
+        if let Some(cap) = self.capacity
+            && (self.used_blocks + n) * SIM_BLOCK > cap
+        {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.used_blocks += n;
+        Ok(())
+    }
+}
+
+fn enospc() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOSPC)
 }
 
 /// In-memory files with a volatile write cache; see the module docs.
@@ -188,6 +268,17 @@ impl SimStorage {
         self.inner.lock().unwrap().fail_sync_in = Some(n);
     }
 
+    /// Bound the bytes all files may hold (None: unbounded); a write that
+    /// needs blocks past it fails with `ENOSPC`.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.inner.lock().unwrap().capacity = bytes;
+    }
+
+    /// Bytes in use (4 KiB blocks holding data).
+    pub fn used_bytes(&self) -> u64 {
+        self.inner.lock().unwrap().used_blocks * SIM_BLOCK
+    }
+
     /// What a disk would hold after power loss now: for each file, its durable
     /// bytes plus a prefix of its unsynced writes, the last one possibly torn.
     /// `rand` picks the prefix lengths. Returns a fresh storage (the old one
@@ -195,8 +286,12 @@ impl SimStorage {
     pub fn crash(&self, mut rand: impl FnMut(u64) -> u64) -> SimStorage {
         let inner = self.inner.lock().unwrap();
         let mut files = BTreeMap::new();
+        let mut used_blocks = 0;
         for (p, f) in &inner.files {
             let f = f.lock().unwrap();
+            // Allocation survives a crash as the filesystem journaled it: keep
+            // the blocks, which can only over-count what the disk holds.
+            used_blocks += f.blocks.len() as u64;
             let mut disk = f.durable.clone();
             let keep = rand(f.pending.len() as u64 + 1) as usize;
             for (i, w) in f.pending.iter().take(keep).enumerate() {
@@ -218,6 +313,7 @@ impl SimStorage {
                     visible: disk.clone(),
                     durable: disk,
                     pending: Vec::new(),
+                    blocks: f.blocks.clone(),
                 })),
             );
         }
@@ -225,6 +321,8 @@ impl SimStorage {
             inner: Arc::new(Mutex::new(SimInner {
                 files,
                 dirs: inner.dirs.clone(),
+                capacity: inner.capacity,
+                used_blocks,
                 ..Default::default()
             })),
         }
@@ -246,6 +344,24 @@ impl BlockFile for SimFile {
     }
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
         let mut s = self.state.lock().unwrap();
+        let new: Vec<u64> = blocks_of(off, buf.len() as u64)
+            .filter(|b| !s.blocks.contains(b))
+            .collect();
+        if !new.is_empty() {
+            let mut st = self.storage.inner.lock().unwrap();
+            if st.charge(new.len() as u64).is_err() {
+                // A full filesystem writes what fits: the blocks it already
+                // holds, in order, up to the first that needs new space.
+                let fit = ((new[0] * SIM_BLOCK).saturating_sub(off) as usize).min(buf.len());
+                if fit > 0 {
+                    let p = Pending::Write(off, buf[..fit].to_vec());
+                    apply(&mut s.visible, &p);
+                    s.pending.push(p);
+                }
+                return Err(enospc());
+            }
+            s.blocks.extend(new);
+        }
         let p = Pending::Write(off, buf.to_vec());
         apply(&mut s.visible, &p);
         s.pending.push(p);
@@ -268,9 +384,33 @@ impl BlockFile for SimFile {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut s = self.state.lock().unwrap();
+        // Growing makes a hole (no blocks); shrinking frees the blocks past the end.
+        let gone: Vec<u64> = s.blocks.range(len.div_ceil(SIM_BLOCK)..).copied().collect();
+        for b in &gone {
+            s.blocks.remove(b);
+        }
+        self.storage.inner.lock().unwrap().used_blocks -= gone.len() as u64;
         let p = Pending::SetLen(len);
         apply(&mut s.visible, &p);
         s.pending.push(p);
+        Ok(())
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let mut s = self.state.lock().unwrap();
+        let new: Vec<u64> = blocks_of(0, len)
+            .filter(|b| !s.blocks.contains(b))
+            .collect();
+        self.storage
+            .inner
+            .lock()
+            .unwrap()
+            .charge(new.len() as u64)?;
+        s.blocks.extend(new);
+        if (s.visible.len() as u64) < len {
+            let p = Pending::SetLen(len);
+            apply(&mut s.visible, &p);
+            s.pending.push(p);
+        }
         Ok(())
     }
 }
@@ -303,13 +443,13 @@ impl Storage for SimStorage {
         i.files.contains_key(path) || i.dirs.contains(path)
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
-        self.inner
-            .lock()
-            .unwrap()
+        let mut i = self.inner.lock().unwrap();
+        let f = i
             .files
             .remove(path)
-            .map(|_| ())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))?;
+        i.used_blocks -= f.lock().unwrap().blocks.len() as u64;
+        Ok(())
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let i = self.inner.lock().unwrap();
@@ -325,18 +465,37 @@ impl Storage for SimStorage {
     }
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut inner = self.inner.lock().unwrap();
-        inner.sync_point()?;
-        inner.files.insert(
+        // The new copy is written beside the old before it replaces it.
+        let blocks: std::collections::BTreeSet<u64> = blocks_of(0, bytes.len() as u64).collect();
+        inner.charge(blocks.len() as u64)?;
+        if let Err(e) = inner.sync_point() {
+            inner.used_blocks -= blocks.len() as u64;
+            return Err(e);
+        }
+        let old = inner.files.insert(
             path.to_owned(),
             Arc::new(Mutex::new(SimFileState {
                 durable: bytes.to_vec(),
                 visible: bytes.to_vec(),
                 pending: Vec::new(),
+                blocks,
             })),
         );
+        if let Some(o) = old {
+            inner.used_blocks -= o.lock().unwrap().blocks.len() as u64;
+        }
         Ok(())
     }
     fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
         Ok(())
+    }
+    fn space(&self, _dir: &Path) -> io::Result<Space> {
+        let i = self.inner.lock().unwrap();
+        let used = i.used_blocks * SIM_BLOCK;
+        let total = i.capacity.unwrap_or(1 << 50);
+        Ok(Space {
+            avail: total.saturating_sub(used),
+            total,
+        })
     }
 }

@@ -155,18 +155,7 @@ pub fn active(store: &Store) -> Result<Vec<AlertRecord>, Rejection> {
         .collect())
 }
 
-fn human(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1e9 {
-        format!("{:.1} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.1} MB", b / 1e6)
-    } else if b >= 1e3 {
-        format!("{:.0} kB", b / 1e3)
-    } else {
-        format!("{bytes} B")
-    }
-}
+use crate::util::human_bytes as human;
 
 /// The rules: what holds now, which subjects are unknown (their alerts
 /// stay as they are), and the earliest heartbeat deadline still ahead.
@@ -319,6 +308,8 @@ pub fn rules(
                 "flow-controlled",
                 "retention-window",
                 "retention-space",
+                "retention-stopped",
+                "retention-reset",
                 "pair-error",
             ] {
                 unknown.insert(format!("{r}/{}", p.name));
@@ -413,8 +404,44 @@ pub fn rules(
                 ));
             }
         }
-        if let (Some(max), Some(j)) = (p.retention.max_bytes, v.journal_bytes)
-            && max > 0
+        if let Some(why) = &v.stopped {
+            out.push(mk(
+                "retention-stopped",
+                Severity::Critical,
+                format!("no new recovery points: {why}"),
+                format!(
+                    "free space on {}'s retention disk, or raise the pair's limit (mt.keep_free, the policy's max_bytes); replication resumes by itself, and every point listed by `tern pair points {}` stays recoverable meanwhile",
+                    names.get(&p.target_host).map(String::as_str).unwrap_or(p.target_host.as_str()),
+                    p.name
+                ),
+            ));
+        }
+        if let Some(m) = &v.mt
+            && let Some((at_us, from_us, to_us)) = m.last_reset
+            && p.retention
+                .window
+                .is_some_and(|w| now * 1000 < at_us + w.as_micros() as u64)
+        {
+            out.push(mk(
+                "retention-reset",
+                Severity::Major,
+                format!(
+                    "the retention disk filled at {}: the oldest points were dropped inside the {} window; history now starts at {} ({:.1} h lost, {} resets so far)",
+                    rfc3339_ms(at_us / 1000),
+                    humantime::format_duration(p.retention.window.unwrap_or_default()),
+                    rfc3339_ms(to_us / 1000),
+                    to_us.saturating_sub(from_us) as f64 / 3.6e9,
+                    m.retention_resets
+                ),
+                "give the journal more space (a bigger retention disk, or lower mt.keep_free) or shorten the policy's window".into(),
+            ));
+        }
+        if let (Some(max), Some(j)) = (
+            v.mt.as_ref()
+                .and_then(|m| m.space_limit_bytes)
+                .or(p.retention.max_bytes),
+            v.journal_bytes,
+        ) && max > 0
             && 100.0 * j as f64 / max as f64 > s.cfg.cx.alert_retention_space_pct
         {
             out.push(mk(

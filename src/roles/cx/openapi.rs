@@ -84,9 +84,11 @@ pub fn document() -> Value {
                     "ps": {"type": "string"}, "target": {"type": "string", "description": "MTHOST or MTHOST:PATH"},
                     "compression": {"type": "string", "enum": ["none", "ps", "source"]},
                     "zstd_level": {"type": "integer"}, "retention": {"type": "string", "examples": ["24h"]},
-                    "max_bytes": {"type": "integer"}, "rpo_threshold": {"type": "string", "examples": ["30m"]},
+                    "max_bytes": {"type": "integer"},
+                    "on_full": {"type": "string", "enum": ["prune", "stop"], "description": "at the journal's space limit: drop the oldest points (prune) or stop taking changes until space returns (stop)"},
+                    "rpo_threshold": {"type": "string", "examples": ["30m"]},
                     "priority": {"type": "integer"}}},
-                "Pair": {"type": "object", "description": "definition, state (differential-sync, resync-queued, resync-step-1, resync-step-2, bitmap, resync-required, connecting, paused), progress_pct, rpo_s, data in transit per stage, latest/oldest consistent point, per-role status"},
+                "Pair": {"type": "object", "description": "definition, state (differential-sync, resync-queued, resync-step-1, resync-step-2, bitmap, resync-required, stopped, connecting, paused), stopped (why: retention disk full), progress_pct, rpo_s, data in transit per stage, latest/oldest consistent point, per-role status"},
                 "PairList": {"type": "object", "properties": {"pairs": {"type": "array", "items": {"$ref": "#/components/schemas/Pair"}}}},
                 "BookmarkRequest": {"type": "object", "required": ["name"], "properties": {
                     "name": {"type": "string"}, "kind": {"type": "string", "enum": ["user", "fs", "app"]}}},

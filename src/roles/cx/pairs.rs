@@ -217,6 +217,9 @@ pub struct CreatePair {
     pub retention: Option<String>,
     #[serde(default)]
     pub max_bytes: Option<u64>,
+    /// At the space limit: `prune` (default) or `stop`.
+    #[serde(default)]
+    pub on_full: Option<crate::engine::journal::policy::OnFull>,
     /// e.g. "30m"
     #[serde(default)]
     pub rpo_threshold: Option<String>,
@@ -280,6 +283,7 @@ pub async fn create_pair(
                 None => Some(Duration::from_secs(24 * 3600)),
             },
             max_bytes: req.max_bytes,
+            on_full: req.on_full.unwrap_or_default(),
             ..Default::default()
         };
         let rpo = parse_dur("rpo threshold", req.rpo_threshold.as_deref().unwrap_or("30m"))?;
@@ -377,8 +381,14 @@ pub struct PairView {
     pub compression: Compression,
     pub paused: bool,
     /// differential-sync, resync-queued, resync-step-1, resync-step-2, bitmap,
-    /// resync-required, connecting, paused, unknown.
+    /// resync-required, stopped (the MT's journal takes no chunks: see
+    /// `stopped`), connecting, paused, unknown.
     pub state: String,
+    /// Why the pair makes no new recovery points though its agent runs:
+    /// the retention disk is full (policy=stop, or the journal opened
+    /// read-only), and what to do. Its points stay listed and recoverable.
+    #[serde(default)]
+    pub stopped: Option<String>,
     pub progress_pct: Option<f64>,
     pub flow_controlled: bool,
     /// Seconds of source writes not yet recoverable on the MT.
@@ -467,8 +477,13 @@ pub fn pair_view(s: &CxState, p: &PairSpec, names: &HashMap<String, String>) -> 
     // The MT applies each chunk as it arrives: it holds nothing in transit.
     let transit_mt_bytes = 0;
     let name = |h: &str| names.get(h).cloned().unwrap_or_else(|| h.to_owned());
+    let stopped = mt.as_ref().and_then(|m| m.stopped.clone());
     let state = if p.paused {
         "paused".to_owned()
+    } else if stopped.is_some() && agent.is_some() {
+        // The agent may believe it is in differential sync (its buffer is
+        // not full yet): nothing it sends reaches the journal.
+        "stopped".to_owned()
     } else {
         match &agent {
             None => "unknown".into(),
@@ -547,6 +562,7 @@ pub fn pair_view(s: &CxState, p: &PairSpec, names: &HashMap<String, String>) -> 
         compression: p.compression,
         paused: p.paused,
         state,
+        stopped,
         progress_pct: agent
             .as_ref()
             .filter(|a| a.mode == AgentMode::ResyncStep1)

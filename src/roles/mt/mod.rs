@@ -178,6 +178,7 @@ pub async fn pruner(
     data_dir: PathBuf,
     open: OpenPairs,
     interval: std::time::Duration,
+    keep_free: Option<u64>,
     mut shutdown: crate::engine::shutdown::Shutdown,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -190,7 +191,7 @@ pub async fn pruner(
         let d = data_dir.clone();
         let o = open.clone();
         // Disk work off the reactor; one pass at a time.
-        let r = tokio::task::spawn_blocking(move || prune_pass(&d, &o)).await;
+        let r = tokio::task::spawn_blocking(move || prune_pass(&d, &o, keep_free)).await;
         if let Ok(Err(e)) = r {
             tracing::warn!(error = %crate::cli::error_chain(&e), "retention pruning pass failed");
         }
@@ -203,21 +204,38 @@ pub type OpenPairs = Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<
 
 /// One pass over every pair; returns how many pairs were pruned. Pairs in
 /// `open` are pruned through their open handle, others are opened (and
-/// skipped if another process holds them).
-pub fn prune_pass(data_dir: &Path, open: &OpenPairs) -> anyhow::Result<usize> {
+/// skipped if another process holds them). A journal that opened read-only
+/// on a full disk is offered the chance to resume first.
+pub fn prune_pass(
+    data_dir: &Path,
+    open: &OpenPairs,
+    keep_free: Option<u64>,
+) -> anyhow::Result<usize> {
     let mut n = 0;
     for cfg in ReplicaPair::list(data_dir)? {
         let held = open.lock().unwrap().get(&cfg.pair).cloned();
         let p = match held {
             Some(p) => p,
             None => match ReplicaPair::open(data_dir, &cfg.pair) {
-                Ok(p) => Arc::new(p),
+                Ok(p) => {
+                    p.journal
+                        .set_space_limit(p.config.policy.space_limit(keep_free));
+                    Arc::new(p)
+                }
                 Err(e) => {
                     tracing::debug!(pair = %cfg.pair, error = %e, "pair busy; pruning it next pass");
                     continue;
                 }
             },
         };
+        if !p
+            .journal
+            .try_resume()
+            .with_context(|| format!("pair {}", cfg.pair))?
+        {
+            tracing::debug!(pair = %cfg.pair, "journal still read-only (retention disk full)");
+            continue;
+        }
         let before = p.journal.window().0;
         let policy = p.config.policy.clone();
         let held = crate::engine::journal::policy::prune_all(

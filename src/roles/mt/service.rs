@@ -151,18 +151,29 @@ impl MtRole {
         let mut rp = rp;
         if rp.config.policy != spec.retention {
             rp.config.policy = spec.retention.clone();
-            crate::engine::fsutil::write_durable(
+            // The policy in force is the CX's; pair.json only remembers it
+            // for the pruner and the CLI. A full disk must not keep the
+            // pair's points from being served, so failing to record it waits.
+            if let Err(e) = crate::engine::fsutil::write_durable(
                 &rp.dir.join("pair.json"),
                 &serde_json::to_vec_pretty(&rp.config)?,
                 0o644,
-            )?;
+            ) {
+                tracing::warn!(pair = %spec.name, error = %e, "cannot record the new retention policy in pair.json (it applies anyway); retried at the next open");
+            }
         }
+        rp.journal
+            .set_space_limit(spec.retention.space_limit(self.keep_free()));
         Ok(MtPair {
             spec: spec.clone(),
             rp: Arc::new(rp),
             applied_bytes: AtomicU64::new(0),
             applying: Default::default(),
         })
+    }
+
+    fn keep_free(&self) -> Option<u64> {
+        self.cfg.mt.keep_free.map(|s| s.0)
     }
 
     pub fn report(&self, r: &mut NodeReport) {
@@ -182,6 +193,9 @@ impl MtRole {
                 bookmarks: st.bookmarks,
                 retention_resets: st.resets,
                 error: st.failed.clone(),
+                stopped: st.stopped.clone(),
+                space_limit_bytes: j.effective_limit(),
+                last_reset: st.last_reset.map(|r| (r.at_us, r.from_ts_us, r.to_ts_us)),
             });
         }
         for (name, e) in self.errors.lock().unwrap().iter() {
@@ -196,22 +210,28 @@ impl MtRole {
                 bookmarks: 0,
                 retention_resets: 0,
                 error: Some(e.clone()),
+                stopped: None,
+                space_limit_bytes: None,
+                last_reset: None,
             });
         }
     }
 
     fn pair(&self, name: &str) -> Result<Arc<MtPair>, Rejection> {
-        self.pairs
-            .lock()
-            .unwrap()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::reject(
-                    StatusCode::NOT_FOUND,
-                    format!("pair {name} is not assigned to this MT (yet)"),
-                )
-            })
+        if let Some(p) = self.pairs.lock().unwrap().get(name) {
+            return Ok(p.clone());
+        }
+        // Assigned but not open: say why, not "unknown".
+        if let Some(e) = self.errors.lock().unwrap().get(name) {
+            return Err(ApiError::reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("pair {name}: this MT cannot open its replica: {e}"),
+            ));
+        }
+        Err(ApiError::reject(
+            StatusCode::NOT_FOUND,
+            format!("pair {name} is not assigned to this MT (yet)"),
+        ))
     }
 }
 
@@ -278,7 +298,7 @@ async fn apply_chunk(
                     ),
                     Some(last + 1),
                 )),
-                Err(e @ JournalError::RetentionFull { .. }) => Err((
+                Err(e @ (JournalError::RetentionFull(_) | JournalError::ReadOnly(_))) => Err((
                     StatusCode::INSUFFICIENT_STORAGE,
                     format!("pair {}: {e}", p.spec.name),
                     None,

@@ -8,7 +8,11 @@
 //! (`DATA/ps/cache/PAIR/`, fsync'd before the agent hears "ok") and a
 //! forwarder drains them in order. Above the pair's threshold (resync or
 //! differential), the PS answers "throttled" and the agent falls back to
-//! its bitmap: the seed's "data flow controlled".
+//! its bitmap: the seed's "data flow controlled". A pair whose MT journal
+//! is full (policy `stop`, or read-only on a full disk; HTTP 507) is answered
+//! "throttled" at once, with the MT's reason: caching what the MT cannot
+//! take would only move the full disk here; the agent keeps the changes in
+//! its buffer and bitmap and sends them once the MT takes chunks again.
 //!
 //! Invariants: a chunk is acknowledged only once durable on the PS or the MT;
 //! chunks of a pair reach the MT in sequence order; a repeated chunk is
@@ -330,6 +334,7 @@ impl PsRole {
         match (status.as_u16(), a.body["next_seq"].as_u64()) {
             (409, Some(next)) => Err(MtError::Gap(next, msg)),
             (400, _) => Err(MtError::Refused(msg)),
+            (507, _) => Err(MtError::Full(msg)),
             _ => Err(MtError::Down(format!("MT answered {status}: {msg}"))),
         }
     }
@@ -418,6 +423,15 @@ impl PsRole {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
+                Err(MtError::Full(msg)) => {
+                    // Kept, in order, until the journal has room again.
+                    *p.error.lock().unwrap() = Some(msg);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = sd.wait() => break,
+                    }
+                    continue;
+                }
             };
             if done {
                 backoff = Duration::from_millis(100);
@@ -437,6 +451,8 @@ impl PsRole {
 
 enum MtError {
     Down(String),
+    /// The pair's journal has no room (HTTP 507): nothing was applied.
+    Full(String),
     Gap(u64, String),
     Refused(String),
 }
@@ -616,6 +632,13 @@ async fn admit(
                 return Ok(json_reply(
                     StatusCode::BAD_REQUEST,
                     serde_json::json!({"error": msg}),
+                ));
+            }
+            Err(MtError::Full(msg)) => {
+                *p.error.lock().unwrap() = Some(msg.clone());
+                return Ok(json_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"throttled": true, "mt_full": true, "error": msg}),
                 ));
             }
             Err(MtError::Down(msg)) => {
