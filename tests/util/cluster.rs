@@ -252,6 +252,11 @@ impl Cluster {
     }
 
     pub fn create_pair(&self) {
+        self.create_pair_with(&[]);
+    }
+
+    /// Pair `p` with more `pair create` flags (e.g. `--on-full stop`).
+    pub fn create_pair_with(&self, extra: &[&str]) {
         wait_for(30, "the agent's volume report", || {
             let v = self.tern(&["agent", "volume", "list"]);
             v.as_array()?
@@ -259,7 +264,7 @@ impl Cluster {
                 .any(|x| x["name"] == "vol" && x["export"].is_string())
                 .then_some(())
         });
-        self.tern(&[
+        let mut args = vec![
             "pair",
             "create",
             "p",
@@ -269,7 +274,9 @@ impl Cluster {
             "ps",
             "--target",
             "mt",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        self.tern(&args);
     }
 
     /// Pair `p` as `pair show` gives it, if it is caught up as of `since`

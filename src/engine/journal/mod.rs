@@ -245,11 +245,12 @@ impl SpaceLimit {
     }
 }
 
-/// The last time space forced points out of the policy's window.
+/// Space forcing points out of the policy's window: the last time it did,
+/// and the source times the oldest point moved from (at the first of the
+/// resets within one window of each other) and to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ResetInfo {
     pub at_us: u64,
-    /// Source time the oldest point moved from and to.
     pub from_ts_us: u64,
     pub to_ts_us: u64,
 }
@@ -939,11 +940,20 @@ impl Journal {
             .is_some_and(|w| new_oldest.ts_us > latest.ts_us.saturating_sub(w));
         if inside_window {
             self.note_reset()?;
-            self.inner.write().unwrap().last_reset = Some(ResetInfo {
+            let mut i = self.inner.write().unwrap();
+            // Resets inside one window add up: report what was lost since the first.
+            let from_ts_us = match i.last_reset {
+                Some(r) if limit.window_us.is_some_and(|w| now < r.at_us + w) => r.from_ts_us,
+                // The untouched initial replica dates from the first record.
+                _ if oldest.seq == 0 => i.ts_of(1),
+                _ => oldest.ts_us,
+            };
+            i.last_reset = Some(ResetInfo {
                 at_us: now,
-                from_ts_us: oldest.ts_us,
+                from_ts_us,
                 to_ts_us: new_oldest.ts_us,
             });
+            drop(i);
             tracing::warn!(journal = %self.dir.display(), from_seq = oldest.seq, to_seq = new_oldest.seq,
                 lost_s = new_oldest.ts_us.saturating_sub(oldest.ts_us) / 1_000_000,
                 "retention space full: the oldest points were dropped inside the time window (retention log reset)");

@@ -426,11 +426,13 @@ pub fn rules(
                 "retention-reset",
                 Severity::Major,
                 format!(
-                    "the retention disk filled at {}: the oldest points were dropped inside the {} window; history now starts at {} ({:.1} h lost, {} resets so far)",
+                    "the retention disk filled (last at {}): the oldest points were dropped inside the {} window; history now starts at {} ({} of history lost, {} resets so far)",
                     rfc3339_ms(at_us / 1000),
                     humantime::format_duration(p.retention.window.unwrap_or_default()),
                     rfc3339_ms(to_us / 1000),
-                    to_us.saturating_sub(from_us) as f64 / 3.6e9,
+                    humantime::format_duration(Duration::from_millis(
+                        to_us.saturating_sub(from_us) / 1000
+                    )),
                     m.retention_resets
                 ),
                 "give the journal more space (a bigger retention disk, or lower mt.keep_free) or shorten the policy's window".into(),

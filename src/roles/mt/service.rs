@@ -407,7 +407,13 @@ async fn admin(
     mt: Arc<MtRole>,
 ) -> Result<warp::reply::Response, Rejection> {
     let cx = mt.cx_host.lock().unwrap().clone();
-    if cx.is_none() || peer.host_id != cx {
+    if cx.is_none() {
+        return Err(ApiError::reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this MT has just started and not yet heard from its CX; try again in a moment",
+        ));
+    }
+    if peer.host_id != cx {
         return Err(forbidden("replica operations are taken from the CX only"));
     }
     let p = mt.pair(&pair)?;
