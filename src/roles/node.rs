@@ -481,14 +481,23 @@ impl SyncLoop {
                         failing = false;
                     }
                     known = resp.version;
-                    if let Some(m) = &self.mt {
-                        m.apply(&resp);
-                    }
-                    if let Some(p) = &self.ps {
-                        p.apply(&resp);
-                    }
-                    if let Some(a) = &self.agent {
-                        a.apply(&resp);
+                    // Applying opens journals and caches and saves agent
+                    // state (fallocate, scans, fdatasync): off the reactor.
+                    let (m, p, a) = (self.mt.clone(), self.ps.clone(), self.agent.clone());
+                    let applied = tokio::task::spawn_blocking(move || {
+                        if let Some(m) = &m {
+                            m.apply(&resp);
+                        }
+                        if let Some(p) = &p {
+                            p.apply(&resp);
+                        }
+                        if let Some(a) = &a {
+                            a.apply(&resp);
+                        }
+                    })
+                    .await;
+                    if let Err(e) = applied {
+                        tracing::error!(error = %e, "applying the CX's configuration panicked");
                     }
                 }
                 Err(e) => {

@@ -930,8 +930,16 @@ impl Journal {
             Some(pin) => target.min(pin),
             None => target,
         };
+        if to <= oldest.seq {
+            return Ok(Err(
+                "an open snapshot or export holds the oldest point; close it".into(),
+            ));
+        }
         self.checkpoint(to)?;
         let (new_oldest, latest) = self.window();
+        if new_oldest.seq <= oldest.seq {
+            return Ok(Err("pruning could not move the oldest point".into()));
+        }
         let now = now_us();
         // History now spans less than the window asks (measured back from
         // the newest point, which is the source's present while it replicates).
