@@ -863,9 +863,12 @@ impl Journal {
                     crate::util::human_bytes(m)
                 ),
                 (None, Some(s)) => format!(
-                    "retention disk full: {} free on {}, {} kept free",
+                    "retention disk full: {} free of {} on {} (the replica takes {}, the journal {}), {} kept free",
                     crate::util::human_bytes(s.avail),
+                    crate::util::human_bytes(s.total),
                     self.dir.display(),
+                    crate::util::human_bytes(self.volume_size),
+                    crate::util::human_bytes(used),
                     crate::util::human_bytes(keep)
                 ),
                 (None, None) => unreachable!(),
@@ -906,7 +909,12 @@ impl Journal {
             .collect();
         let active_segno = active.as_ref().map(|a| a.segno);
         let target = match live.first() {
-            None => return Ok(Err("the journal holds nothing left to prune".into())),
+            None => {
+                return Ok(Err(
+                    "the journal holds no history left to prune: the disk is too small for the replica, the margin and any history (give the MT a bigger retention disk or lower mt.keep_free)"
+                        .into(),
+                ));
+            }
             // All that is live sits in the active segment: seal it first.
             Some(s) if Some(s.segno) == active_segno => {
                 if live.len() == 1 {

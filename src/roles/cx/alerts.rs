@@ -454,7 +454,7 @@ pub fn rules(
                     human(j),
                     human(max)
                 ),
-                "raise the pair's max_bytes or shorten its retention; at the limit the policy drops history or stops".into(),
+                "give the journal more room (a bigger retention disk, a higher max_bytes if the pair sets one, a lower mt.keep_free) or shorten its retention; at the limit the policy drops history or stops".into(),
             ));
         }
         if let Some(e) = v.errors.first() {
