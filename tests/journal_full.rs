@@ -277,3 +277,53 @@ fn a_journal_whose_recovery_needs_space_opens_read_only_and_resumes() {
         model_at(&w, chunks + 1, latest)
     );
 }
+
+/// A journal written before `journal.state` had two slots (version 1: one
+/// record, replaced by rename) upgrades with its first write, in place:
+/// checkpoints after the upgrade are what a restart finds.
+#[test]
+fn a_version_1_state_upgrades_in_place_and_later_checkpoints_survive_a_restart() {
+    let s = SimStorage::new();
+    let j = create(&s);
+    let w = workload();
+    let chunks = 60;
+    for i in 0..chunks {
+        j.apply(&w.chunk(i)).unwrap();
+    }
+    let latest = j.window().1.seq;
+    drop(j);
+    // Rewrite journal.state as version 1 would have left it.
+    let path = dir().join("journal.state");
+    let f = s.open(&path, false).unwrap();
+    let mut b = vec![0u8; f.len().unwrap() as usize];
+    f.read_at(&mut b, 0).unwrap();
+    drop(f);
+    let st = tern::engine::journal::format::State::decode_file(&b).unwrap();
+    let mut v1 = st.encode();
+    v1[8..10].copy_from_slice(&1u16.to_le_bytes());
+    v1[72..80].fill(0);
+    let c = tern::engine::crc::crc32c(&v1[..92]);
+    v1[92..96].copy_from_slice(&c.to_le_bytes());
+    s.write_atomic(&path, &v1).unwrap();
+
+    let j = reopen(&s);
+    let mid = latest / 2;
+    j.checkpoint(mid).unwrap();
+    j.checkpoint(mid + 10).unwrap();
+    assert_eq!(j.window().0.seq, mid + 10);
+    drop(j);
+    let j = reopen(&s);
+    assert_eq!(
+        j.window().0.seq,
+        mid + 10,
+        "the checkpoint is what the restart finds"
+    );
+    assert_eq!(
+        hash_at(&j, &PointSpec::Oldest),
+        model_at(&w, chunks, mid + 10)
+    );
+    assert_eq!(
+        hash_at(&j, &PointSpec::Latest),
+        model_at(&w, chunks, latest)
+    );
+}

@@ -542,34 +542,34 @@ impl State {
         (self.generation % 2) * STATE_SLOT as u64
     }
 
-    /// A `journal.state` file: a version-1 record (96 bytes), or a
-    /// version-2 pair of slots, of which the valid one with the higher
-    /// generation wins (the other may be empty or torn).
+    /// A `journal.state` file: two slots, of which the valid one with the
+    /// higher generation wins (the other may be empty or torn). A version-1
+    /// file is its 96-byte record alone: it reads as slot 0 holding
+    /// generation 0, so the first write (generation 1, slot 1 at offset
+    /// 512) upgrades it in place, and a torn first write leaves it as it was.
+    /// A file shorter than 1024 bytes (that first write not yet durable)
+    /// reads as if padded with zeros.
     pub fn decode_file(b: &[u8]) -> Result<State, DecodeError> {
-        if b.len() == STATE_LEN {
-            let s = State::decode(b)?;
-            if u16_at(b, 8) != 1 {
-                return Err(DecodeError::Invalid(
-                    "a 96-byte state file must be version 1",
-                ));
-            }
-            return Ok(s);
-        }
-        if b.len() != STATE_FILE_LEN {
+        if b.len() < STATE_LEN || b.len() > STATE_FILE_LEN {
             return Err(DecodeError::Invalid(
-                "state file length is neither 96 nor 1024",
+                "state file length must be 96 to 1024 bytes",
             ));
         }
+        let mut f = [0u8; STATE_FILE_LEN];
+        f[..b.len()].copy_from_slice(b);
         let mut best: Option<State> = None;
         let mut first_err = None;
         for k in 0..2 {
-            let slot = &b[k * STATE_SLOT..(k + 1) * STATE_SLOT];
+            let slot = &f[k * STATE_SLOT..(k + 1) * STATE_SLOT];
             if slot.iter().all(|x| *x == 0) {
                 continue;
             }
             let r = State::decode(slot).and_then(|s| {
-                if u16_at(slot, 8) != STATE_VERSION {
-                    Err(DecodeError::Invalid("a state slot must be version 2"))
+                let v = u16_at(slot, 8);
+                if v != STATE_VERSION && !(v == 1 && k == 0) {
+                    Err(DecodeError::Invalid(
+                        "a state slot must be version 2 (or version 1 in slot 0)",
+                    ))
                 } else if slot[STATE_LEN..].iter().any(|x| *x != 0) {
                     Err(DecodeError::Invalid(
                         "bytes after the record in a state slot",
@@ -862,18 +862,35 @@ mod tests {
         let mut wrong = vec![0u8; 1024];
         wrong[..512].copy_from_slice(&st.encode_slot());
         assert!(State::decode_file(&wrong).is_err());
-        // Version 1 (96 bytes, no generation) still reads.
+        // Version 1 (96 bytes, no generation) still reads, as slot 0 at
+        // generation 0; the first write (generation 1, slot 1) supersedes
+        // it in place, and if that write is torn, version 1 stands.
         let mut v1 = st.encode();
         v1[8..10].copy_from_slice(&1u16.to_le_bytes());
         v1[72..80].fill(0);
         seal_header(&mut v1, 92);
-        assert_eq!(
-            State::decode_file(&v1).unwrap(),
-            State {
-                generation: 0,
-                ..st
-            }
-        );
+        let old = State {
+            generation: 0,
+            ..st
+        };
+        assert_eq!(State::decode_file(&v1).unwrap(), old);
+        let up = State {
+            generation: 1,
+            base_seq: 40,
+            ..st
+        };
+        let mut grown = v1.to_vec();
+        grown.resize(1024, 0);
+        grown[512..1024].copy_from_slice(&up.encode_slot());
+        assert_eq!(State::decode_file(&grown).unwrap(), up);
+        let mut torn_up = grown.clone();
+        torn_up[600] ^= 1;
+        assert_eq!(State::decode_file(&torn_up).unwrap(), old);
+        assert_eq!(State::decode_file(&grown[..560]).unwrap(), old);
+        // A version-1 record is only ever slot 0.
+        let mut v1_in_1 = vec![0u8; 1024];
+        v1_in_1[512..608].copy_from_slice(&v1);
+        assert!(State::decode_file(&v1_in_1).is_err());
         for i in 0..f.len() {
             let mut c = f.clone();
             c[i] ^= 0x10;

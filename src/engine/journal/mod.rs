@@ -298,8 +298,6 @@ struct Inner {
     full: Option<String>,
     /// Why the journal opened read-only (cleared by `try_resume`).
     read_only: Option<String>,
-    /// `journal.state` is still version 1 and must be rewritten as two slots.
-    legacy_state: bool,
     last_reset: Option<ResetInfo>,
     /// Segment size for the next roll: at most `opts.segment_bytes`, and
     /// small enough that pruning one segment frees a fair share of the limit.
@@ -482,7 +480,6 @@ impl Journal {
         sf.read_at(&mut sb, 0).map_err(io("journal.state"))?;
         let state = State::decode_file(&sb)
             .map_err(|e| JournalError::Corrupt(format!("{}: {e}", state_path.display())))?;
-        let legacy_state = sb.len() != format::STATE_FILE_LEN;
         let replica = storage.open(replica_path, false).map_err(io(format!(
             "cannot open replica {}",
             replica_path.display()
@@ -517,7 +514,6 @@ impl Journal {
             limit: SpaceLimit::default(),
             full: None,
             read_only: None,
-            legacy_state,
             last_reset: None,
             segment_target: opts.segment_bytes,
             thinned: BTreeMap::new(),
@@ -694,8 +690,8 @@ impl Journal {
     }
 
     /// The writes recovery needs: allocate the replica (journals made
-    /// before it was allocated), rewrite a version-1 state as two slots,
-    /// and finish an interrupted checkpoint. Points past a pending
+    /// before it was allocated) and finish an interrupted checkpoint (a
+    /// version-1 state becomes version 2 with its first write, in place). Points past a pending
     /// checkpoint read correctly before it is finished: the bytes it has
     /// not yet written to the replica are still served from the journal.
     fn recover(&self) -> Result<(), JournalError> {
@@ -711,21 +707,7 @@ impl Journal {
         };
         allocate_replica(&*self.replica, self.volume_size)
             .map_err(|e| full("the replica cannot be allocated".into(), e))?;
-        let (legacy, state) = {
-            let i = self.inner.read().unwrap();
-            (i.legacy_state, i.state)
-        };
-        if legacy {
-            self.storage
-                .write_atomic(&self.dir.join(STATE_FILE), &state.encode_file())
-                .map_err(|e| {
-                    full(
-                        "journal.state cannot be rewritten in its new form".into(),
-                        e,
-                    )
-                })?;
-            self.inner.write().unwrap().legacy_state = false;
-        }
+        let state = self.inner.read().unwrap().state;
         if let Some((seq, ts)) = state.pending_base {
             // A checkpoint was interrupted: finish it before anything reads the replica.
             self.finish_checkpoint(seq, ts)?;
@@ -758,17 +740,23 @@ impl Journal {
     /// names) and make it durable. Needs no new space. Call with `inner`
     /// write-locked (`i`); on success `i.state` is the new state.
     fn write_state(&self, i: &mut Inner, mut st: State) -> Result<(), JournalError> {
-        if i.legacy_state {
-            return Err(JournalError::ReadOnly(
-                "journal.state is still in its old form".into(),
-            ));
-        }
         st.generation = i.state.generation + 1;
         let r = self
             .state_file
             .write_at(&st.encode_slot(), st.slot_offset())
             .and_then(|_| self.state_file.sync());
         if let Err(e) = r {
+            if is_no_space(&e) {
+                // A filesystem that needs space to overwrite (copy-on-write):
+                // the old slot stands; a pending checkpoint is redone later.
+                let msg = format!(
+                    "retention disk full: journal.state cannot be rewritten in {} ({e}); every point stays readable; free space and the journal resumes by itself",
+                    self.dir.display()
+                );
+                tracing::error!(journal = %self.dir.display(), error = %msg, "journal read-only");
+                i.read_only = Some(msg.clone());
+                return Err(JournalError::ReadOnly(msg));
+            }
             return Err(fail_locked(i, &self.dir, io("journal.state")(e)));
         }
         i.state = st;
@@ -877,6 +865,14 @@ impl Journal {
                 self.inner.write().unwrap().full = Some(msg.clone());
                 Err(JournalError::RetentionFull(msg))
             };
+            // Pruning all history would not make room: keep it and say so.
+            let hopeless = over_max.is_some_and(|m| need > m)
+                || over_fs.is_some_and(|s| s.avail + used < need + keep);
+            if hopeless {
+                return refuse(format!(
+                    "{why}: even with no history the chunk would not fit; give the MT a bigger retention disk, lower mt.keep_free or raise max_bytes"
+                ));
+            }
             if limit.on_full == OnFull::Stop {
                 return refuse(format!(
                     "{why} (policy=stop): replication stops and resumes by itself when space returns; free space or raise the limit"
@@ -943,7 +939,20 @@ impl Journal {
                 "an open snapshot or export holds the oldest point; close it".into(),
             ));
         }
-        self.checkpoint(to)?;
+        // The untouched initial replica dates from the first record.
+        let oldest_ts = match oldest.seq {
+            0 => self.ts_of(1),
+            _ => oldest.ts_us,
+        };
+        match self.checkpoint(to) {
+            Ok(()) => {}
+            Err(JournalError::Pinned { pinned }) => {
+                return Ok(Err(format!(
+                    "an open snapshot or export holds seq {pinned}; close it"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
         let (new_oldest, latest) = self.window();
         if new_oldest.seq <= oldest.seq {
             return Ok(Err("pruning could not move the oldest point".into()));
@@ -960,9 +969,7 @@ impl Journal {
             // Resets inside one window add up: report what was lost since the first.
             let from_ts_us = match i.last_reset {
                 Some(r) if limit.window_us.is_some_and(|w| now < r.at_us + w) => r.from_ts_us,
-                // The untouched initial replica dates from the first record.
-                _ if oldest.seq == 0 => i.ts_of(1),
-                _ => oldest.ts_us,
+                _ => oldest_ts,
             };
             i.last_reset = Some(ResetInfo {
                 at_us: now,
@@ -1194,9 +1201,11 @@ impl Journal {
     }
 
     /// Seal the active segment (write its index) and start the next one.
+    /// On failure the active segment stays as it was (its index, if
+    /// written, is superseded by the next seal or ignored by its length).
     fn roll(&self, active: &mut Option<Active>) -> Result<Active, JournalError> {
         let state = self.inner.read().unwrap().state;
-        let next_segno = match active.take() {
+        let next_segno = match active.as_ref() {
             Some(a) => {
                 let idx = format::encode_index(a.segno, state.journal_id, a.len, &a.entries);
                 match self
@@ -1517,6 +1526,21 @@ impl Journal {
                     i.last_seq
                 )));
             }
+            // A seq that sparse retention thinned is no image the replica
+            // can hold (a compacted segment's intervals end at its kept
+            // points and at its last seq): go to the kept point before it.
+            let seq = match i.thinned.range(..=seq).next_back() {
+                Some((&from, &to)) if seq >= from && seq < to && !i.retained.contains(&seq) => i
+                    .retained
+                    .range(from..seq)
+                    .next_back()
+                    .copied()
+                    .unwrap_or(from - 1),
+                _ => seq,
+            };
+            if seq <= oldest {
+                return Ok(());
+            }
             if let Some(&pinned) = i.pins.values().min()
                 && pinned < seq
             {
@@ -1637,7 +1661,11 @@ impl Journal {
     pub fn seal_active(&self) -> Result<(), JournalError> {
         let mut active = self.active.lock().unwrap();
         if active.as_ref().is_some_and(|a| !a.entries.is_empty()) {
-            let next = self.roll(&mut active).map_err(|e| self.fail(e))?;
+            let next = match self.roll(&mut active) {
+                Ok(n) => n,
+                Err(e @ JournalError::RetentionFull(_)) => return Err(e),
+                Err(e) => return Err(self.fail(e)),
+            };
             *active = Some(next);
         }
         Ok(())
@@ -2303,17 +2331,25 @@ impl Journal {
                 .map_err(io("journal directory fsync"))
                 .map_err(fail)?;
         }
-        self.storage
-            .write_atomic(&path, &buf)
-            .map_err(io(format!("rewrite segment {segno}")))
-            .map_err(fail)?;
-        self.storage
-            .write_atomic(
-                &idx,
-                &format::encode_index(segno, state.journal_id, buf.len() as u64, &entries),
-            )
-            .map_err(io("segment index"))
-            .map_err(fail)?;
+        match self.storage.write_atomic(&path, &buf) {
+            Ok(()) => {}
+            // The old segment stands (rescanned on open): try again later.
+            Err(e) if is_no_space(&e) => {
+                tracing::info!(journal = %self.dir.display(), segment = segno, error = %e, "sparse retention deferred: no room to rewrite the segment");
+                return Ok(CompactOutcome::Skipped);
+            }
+            Err(e) => return Err(fail(io(format!("rewrite segment {segno}"))(e))),
+        }
+        match self.storage.write_atomic(
+            &idx,
+            &format::encode_index(segno, state.journal_id, buf.len() as u64, &entries),
+        ) {
+            Ok(()) => {}
+            Err(e) if is_no_space(&e) => {
+                tracing::warn!(segment = segno, error = %e, "no space for the segment's index; it is rebuilt by a scan on open")
+            }
+            Err(e) => return Err(fail(io("segment index")(e))),
+        }
         let file = self
             .storage
             .open(&path, false)

@@ -228,22 +228,31 @@ pub fn prune_pass(
                 }
             },
         };
-        if !p
-            .journal
-            .try_resume()
-            .with_context(|| format!("pair {}", cfg.pair))?
-        {
-            tracing::debug!(pair = %cfg.pair, "journal still read-only (retention disk full)");
-            continue;
+        // One pair's trouble must not keep the others from their policy.
+        match p.journal.try_resume() {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(pair = %cfg.pair, "journal still read-only (retention disk full)");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(pair = %cfg.pair, error = %e, "cannot resume the journal");
+                continue;
+            }
         }
         let before = p.journal.window().0;
         let policy = p.config.policy.clone();
-        let held = crate::engine::journal::policy::prune_all(
+        let held = match crate::engine::journal::policy::prune_all(
             &p.journal,
             &policy,
             crate::util::now_ms() * 1000,
-        )
-        .with_context(|| format!("pair {}", cfg.pair))?;
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(pair = %cfg.pair, error = %e, "retention pruning failed for this pair");
+                continue;
+            }
+        };
         let after = p.journal.window().0;
         if after != before {
             tracing::info!(pair = %cfg.pair, oldest_seq = after.seq, "retention pruned");

@@ -266,6 +266,16 @@ async fn apply_chunk(
                     )
                 })?;
             let j = &p.rp.journal;
+            // No room (507: the PS holds the chunk back and throttles the
+            // agent) or an I/O failure (500).
+            let refusal = |e: JournalError| match e {
+                JournalError::RetentionFull(_) | JournalError::ReadOnly(_) => (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!("pair {}: {e}", p.spec.name),
+                    None,
+                ),
+                e => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+            };
             // Record the inconsistent runs first (write-ahead).
             let mut run: Option<(u64, u64)> = None;
             for r in &recs {
@@ -275,13 +285,11 @@ async fn apply_chunk(
                         None => (r.record.seq, r.record.seq),
                     });
                 } else if let Some((a, b)) = run.take() {
-                    j.mark_unrecoverable(a, b)
-                        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
+                    j.mark_unrecoverable(a, b).map_err(refusal)?;
                 }
             }
             if let Some((a, b)) = run {
-                j.mark_unrecoverable(a, b)
-                    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
+                j.mark_unrecoverable(a, b).map_err(refusal)?;
             }
             let records: Vec<_> = recs.into_iter().map(|r| r.record).collect();
             match j.apply(&records) {

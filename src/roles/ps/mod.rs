@@ -76,6 +76,9 @@ struct PsPair {
     /// own work, apart from moving bytes over TLS.
     codec_cpu_us: AtomicU64,
     throttled_at: Mutex<Option<Instant>>,
+    /// The MT's last word on this pair was "journal full" (HTTP 507), and
+    /// what it said: new chunks are answered "throttled", not cached.
+    mt_full: Mutex<Option<String>>,
     error: Mutex<Option<String>>,
     wake: tokio::sync::Notify,
     /// The intake's `next_seq` (0 = unknown), for chunks that arrive
@@ -255,6 +258,7 @@ impl PsRole {
             codec_cpu_us: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             throttled_at: Mutex::new(None),
+            mt_full: Mutex::new(None),
             error: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
             next_tx: tokio::sync::watch::Sender::new(intake.next_seq.unwrap_or(0)),
@@ -425,6 +429,7 @@ impl PsRole {
                 }
                 Err(MtError::Full(msg)) => {
                     // Kept, in order, until the journal has room again.
+                    *p.mt_full.lock().unwrap() = Some(msg.clone());
                     *p.error.lock().unwrap() = Some(msg);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -436,6 +441,7 @@ impl PsRole {
             if done {
                 backoff = Duration::from_millis(100);
                 *p.error.lock().unwrap() = None;
+                *p.mt_full.lock().unwrap() = None;
                 let mut i = p.intake.lock().await;
                 if i.cached.front().is_some_and(|c| c.first == first) {
                     let c = i.cached.pop_front().unwrap();
@@ -594,6 +600,14 @@ async fn admit(
     } else {
         ps.cfg.ps.differential_threshold.0
     };
+    // The MT said its journal is full: caching would only fill this disk too.
+    let full = p.mt_full.lock().unwrap().clone();
+    if let Some(msg) = full.filter(|_| !i.cached.is_empty()) {
+        return Ok(json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"throttled": true, "mt_full": true, "error": msg}),
+        ));
+    }
     if i.cache_bytes + bytes.len() as u64 > limit && !i.cached.is_empty() {
         *p.throttled_at.lock().unwrap() = Some(Instant::now());
         return Ok(json_reply(
@@ -609,6 +623,7 @@ async fn admit(
                 p.set_next(&mut i, Some(h.last_seq + 1));
                 p.forwarded_seq.store(h.last_seq, Ordering::Relaxed);
                 *p.error.lock().unwrap() = None;
+                *p.mt_full.lock().unwrap() = None;
                 return Ok(json_reply(
                     StatusCode::OK,
                     serde_json::json!({"next_seq": h.last_seq + 1}),
