@@ -240,10 +240,10 @@ pub struct MtPairStatus {
     /// beyond the margin it keeps free.
     #[serde(default)]
     pub space_limit_bytes: Option<u64>,
-    /// The last time space forced points out of the time window: when, and
-    /// the source times the oldest point moved from and to (µs).
+    /// Space forcing points out of the time window: when it last did, and
+    /// the source times (µs) the oldest point moved from and to.
     #[serde(default)]
-    pub last_reset: Option<(u64, u64, u64)>,
+    pub last_reset: Option<crate::engine::journal::ResetInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -245,10 +245,33 @@ impl SpaceLimit {
     }
 }
 
+/// What a journal holds and may hold, at one look at its filesystem.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    limit: SpaceLimit,
+    used: u64,
+    /// The margin kept free (0 if the filesystem cannot be asked).
+    keep: u64,
+    space: Option<storage::Space>,
+}
+
+impl Room {
+    /// The byte limit: `max_bytes`, and what the disk holds beyond the margin.
+    fn bytes(&self) -> Option<u64> {
+        let fs = self
+            .space
+            .map(|s| self.used + s.avail.saturating_sub(self.keep));
+        match (self.limit.max_bytes, fs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// Space forcing points out of the policy's window: the last time it did,
 /// and the source times the oldest point moved from (at the first of the
 /// resets within one window of each other) and to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ResetInfo {
     pub at_us: u64,
     pub from_ts_us: u64,
@@ -299,9 +322,6 @@ struct Inner {
     /// Why the journal opened read-only (cleared by `try_resume`).
     read_only: Option<String>,
     last_reset: Option<ResetInfo>,
-    /// Segment size for the next roll: at most `opts.segment_bytes`, and
-    /// small enough that pruning one segment frees a fair share of the limit.
-    segment_target: u64,
     /// Seq ranges thinned by sparse retention (from → to, inclusive): inside
     /// them only the seqs in `retained` are points.
     thinned: BTreeMap<u64, u64>,
@@ -515,7 +535,6 @@ impl Journal {
             full: None,
             read_only: None,
             last_reset: None,
-            segment_target: opts.segment_bytes,
             thinned: BTreeMap::new(),
             retained: Default::default(),
             unrec: BTreeMap::new(),
@@ -679,14 +698,9 @@ impl Journal {
         // Finish recovery: what cannot be written for want of space leaves
         // the journal read-only, every point readable, until space returns.
         match j.recover() {
-            Ok(()) => {}
-            Err(JournalError::ReadOnly(why)) => {
-                tracing::error!(journal = %dir.display(), reason = %why, "journal opened read-only: its points stay readable; it resumes once space is freed");
-                j.inner.write().unwrap().read_only = Some(why);
-            }
-            Err(e) => return Err(e),
+            Ok(()) | Err(JournalError::ReadOnly(_)) => Ok(j),
+            Err(e) => Err(e),
         }
-        Ok(j)
     }
 
     /// The writes recovery needs: allocate the replica (journals made
@@ -695,18 +709,13 @@ impl Journal {
     /// checkpoint read correctly before it is finished: the bytes it has
     /// not yet written to the replica are still served from the journal.
     fn recover(&self) -> Result<(), JournalError> {
-        let full = |what: String, e: std::io::Error| {
-            if is_no_space(&e) {
-                JournalError::ReadOnly(format!(
-                    "retention disk full: {what} ({e}); every point stays readable; free space on {} and the journal resumes by itself",
-                    self.dir.display()
-                ))
-            } else {
-                JournalError::Io { what, source: e }
+        allocate_replica(&*self.replica, self.volume_size).map_err(|e| {
+            let what = "the replica cannot be allocated";
+            match is_no_space(&e) {
+                true => read_only_locked(&mut self.inner.write().unwrap(), &self.dir, what, &e),
+                false => io(what)(e),
             }
-        };
-        allocate_replica(&*self.replica, self.volume_size)
-            .map_err(|e| full("the replica cannot be allocated".into(), e))?;
+        })?;
         let state = self.inner.read().unwrap().state;
         if let Some((seq, ts)) = state.pending_base {
             // A checkpoint was interrupted: finish it before anything reads the replica.
@@ -728,10 +737,7 @@ impl Journal {
                 tracing::info!(journal = %self.dir.display(), "space is back: the journal takes chunks again");
                 Ok(true)
             }
-            Err(JournalError::ReadOnly(why)) => {
-                self.inner.write().unwrap().read_only = Some(why);
-                Ok(false)
-            }
+            Err(JournalError::ReadOnly(_)) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -749,13 +755,12 @@ impl Journal {
             if is_no_space(&e) {
                 // A filesystem that needs space to overwrite (copy-on-write):
                 // the old slot stands; a pending checkpoint is redone later.
-                let msg = format!(
-                    "retention disk full: journal.state cannot be rewritten in {} ({e}); every point stays readable; free space and the journal resumes by itself",
-                    self.dir.display()
-                );
-                tracing::error!(journal = %self.dir.display(), error = %msg, "journal read-only");
-                i.read_only = Some(msg.clone());
-                return Err(JournalError::ReadOnly(msg));
+                return Err(read_only_locked(
+                    i,
+                    &self.dir,
+                    "journal.state cannot be rewritten",
+                    &e,
+                ));
             }
             return Err(fail_locked(i, &self.dir, io("journal.state")(e)));
         }
@@ -799,50 +804,45 @@ impl Journal {
         Ok(())
     }
 
-    /// The journal's byte limit now: `max_bytes`, and what the filesystem
-    /// has free beyond its margin (None if neither bounds it).
-    pub fn effective_limit(&self) -> Option<u64> {
+    /// What the journal holds and may hold now.
+    fn room(&self) -> Room {
         let (limit, used) = {
             let i = self.inner.read().unwrap();
             (i.limit, i.total_bytes())
         };
-        let fs = self
-            .storage
-            .space(&self.dir)
-            .ok()
-            .map(|sp| used + sp.avail.saturating_sub(limit.keep_free_of(sp.total)));
-        match (limit.max_bytes, fs) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let space = self.storage.space(&self.dir).ok();
+        Room {
+            limit,
+            used,
+            keep: space.map(|s| limit.keep_free_of(s.total)).unwrap_or(0),
+            space,
         }
+    }
+
+    /// The journal's byte limit now: `max_bytes`, and what the filesystem
+    /// has free beyond its margin (None if neither bounds it).
+    pub fn effective_limit(&self) -> Option<u64> {
+        self.room().bytes()
     }
 
     /// Make room for `need` more bytes, or say why there is none. Under
     /// policy `prune` this checkpoints the oldest segment (oldest points
     /// first) until the chunk fits; under `stop` it refuses. Called with the
-    /// active segment held (`active`), which it may seal.
-    fn make_room(&self, active: &mut Option<Active>, need: u64) -> Result<(), JournalError> {
+    /// active segment held (`active`), which it may seal. Returns the size
+    /// the active segment may grow to: at most `opts.segment_bytes`, and
+    /// 1/16 of the room (but at least 4 MiB), so pruning one segment frees
+    /// a fair share of it.
+    fn make_room(&self, active: &mut Option<Active>, need: u64) -> Result<u64, JournalError> {
         loop {
-            let (limit, used) = {
-                let i = self.inner.read().unwrap();
-                (i.limit, i.total_bytes())
-            };
-            let sp = self.storage.space(&self.dir).ok();
-            let keep = sp.map(|s| limit.keep_free_of(s.total)).unwrap_or(0);
+            let room = self.room();
+            let Room {
+                limit, used, keep, ..
+            } = room;
             let over_max = limit.max_bytes.filter(|m| used + need > *m);
-            let over_fs = sp.filter(|s| s.avail < need + keep);
-            // Size segments so one of them is at most 1/16 of the room.
-            let room = match (limit.max_bytes, sp) {
-                (Some(m), Some(s)) => m.min(used + s.avail.saturating_sub(keep)),
-                (Some(m), None) => m,
-                (None, Some(s)) => used + s.avail.saturating_sub(keep),
-                (None, None) => u64::MAX,
-            };
-            self.inner.write().unwrap().segment_target = (room / 16)
-                .clamp(4 << 20, self.opts.segment_bytes.max(4 << 20))
-                .min(self.opts.segment_bytes);
+            let over_fs = room.space.filter(|s| s.avail < need + keep);
             if over_max.is_none() && over_fs.is_none() {
-                return Ok(());
+                let share = room.bytes().unwrap_or(u64::MAX) / 16;
+                return Ok(share.max(4 << 20).min(self.opts.segment_bytes));
             }
             let why = match (over_max, over_fs) {
                 (Some(m), _) => format!(
@@ -861,10 +861,7 @@ impl Journal {
                 ),
                 (None, None) => unreachable!(),
             };
-            let refuse = |msg: String| {
-                self.inner.write().unwrap().full = Some(msg.clone());
-                Err(JournalError::RetentionFull(msg))
-            };
+            let refuse = |msg: String| Err(full_locked(&mut self.inner.write().unwrap(), msg));
             // Pruning all history would not make room: keep it and say so.
             let hopeless = over_max.is_some_and(|m| need > m)
                 || over_fs.is_some_and(|s| s.avail + used < need + keep);
@@ -914,30 +911,24 @@ impl Journal {
             // All that is live sits in the active segment: seal it first.
             Some(s) if Some(s.segno) == active_segno => {
                 if live.len() == 1 {
-                    let next = match self.roll(active) {
-                        Ok(n) => n,
+                    match self.roll(active) {
+                        Ok(()) => {}
                         Err(JournalError::RetentionFull(m)) => return Ok(Err(m)),
-                        Err(e) => return Err(self.fail(e)),
-                    };
-                    *active = Some(next);
+                        Err(e) => return Err(e),
+                    }
                 }
                 s.last_seq
             }
             Some(s) => s.last_seq,
         };
-        let to = match st.min_pin {
-            Some(pin) if pin <= oldest.seq => {
-                return Ok(Err(format!(
-                    "an open snapshot or export holds seq {pin}; close it"
-                )));
-            }
-            Some(pin) => target.min(pin),
-            None => target,
+        let held = |pin: u64| {
+            Ok(Err(format!(
+                "an open snapshot or export holds seq {pin}; close it"
+            )))
         };
+        let to = st.min_pin.map_or(target, |pin| target.min(pin));
         if to <= oldest.seq {
-            return Ok(Err(
-                "an open snapshot or export holds the oldest point; close it".into(),
-            ));
+            return held(to);
         }
         // The untouched initial replica dates from the first record.
         let oldest_ts = match oldest.seq {
@@ -946,11 +937,7 @@ impl Journal {
         };
         match self.checkpoint(to) {
             Ok(()) => {}
-            Err(JournalError::Pinned { pinned }) => {
-                return Ok(Err(format!(
-                    "an open snapshot or export holds seq {pinned}; close it"
-                )));
-            }
+            Err(JournalError::Pinned { pinned }) => return held(pinned),
             Err(e) => return Err(e),
         }
         let (new_oldest, latest) = self.window();
@@ -1084,21 +1071,15 @@ impl Journal {
         format::encode_record(&mut buf, &ch, &commit);
 
         // Inside the space limit, or prune to get there, or refuse.
-        self.make_room(&mut active, buf.len() as u64 + SEGMENT_HEADER_LEN as u64)?;
+        let target = self.make_room(&mut active, buf.len() as u64 + SEGMENT_HEADER_LEN as u64)?;
 
         // Roll to a new segment when the active one is full.
-        let target = self.inner.read().unwrap().segment_target;
         let need_new = match &*active {
             None => true,
             Some(a) => a.len > SEGMENT_HEADER_LEN as u64 && a.len + buf.len() as u64 > target,
         };
         if need_new {
-            let next = match self.roll(&mut active) {
-                Ok(n) => n,
-                Err(e @ JournalError::RetentionFull(_)) => return Err(e),
-                Err(e) => return Err(self.fail(e)),
-            };
-            *active = Some(next);
+            self.roll(&mut active)?;
         }
         let a = active.as_mut().unwrap();
         let base_pos = a.len;
@@ -1114,8 +1095,7 @@ impl Journal {
                     "retention disk full: {} ({e}); the chunk is taken once space returns",
                     self.dir.display()
                 );
-                self.inner.write().unwrap().full = Some(msg.clone());
-                return Err(JournalError::RetentionFull(msg));
+                return Err(full_locked(&mut self.inner.write().unwrap(), msg));
             }
             return Err(self.fail(io(format!("journal write (segment {})", a.segno))(e)));
         }
@@ -1201,9 +1181,21 @@ impl Journal {
     }
 
     /// Seal the active segment (write its index) and start the next one.
-    /// On failure the active segment stays as it was (its index, if
-    /// written, is superseded by the next seal or ignored by its length).
-    fn roll(&self, active: &mut Option<Active>) -> Result<Active, JournalError> {
+    /// No room for the new segment is `RetentionFull` and leaves the active
+    /// segment as it was (its index, if written, is superseded by the next
+    /// seal or ignored by its length); any other failure stops the journal.
+    fn roll(&self, active: &mut Option<Active>) -> Result<(), JournalError> {
+        match self.start_segment(active) {
+            Ok(next) => {
+                *active = Some(next);
+                Ok(())
+            }
+            Err(e @ JournalError::RetentionFull(_)) => Err(e),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn start_segment(&self, active: &Option<Active>) -> Result<Active, JournalError> {
         let state = self.inner.read().unwrap().state;
         let next_segno = match active.as_ref() {
             Some(a) => {
@@ -1638,12 +1630,7 @@ impl Journal {
     /// to retry once space returns. Anything else stops the journal.
     fn replica_error(&self, what: &str, e: std::io::Error) -> JournalError {
         if is_no_space(&e) {
-            let msg = format!(
-                "retention disk full: {what} failed ({e}) while pruning; every point stays readable; free space on the replica's disk and the journal resumes by itself"
-            );
-            tracing::error!(journal = %self.dir.display(), error = %msg, "journal read-only");
-            self.inner.write().unwrap().read_only = Some(msg.clone());
-            return JournalError::ReadOnly(msg);
+            return read_only_locked(&mut self.inner.write().unwrap(), &self.dir, what, &e);
         }
         self.fail(io(what)(e))
     }
@@ -1661,12 +1648,7 @@ impl Journal {
     pub fn seal_active(&self) -> Result<(), JournalError> {
         let mut active = self.active.lock().unwrap();
         if active.as_ref().is_some_and(|a| !a.entries.is_empty()) {
-            let next = match self.roll(&mut active) {
-                Ok(n) => n,
-                Err(e @ JournalError::RetentionFull(_)) => return Err(e),
-                Err(e) => return Err(self.fail(e)),
-            };
-            *active = Some(next);
+            self.roll(&mut active)?;
         }
         Ok(())
     }
@@ -1759,8 +1741,7 @@ impl Journal {
                     "retention disk full: cannot record a resync range in {} ({e}); the chunk is taken once space returns",
                     self.dir.display()
                 );
-                i.full = Some(msg.clone());
-                return Err(JournalError::RetentionFull(msg));
+                return Err(full_locked(&mut i, msg));
             }
             return Err(fail_locked(&mut i, &self.dir, io(UNREC_FILE)(e)));
         }
@@ -1841,6 +1822,25 @@ fn allocate_replica(f: &dyn BlockFile, size: u64) -> std::io::Result<()> {
         }
         r => r,
     }
+}
+
+/// Make the journal read-only for want of space (`what` could not be
+/// written): its points stay readable until [`Journal::try_resume`].
+fn read_only_locked(i: &mut Inner, dir: &Path, what: &str, e: &std::io::Error) -> JournalError {
+    let msg = format!(
+        "retention disk full: {what} ({e}); every point stays readable; free space on {} and the journal resumes by itself",
+        dir.display()
+    );
+    tracing::error!(journal = %dir.display(), error = %msg, "journal read-only");
+    i.read_only = Some(msg.clone());
+    JournalError::ReadOnly(msg)
+}
+
+/// Refuse a chunk for want of space (nothing of it applied): `msg` is shown
+/// as the pair's `stopped` reason until a chunk is taken again.
+fn full_locked(i: &mut Inner, msg: String) -> JournalError {
+    i.full = Some(msg.clone());
+    JournalError::RetentionFull(msg)
 }
 
 fn fail_locked(i: &mut Inner, dir: &Path, e: JournalError) -> JournalError {

@@ -236,7 +236,7 @@ impl SimInner {
         if let Some(cap) = self.capacity
             && (self.used_blocks + n) * SIM_BLOCK > cap
         {
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            return Err(enospc());
         }
         self.used_blocks += n;
         Ok(())

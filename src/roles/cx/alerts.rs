@@ -417,21 +417,21 @@ pub fn rules(
             ));
         }
         if let Some(m) = &v.mt
-            && let Some((at_us, from_us, to_us)) = m.last_reset
+            && let Some(r) = m.last_reset
             && p.retention
                 .window
-                .is_some_and(|w| now * 1000 < at_us + w.as_micros() as u64)
+                .is_some_and(|w| now * 1000 < r.at_us + w.as_micros() as u64)
         {
             out.push(mk(
                 "retention-reset",
                 Severity::Major,
                 format!(
                     "the retention disk filled (last at {}): the oldest points were dropped inside the {} window; history now starts at {} ({} of history lost, {} resets so far)",
-                    rfc3339_ms(at_us / 1000),
+                    rfc3339_ms(r.at_us / 1000),
                     humantime::format_duration(p.retention.window.unwrap_or_default()),
-                    rfc3339_ms(to_us / 1000),
+                    rfc3339_ms(r.to_ts_us / 1000),
                     humantime::format_duration(Duration::from_millis(
-                        to_us.saturating_sub(from_us) / 1000
+                        r.to_ts_us.saturating_sub(r.from_ts_us) / 1000
                     )),
                     m.retention_resets
                 ),

@@ -195,7 +195,7 @@ impl MtRole {
                 error: st.failed.clone(),
                 stopped: st.stopped.clone(),
                 space_limit_bytes: j.effective_limit(),
-                last_reset: st.last_reset.map(|r| (r.at_us, r.from_ts_us, r.to_ts_us)),
+                last_reset: st.last_reset,
             });
         }
         for (name, e) in self.errors.lock().unwrap().iter() {
