@@ -21,33 +21,18 @@ fn replica() -> &'static Path {
     Path::new("/j/replica.img")
 }
 
+fn opts() -> JournalOptions {
+    JournalOptions {
+        segment_bytes: 1 << 20,
+    }
+}
+
 fn create(s: &SimStorage) -> Arc<Journal> {
-    Arc::new(
-        Journal::create(
-            Arc::new(s.clone()),
-            dir(),
-            replica(),
-            VOL,
-            JournalOptions {
-                segment_bytes: 1 << 20,
-            },
-        )
-        .unwrap(),
-    )
+    Arc::new(Journal::create(Arc::new(s.clone()), dir(), replica(), VOL, opts()).unwrap())
 }
 
 fn reopen(s: &SimStorage) -> Arc<Journal> {
-    Arc::new(
-        Journal::open(
-            Arc::new(s.clone()),
-            dir(),
-            replica(),
-            JournalOptions {
-                segment_bytes: 1 << 20,
-            },
-        )
-        .unwrap(),
-    )
+    Arc::new(Journal::open(Arc::new(s.clone()), dir(), replica(), opts()).unwrap())
 }
 
 fn limit(on_full: OnFull) -> SpaceLimit {
@@ -58,6 +43,14 @@ fn limit(on_full: OnFull) -> SpaceLimit {
         tiers: vec![],
     }
     .space_limit(Some(KEEP))
+}
+
+/// The journal holds the first `chunks` chunks, all of them, and its latest
+/// point equals the source after them.
+fn assert_latest(j: &Arc<Journal>, w: &Workload, chunks: u64) {
+    let latest = chunks * w.records_per_chunk;
+    assert_eq!(j.window().1.seq, latest, "every accepted record is there");
+    assert_eq!(hash_at(j, &PointSpec::Latest), model_at(w, chunks, latest));
 }
 
 fn hash_at(j: &Arc<Journal>, at: &PointSpec) -> blake3::Hash {
@@ -125,11 +118,7 @@ fn prune_keeps_the_margin_free_drops_oldest_first_and_survives_a_full_disk() {
     let r = st.last_reset.expect("the last reset is reported");
     assert!(r.to_ts_us > r.from_ts_us);
     assert!(st.stopped.is_none(), "prune never stops: {:?}", st.stopped);
-    let latest = j.window().1.seq;
-    assert_eq!(
-        hash_at(&j, &PointSpec::Latest),
-        model_at(&w, chunks, latest)
-    );
+    assert_latest(&j, &w, chunks);
     let bms = j.bookmarks();
     let newest_bm = bms.last().expect("bookmarks in the window").clone();
     let want_bm = model_at(&w, chunks, newest_bm.seq);
@@ -138,12 +127,9 @@ fn prune_keeps_the_margin_free_drops_oldest_first_and_survives_a_full_disk() {
     // Someone else fills the disk to the last block: checkpointing (the
     // whole of pruning) needs no new space, and nothing is lost.
     fill(&s);
-    let mid = (j.window().0.seq + latest) / 2;
+    let mid = (j.window().0.seq + j.window().1.seq) / 2;
     j.checkpoint(mid).expect("a checkpoint on a full disk");
-    assert_eq!(
-        hash_at(&j, &PointSpec::Latest),
-        model_at(&w, chunks, latest)
-    );
+    assert_latest(&j, &w, chunks);
     assert_eq!(hash_at(&j, &PointSpec::Seq(newest_bm.seq)), want_bm);
 
     // Restart on the full disk: every point is still there, exact.
@@ -153,21 +139,14 @@ fn prune_keeps_the_margin_free_drops_oldest_first_and_survives_a_full_disk() {
     j.set_space_limit(limit(OnFull::Prune));
     assert_eq!(j.bookmarks(), before);
     assert_eq!(hash_at(&j, &PointSpec::Seq(newest_bm.seq)), want_bm);
-    assert_eq!(
-        hash_at(&j, &PointSpec::Latest),
-        model_at(&w, chunks, latest)
-    );
+    assert_latest(&j, &w, chunks);
 
     // New chunks make their own room by pruning the oldest segments.
     for i in chunks..chunks + 20 {
         j.apply(&w.chunk(i))
             .unwrap_or_else(|e| panic!("chunk {i}: {e}"));
     }
-    let latest = j.window().1.seq;
-    assert_eq!(
-        hash_at(&j, &PointSpec::Latest),
-        model_at(&w, chunks + 20, latest)
-    );
+    assert_latest(&j, &w, chunks + 20);
 }
 
 #[test]
@@ -201,11 +180,7 @@ fn stop_refuses_at_the_limit_changes_nothing_and_resumes_when_space_returns() {
             .as_deref()
             .is_some_and(|m| m.contains("retention disk full"))
     );
-    let latest = j.window().1.seq;
-    assert_eq!(
-        hash_at(&j, &PointSpec::Latest),
-        model_at(&w, accepted, latest)
-    );
+    assert_latest(&j, &w, accepted);
     // Refused again, nothing changed; a restart keeps every point.
     assert!(j.apply(&w.chunk(i)).is_err());
     let before = j.bookmarks();
@@ -213,16 +188,12 @@ fn stop_refuses_at_the_limit_changes_nothing_and_resumes_when_space_returns() {
     let j = reopen(&s);
     j.set_space_limit(limit(OnFull::Stop));
     assert_eq!(j.bookmarks(), before);
-    assert_eq!(
-        hash_at(&j, &PointSpec::Latest),
-        model_at(&w, accepted, latest)
-    );
+    assert_latest(&j, &w, accepted);
     // Space returns (the disk grows, or someone frees it): it resumes where it stopped.
     s.set_capacity(Some(64 << 20));
     j.apply(&w.chunk(i)).unwrap();
     assert!(j.stats().stopped.is_none());
-    let latest = j.window().1.seq;
-    assert_eq!(hash_at(&j, &PointSpec::Latest), model_at(&w, i + 1, latest));
+    assert_latest(&j, &w, i + 1);
 }
 
 #[test]
@@ -235,7 +206,6 @@ fn a_journal_whose_recovery_needs_space_opens_read_only_and_resumes() {
     for i in 0..chunks {
         j.apply(&w.chunk(i)).unwrap();
     }
-    let latest = j.window().1.seq;
     let before = j.bookmarks();
     drop(j);
     // A replica made sparse (as journals before this version left it; still
@@ -253,10 +223,7 @@ fn a_journal_whose_recovery_needs_space_opens_read_only_and_resumes() {
         "{why}"
     );
     assert_eq!(j.bookmarks(), before, "every point still listed");
-    assert_eq!(
-        hash_at(&j, &PointSpec::Latest),
-        model_at(&w, chunks, latest)
-    );
+    assert_latest(&j, &w, chunks);
     let bm = before.last().unwrap();
     assert_eq!(
         hash_at(&j, &PointSpec::Seq(bm.seq)),
@@ -271,11 +238,7 @@ fn a_journal_whose_recovery_needs_space_opens_read_only_and_resumes() {
     assert!(j.try_resume().unwrap());
     assert!(j.stats().stopped.is_none());
     j.apply(&w.chunk(chunks)).unwrap();
-    let latest = j.window().1.seq;
-    assert_eq!(
-        hash_at(&j, &PointSpec::Latest),
-        model_at(&w, chunks + 1, latest)
-    );
+    assert_latest(&j, &w, chunks + 1);
 }
 
 /// A journal written before `journal.state` had two slots (version 1: one
@@ -322,8 +285,5 @@ fn a_version_1_state_upgrades_in_place_and_later_checkpoints_survive_a_restart()
         hash_at(&j, &PointSpec::Oldest),
         model_at(&w, chunks, mid + 10)
     );
-    assert_eq!(
-        hash_at(&j, &PointSpec::Latest),
-        model_at(&w, chunks, latest)
-    );
+    assert_latest(&j, &w, chunks);
 }

@@ -53,22 +53,6 @@ fn write_batch(c: &Cluster, rng: &mut StdRng, n: usize) {
     }
 }
 
-/// BLAKE3 of the volume as the export serves it now.
-fn export_hash(c: &Cluster) -> String {
-    let out = c.dir.join("export-now.img");
-    let o = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "raw", &c.url()])
-        .arg(&out)
-        .output()
-        .expect("qemu-img");
-    assert!(o.status.success(), "qemu-img convert: {}", stderr(&o));
-    let h = blake3::hash(&std::fs::read(&out).unwrap())
-        .to_hex()
-        .to_string();
-    let _ = std::fs::remove_file(&out);
-    h
-}
-
 /// With no write running since `since` (Unix ms): a pair that claims to
 /// be caught up (differential sync, nothing in transit, the MT at the
 /// agent's last record, fresh reports) must hold exactly what the export
@@ -80,7 +64,7 @@ fn check_claim(c: &Cluster, since: u64) -> bool {
     if !is_caught_up(&v, since) {
         return false;
     }
-    let want = export_hash(c);
+    let want = c.export_hash();
     let got = c.tern(&["pair", "hash", "p", "--at", "latest"]);
     assert_eq!(
         got["blake3"].as_str(),
@@ -167,7 +151,7 @@ fn fifty_restarts_in_any_order_lose_no_acknowledged_write() {
         // Now and then a bookmark at a point whose content is known: no
         // write runs between the checksum and the bookmark.
         if round % 6 == 0 {
-            let want = export_hash(&c);
+            let want = c.export_hash();
             let name = format!("b{round}");
             let o = tern(
                 &c.dir,
@@ -205,7 +189,7 @@ fn fifty_restarts_in_any_order_lose_no_acknowledged_write() {
         }
     }
     write_batch(&c, &mut rng, 8);
-    let want = export_hash(&c);
+    let want = c.export_hash();
     c.wait_caught_up(240);
     c.assert_identical();
     let latest = c.tern(&["pair", "hash", "p", "--at", "latest"]);
@@ -264,7 +248,7 @@ fn writes_made_before_the_agent_hears_of_its_pair_are_replicated() {
         std::thread::sleep(Duration::from_millis(100));
     }
     qemu_io(&c.url(), &cmds);
-    let want = export_hash(&c);
+    let want = c.export_hash();
     c.cx_up();
     // From the first report on, the pair may not claim to be in sync.
     let v = wait_for(60, "the agent's report of the pair", || {

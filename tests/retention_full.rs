@@ -109,35 +109,7 @@ fn write_batch(c: &Cluster, rng: &mut StdRng, n: usize) {
             format!("write -s {} {off} {len}", data.display())
         })
         .collect();
-    let mut q = Command::new("qemu-io");
-    q.args(["-f", "raw", &c.url()]);
-    for x in &cmds {
-        q.args(["-c", x]);
-    }
-    let o = q.output().expect("qemu-io (apt install qemu-utils)");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success() && !out.contains("failed"),
-        "writes through the export: {out}{}\n{}",
-        stderr(&o),
-        c.logs()
-    );
-}
-
-/// BLAKE3 of the volume as the export serves it now.
-fn export_hash(c: &Cluster) -> String {
-    let out = c.dir.join("export-now.img");
-    let o = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "raw", &c.url()])
-        .arg(&out)
-        .output()
-        .expect("qemu-img");
-    assert!(o.status.success(), "qemu-img convert: {}", stderr(&o));
-    let h = blake3::hash(&std::fs::read(&out).unwrap())
-        .to_hex()
-        .to_string();
-    let _ = std::fs::remove_file(&out);
-    h
+    qemu_io(&c.url(), &cmds);
 }
 
 /// Wait until the pair has sent what was written, checksum the export and
@@ -151,7 +123,7 @@ fn bookmark(c: &Cluster, name: &str, secs: u64) -> Option<(String, String)> {
             return None;
         }
         if is_caught_up(&v, since) {
-            let want = export_hash(c);
+            let want = c.export_hash();
             c.tern(&["bookmark", "p", "--name", name]);
             return Some((name.to_owned(), want));
         }
@@ -161,35 +133,13 @@ fn bookmark(c: &Cluster, name: &str, secs: u64) -> Option<(String, String)> {
 }
 
 fn hash_at(c: &Cluster, at: &str) -> Option<String> {
-    let mut a = vec!["--data", c.cx_data.to_str().unwrap(), "--json"];
-    a.extend_from_slice(&["pair", "hash", "p", "--at", at]);
-    let o = tern(&c.dir, &a);
-    if !o.status.success() {
-        eprintln!("pair hash --at {at}: {}", stderr(&o));
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    let v = c.try_tern(&["pair", "hash", "p", "--at", at])?;
     v["blake3"].as_str().map(str::to_owned)
 }
 
 /// Bookmark names the MT lists (None while it cannot answer yet).
 fn points(c: &Cluster) -> Option<Vec<String>> {
-    let o = tern(
-        &c.dir,
-        &[
-            "--data",
-            c.cx_data.to_str().unwrap(),
-            "--json",
-            "pair",
-            "points",
-            "p",
-        ],
-    );
-    if !o.status.success() {
-        eprintln!("pair points: {}", stderr(&o));
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    let v = c.try_tern(&["pair", "points", "p"])?;
     Some(
         v["bookmarks"]
             .as_array()?
@@ -356,7 +306,7 @@ fn fill_restart_and_resume(on_full: &str, seed: u64) {
     });
     assert_eq!(v["state"], "differential-sync");
     assert!(v["stopped"].is_null(), "{v}");
-    let want_now = export_hash(&c);
+    let want_now = c.export_hash();
     assert_eq!(
         hash_at(&c, "latest"),
         Some(want_now),

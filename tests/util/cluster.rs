@@ -221,21 +221,44 @@ impl Cluster {
         serde_json::from_slice(&o.stdout).unwrap_or_default()
     }
 
+    /// A `tern --json` client command against the CX; None (and its error
+    /// printed) if it fails, e.g. while a node is restarting.
+    pub fn try_tern(&self, args: &[&str]) -> Option<serde_json::Value> {
+        self.tern_json(args, true)
+    }
+
+    /// `pair show`, quietly: it is polled while nodes are down.
     pub fn try_pair(&self, name: &str) -> Option<serde_json::Value> {
-        let o = tern(
-            &self.dir,
-            &[
-                "--data",
-                self.cx_data.to_str().unwrap(),
-                "--json",
-                "pair",
-                "show",
-                name,
-            ],
-        );
-        o.status
-            .success()
-            .then(|| serde_json::from_slice(&o.stdout).unwrap())
+        self.tern_json(&["pair", "show", name], false)
+    }
+
+    fn tern_json(&self, args: &[&str], say_why: bool) -> Option<serde_json::Value> {
+        let mut a = vec!["--data", self.cx_data.to_str().unwrap(), "--json"];
+        a.extend_from_slice(args);
+        let o = tern(&self.dir, &a);
+        if !o.status.success() {
+            if say_why {
+                eprintln!("tern {args:?}: {}", stderr(&o));
+            }
+            return None;
+        }
+        Some(serde_json::from_slice(&o.stdout).unwrap())
+    }
+
+    /// BLAKE3 of the volume as its NBD export serves it now.
+    pub fn export_hash(&self) -> String {
+        let out = self.dir.join("export-now.img");
+        let o = std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw", &self.url()])
+            .arg(&out)
+            .output()
+            .expect("qemu-img");
+        assert!(o.status.success(), "qemu-img convert: {}", stderr(&o));
+        let h = blake3::hash(&std::fs::read(&out).unwrap())
+            .to_hex()
+            .to_string();
+        let _ = std::fs::remove_file(&out);
+        h
     }
 
     pub fn url(&self) -> String {
