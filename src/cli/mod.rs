@@ -169,16 +169,7 @@ pub enum HostCmd {
 }
 
 /// `a: b: c` — the whole cause chain on one line, as `tern: …` prints it.
-pub fn error_chain(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for c in e.chain() {
-        let s = c.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-    }
-    parts.join(": ")
-}
+pub use crate::util::error_chain;
 
 pub fn reqwest_chain(e: &reqwest::Error) -> String {
     let mut s = e.to_string();

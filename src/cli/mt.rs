@@ -163,12 +163,16 @@ pub fn run(cmd: MtCmd, g: &Global) -> anyhow::Result<()> {
             Ok(())
         }
         MtCmd::Pairs => {
-            let pairs = ReplicaPair::list(&data)?;
+            let listed = ReplicaPair::list(&data)?;
             if g.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::to_value(&pairs)?)?
-                );
+                let v: Vec<serde_json::Value> = listed
+                    .iter()
+                    .map(|(name, c)| match c {
+                        Ok(c) => serde_json::to_value(c).unwrap_or_default(),
+                        Err(e) => serde_json::json!({"pair": name, "error": e}),
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
             let mut rows = vec![vec![
@@ -177,13 +181,16 @@ pub fn run(cmd: MtCmd, g: &Global) -> anyhow::Result<()> {
                 "REPLICA".into(),
                 "RETENTION".into(),
             ]];
-            for p in pairs {
-                rows.push(vec![
-                    p.pair,
-                    p.volume_size.to_string(),
-                    p.replica.display().to_string(),
-                    serde_json::to_string(&p.policy)?,
-                ]);
+            for (name, c) in listed {
+                rows.push(match c {
+                    Ok(p) => vec![
+                        p.pair,
+                        p.volume_size.to_string(),
+                        p.replica.display().to_string(),
+                        serde_json::to_string(&p.policy)?,
+                    ],
+                    Err(e) => vec![name, "-".into(), "-".into(), format!("error: {e}")],
+                });
             }
             super::print_table(&rows);
             Ok(())

@@ -301,6 +301,14 @@ pub fn decode_header(b: &[u8]) -> Result<ChunkHeader, ChunkError> {
     if h.raw_len as usize > MAX_RAW || h.payload_len as usize > MAX_RAW {
         return Err(bad(format!("payload of {} bytes is too large", h.raw_len)));
     }
+    // Every record takes at least its header: the count is bounded by the
+    // bytes that carry it before anything is sized by it.
+    if h.count as u64 * REC_HEADER_LEN as u64 > h.raw_len as u64 {
+        return Err(bad(format!(
+            "{} records cannot fit in {} bytes",
+            h.count, h.raw_len
+        )));
+    }
     if h.last_ts_us < h.first_ts_us {
         return Err(bad("times go backwards"));
     }
@@ -674,5 +682,22 @@ mod tests {
             assert!(decode(&longer, &pair).is_err());
             assert_eq!(decode(&b, &[3u8; 16]).unwrap_err(), ChunkError::WrongPair);
         }
+    }
+
+    #[test]
+    fn a_count_the_payload_cannot_carry_is_refused_with_valid_checksums() {
+        // A peer that signs its lies: 4 G records in 14 bytes. The count
+        // must be refused from the header alone, before anything is sized by it.
+        let pair = [4u8; 16];
+        let mut b = encode(pair, &sample()[..1], Codec::None);
+        let count = u32::MAX;
+        b[56..60].copy_from_slice(&count.to_le_bytes());
+        let last = u64_at(&b, 24) + count as u64 - 1;
+        b[32..40].copy_from_slice(&last.to_le_bytes());
+        let crc = crc::crc32c(&b[..108]);
+        b[108..112].copy_from_slice(&crc.to_le_bytes());
+        let e = decode_header(&b).unwrap_err().to_string();
+        assert!(e.contains("cannot fit"), "{e}");
+        assert!(decode(&b, &pair).is_err());
     }
 }

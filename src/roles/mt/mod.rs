@@ -59,12 +59,27 @@ fn lock(dir: &Path, pair: &str) -> anyhow::Result<std::fs::File> {
     // SAFETY: flock on a valid open descriptor.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r != 0 {
-        bail!(
-            "pair {pair} is in use by another process (the running MT?); stop it or go through the CX"
-        );
+        return Err(PairBusy(pair.to_owned()).into());
     }
     Ok(f)
 }
+
+/// The pair's lock is held by another process (the running MT, an open
+/// vsnap or image export).
+#[derive(Debug)]
+pub struct PairBusy(pub String);
+
+impl std::fmt::Display for PairBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "pair {} is in use by another process (the running MT?); stop it or go through the CX",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PairBusy {}
 
 impl ReplicaPair {
     pub fn create(
@@ -150,22 +165,31 @@ impl ReplicaPair {
         })
     }
 
-    pub fn list(data_dir: &Path) -> anyhow::Result<Vec<PairConfig>> {
+    /// Every pair directory under `data_dir`, by name, each with its
+    /// configuration or why it cannot be read: one bad `pair.json` is that
+    /// pair's error, never a failure to list the others.
+    pub fn list(data_dir: &Path) -> std::io::Result<Vec<(String, Result<PairConfig, String>)>> {
         let d = pairs_dir(data_dir);
         let mut v = Vec::new();
         if !d.exists() {
             return Ok(v);
         }
         for e in std::fs::read_dir(&d)? {
-            let p = e?.path().join("pair.json");
-            if p.exists() {
-                v.push(
-                    serde_json::from_slice(&std::fs::read(&p)?)
-                        .with_context(|| p.display().to_string())?,
-                );
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let p = e.path().join("pair.json");
+            if !p.exists() {
+                continue;
             }
+            let cfg = std::fs::read(&p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))
+                .and_then(|b| {
+                    serde_json::from_slice::<PairConfig>(&b)
+                        .map_err(|e| format!("{} is not a pair configuration: {e}", p.display()))
+                });
+            v.push((name, cfg));
         }
-        v.sort_by(|a: &PairConfig, b| a.pair.cmp(&b.pair));
+        v.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(v)
     }
 }
@@ -177,6 +201,7 @@ impl ReplicaPair {
 pub async fn pruner(
     data_dir: PathBuf,
     open: OpenPairs,
+    errors: PruneErrors,
     interval: std::time::Duration,
     keep_free: Option<u64>,
     mut shutdown: crate::engine::shutdown::Shutdown,
@@ -189,11 +214,11 @@ pub async fn pruner(
             _ = shutdown.wait() => break,
         }
         let d = data_dir.clone();
-        let o = open.clone();
+        let (o, errs) = (open.clone(), errors.clone());
         // Disk work off the reactor; one pass at a time.
-        let r = tokio::task::spawn_blocking(move || prune_pass(&d, &o, keep_free)).await;
+        let r = tokio::task::spawn_blocking(move || prune_pass(&d, &o, &errs, keep_free)).await;
         if let Ok(Err(e)) = r {
-            tracing::warn!(error = %crate::cli::error_chain(&e), "retention pruning pass failed");
+            tracing::warn!(error = %crate::util::error_chain(&e), "retention pruning pass failed");
         }
     }
     tracing::info!("retention pruner stopped");
@@ -202,41 +227,76 @@ pub async fn pruner(
 /// Pairs this process holds open (the replication service's), by name.
 pub type OpenPairs = Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<ReplicaPair>>>>;
 
+/// Why the pruner could not enforce a pair's policy on its last pass, by
+/// pair name; cleared when a pass succeeds. The MT reports it as the pair's
+/// error, so it becomes that pair's alert and no other's.
+pub type PruneErrors = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+
 /// One pass over every pair; returns how many pairs were pruned. Pairs in
 /// `open` are pruned through their open handle, others are opened (and
 /// skipped if another process holds them). A journal that opened read-only
-/// on a full disk is offered the chance to resume first.
+/// on a full disk is offered the chance to resume first. A pair that fails
+/// (unreadable configuration, failed pruning) is recorded in `errors` and
+/// the pass goes on to the next.
 pub fn prune_pass(
     data_dir: &Path,
     open: &OpenPairs,
+    errors: &PruneErrors,
     keep_free: Option<u64>,
 ) -> anyhow::Result<usize> {
     let mut n = 0;
-    for cfg in ReplicaPair::list(data_dir)? {
-        let held = open.lock().unwrap().get(&cfg.pair).cloned();
+    let listed = ReplicaPair::list(data_dir)
+        .with_context(|| format!("cannot list {}", pairs_dir(data_dir).display()))?;
+    let names: std::collections::HashSet<&String> = listed.iter().map(|(n, _)| n).collect();
+    errors.lock().unwrap().retain(|k, _| names.contains(k));
+    for (name, cfg) in &listed {
+        let set_error = |e: Option<String>| {
+            let mut errs = errors.lock().unwrap();
+            match e {
+                Some(e) => {
+                    if errs.get(name) != Some(&e) {
+                        tracing::warn!(pair = %name, error = %e, "retention pruning cannot run for this pair");
+                    }
+                    errs.insert(name.clone(), e);
+                }
+                None => {
+                    errs.remove(name);
+                }
+            }
+        };
+        let held = open.lock().unwrap().get(name).cloned();
         let p = match held {
             Some(p) => p,
-            None => match ReplicaPair::open(data_dir, &cfg.pair) {
-                Ok(p) => {
-                    p.journal
-                        .set_space_limit(p.config.policy.space_limit(keep_free));
-                    Arc::new(p)
-                }
-                Err(e) => {
-                    tracing::debug!(pair = %cfg.pair, error = %e, "pair busy; pruning it next pass");
+            None => {
+                if let Err(e) = cfg {
+                    set_error(Some(e.clone()));
                     continue;
                 }
-            },
+                match ReplicaPair::open(data_dir, name) {
+                    Ok(p) => {
+                        p.journal
+                            .set_space_limit(p.config.policy.space_limit(keep_free));
+                        Arc::new(p)
+                    }
+                    Err(e) if e.is::<PairBusy>() => {
+                        tracing::debug!(pair = %name, error = %e, "pair busy; pruning it next pass");
+                        continue;
+                    }
+                    Err(e) => {
+                        set_error(Some(format!("cannot open for pruning: {}", crate::util::error_chain(&e))));
+                        continue;
+                    }
+                }
+            }
         };
-        // One pair's trouble must not keep the others from their policy.
         match p.journal.try_resume() {
             Ok(true) => {}
             Ok(false) => {
-                tracing::debug!(pair = %cfg.pair, "journal still read-only (retention disk full)");
+                tracing::debug!(pair = %name, "journal still read-only (retention disk full)");
                 continue;
             }
             Err(e) => {
-                tracing::warn!(pair = %cfg.pair, error = %e, "cannot resume the journal");
+                set_error(Some(format!("cannot resume the journal: {e}")));
                 continue;
             }
         }
@@ -249,17 +309,18 @@ pub fn prune_pass(
         ) {
             Ok(h) => h,
             Err(e) => {
-                tracing::warn!(pair = %cfg.pair, error = %e, "retention pruning failed for this pair");
+                set_error(Some(format!("retention pruning failed: {e}")));
                 continue;
             }
         };
+        set_error(None);
         let after = p.journal.window().0;
         if after != before {
-            tracing::info!(pair = %cfg.pair, oldest_seq = after.seq, "retention pruned");
+            tracing::info!(pair = %name, oldest_seq = after.seq, "retention pruned");
             n += 1;
         }
         if let Some(pin) = held {
-            tracing::info!(pair = %cfg.pair, pinned = pin, "retention pruning held by an open snapshot");
+            tracing::info!(pair = %name, pinned = pin, "retention pruning held by an open snapshot");
         }
     }
     Ok(n)
@@ -327,4 +388,49 @@ fn read_image(
         off += n as u64;
     }
     Ok(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::journal::testkit::Workload;
+
+    /// A pair with two sealed segments of 2023 history: any window prunes it.
+    fn pair_with_history(data: &Path, name: &str, policy: &RetentionPolicy) {
+        let p = ReplicaPair::create(data, name, 64 << 20, None, policy.clone()).unwrap();
+        let w = Workload::new(7, 64 << 20);
+        let mut i = 0;
+        while p.journal.stats().segments.len() < 3 {
+            p.journal.apply(&w.chunk(i)).unwrap();
+            i += 1;
+        }
+    }
+
+    #[test]
+    fn one_broken_pair_does_not_stop_pruning_the_others() {
+        let d = tempfile::tempdir().unwrap();
+        let policy = RetentionPolicy {
+            window: Some(std::time::Duration::from_secs(86400)),
+            ..Default::default()
+        };
+        for name in ["a", "b", "c"] {
+            pair_with_history(d.path(), name, &policy);
+        }
+        let b = pairs_dir(d.path()).join("b/pair.json");
+        let good = std::fs::read(&b).unwrap();
+        std::fs::write(&b, b"{ not json").unwrap();
+        let (open, errors) = (OpenPairs::default(), PruneErrors::default());
+        // "b" sorts between the two healthy pairs: both are still pruned.
+        assert_eq!(prune_pass(d.path(), &open, &errors, None).unwrap(), 2);
+        let errs = errors.lock().unwrap().clone();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs["b"].contains("not a pair configuration"), "{errs:?}");
+        let listed = ReplicaPair::list(d.path()).unwrap();
+        assert_eq!(listed.len(), 3);
+        assert!(listed[1].1.is_err() && listed[0].1.is_ok() && listed[2].1.is_ok());
+        // Repaired, it is pruned on the next pass and its error is gone.
+        std::fs::write(&b, good).unwrap();
+        assert_eq!(prune_pass(d.path(), &open, &errors, None).unwrap(), 1);
+        assert!(errors.lock().unwrap().is_empty());
+    }
 }

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use super::{OpenPairs, ReplicaPair};
+use super::{OpenPairs, PruneErrors, ReplicaPair};
 use crate::config::Config;
 use crate::engine::chunk;
 use crate::engine::control::{MtPairStatus, NodeReport, PairSpec, SyncResponse};
@@ -46,6 +46,8 @@ pub struct MtRole {
     cfg: Config,
     host_id: String,
     pub open: OpenPairs,
+    /// The pruner's per-pair failures, reported as those pairs' errors.
+    pub prune_errors: PruneErrors,
     pairs: Mutex<HashMap<String, Arc<MtPair>>>,
     errors: Mutex<HashMap<String, String>>,
     cx_host: Mutex<Option<String>>,
@@ -57,6 +59,7 @@ impl MtRole {
             cfg,
             host_id,
             open: Default::default(),
+            prune_errors: Default::default(),
             pairs: Mutex::default(),
             errors: Mutex::default(),
             cx_host: Mutex::new(None),
@@ -192,7 +195,13 @@ impl MtRole {
                 bytes_applied: p.applied_bytes.load(Ordering::Relaxed),
                 bookmarks: st.bookmarks,
                 retention_resets: st.resets,
-                error: st.failed.clone(),
+                error: st.failed.clone().or_else(|| {
+                    self.prune_errors
+                        .lock()
+                        .unwrap()
+                        .get(&p.spec.name)
+                        .map(|e| format!("retention: {e}"))
+                }),
                 stopped: st.stopped.clone(),
                 space_limit_bytes: j.effective_limit(),
                 last_reset: st.last_reset,

@@ -8,7 +8,9 @@
 //!
 //! Invariants: a caller waits only for its own bytes; among waiters, a
 //! higher priority is served first, equal priorities in arrival order; with
-//! rate 0 nobody waits.
+//! rate 0 nobody waits. A waiter's place in the queue lives exactly as long
+//! as its `acquire` future: one dropped while it waits (its pair deleted or
+//! stopped) leaves the queue at once, so it never blocks those behind it.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -97,6 +99,7 @@ impl Limiter {
             s.queue.insert(k, ());
             k
         };
+        let _place = Place { lim: self, key };
         loop {
             let rate = self.rate();
             let wait = {
@@ -109,7 +112,6 @@ impl Limiter {
                 let first = s.queue.keys().next() == Some(&key);
                 if rate == 0 || (first && s.tokens >= 0.0) {
                     s.tokens -= bytes as f64;
-                    s.queue.remove(&key);
                     None
                 } else if first {
                     Some(Duration::from_secs_f64(-s.tokens / rate as f64))
@@ -118,10 +120,8 @@ impl Limiter {
                 }
             };
             match wait {
-                None => {
-                    self.wake.notify_waiters();
-                    return;
-                }
+                // `_place` leaves the queue and wakes the next.
+                None => return,
                 Some(d) => {
                     tokio::select! {
                         _ = tokio::time::sleep(d.min(Duration::from_millis(200))) => {}
@@ -130,6 +130,20 @@ impl Limiter {
                 }
             }
         }
+    }
+}
+
+/// A waiter's key in the queue: removed when `acquire` returns or is
+/// dropped mid-wait, and the next waiter woken.
+struct Place<'a> {
+    lim: &'a Limiter,
+    key: (i16, u64),
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.lim.st.lock().unwrap().queue.remove(&self.key);
+        self.lim.wake.notify_waiters();
     }
 }
 
@@ -177,5 +191,29 @@ mod tests {
         assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
         let o = order.lock().unwrap().clone();
         assert_eq!(o, [9, 5, 1], "served by priority, not arrival: {o:?}");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_dropped_at_the_head_does_not_block_the_rest() {
+        let l = std::sync::Arc::new(Limiter::new(vec![Entry {
+            window: None,
+            rate: 10_000_000,
+        }]));
+        l.acquire(10_000_000, 0).await; // a one-second debt
+        // The highest priority waits first, then is dropped (its pair gone).
+        let head = {
+            let l = l.clone();
+            tokio::spawn(async move { l.acquire(1_000, 9).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(l.st.lock().unwrap().queue.len(), 1);
+        head.abort();
+        assert!(head.await.unwrap_err().is_cancelled());
+        assert!(l.st.lock().unwrap().queue.is_empty(), "its place is gone");
+        // A lower priority is served once the debt is paid, not never.
+        tokio::time::timeout(Duration::from_secs(5), l.acquire(1_000, 1))
+            .await
+            .expect("served after the dropped waiter");
+        assert!(l.st.lock().unwrap().queue.is_empty());
     }
 }

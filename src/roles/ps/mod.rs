@@ -307,8 +307,9 @@ impl PsRole {
             })
     }
 
-    /// PUT the chunk to the MT. Ok(true): applied; Ok(false): the MT is
-    /// behind or ahead (`Err` carries its next seq in `gap`).
+    /// PUT the chunk to the MT once the MT's bandwidth budget allows.
+    /// `Ok`: applied; `Err(Gap)`: the MT is behind or ahead (the error
+    /// carries its next seq); the other errors say why it was not.
     async fn to_mt(&self, p: &PsPair, first: u64, bytes: Bytes) -> Result<(), MtError> {
         let url = p.mt_url(&format!("chunk/{first}")).map_err(MtError::Down)?;
         let n = bytes.len() as u64;
