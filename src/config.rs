@@ -123,6 +123,10 @@ pub struct MtConfig {
     /// space budget, unless a pair's `max_bytes` is lower. Unset: 2% of the
     /// filesystem, at least 32 MiB and at most 4 GiB.
     pub keep_free: Option<Size>,
+    /// Chunk bodies held in memory at once, across all pairs, with the
+    /// decompressed payloads of compressed ones. A chunk that finds no room
+    /// within 5 s is answered 503; its PS keeps it and sends it again.
+    pub chunk_memory: Size,
 }
 
 impl Default for MtConfig {
@@ -130,6 +134,7 @@ impl Default for MtConfig {
         MtConfig {
             prune_interval: Dur(Duration::from_secs(60)),
             keep_free: None,
+            chunk_memory: Size(256 << 20),
         }
     }
 }
@@ -150,6 +155,11 @@ pub struct PsConfig {
     /// At most this many of the PS's pairs resync (step I/II) at once;
     /// the others wait in "resync-queued" (seed: batch resync, 3). 0 = no limit.
     pub resync_batch: u32,
+    /// Chunk bodies held in memory at once, across all pairs (twice a
+    /// chunk's size for `compression = ps` pairs). A chunk that finds no
+    /// room within a second is answered "throttled"; its agent keeps it and
+    /// sends it again. At least one chunk (`agent.chunk_max`) always fits.
+    pub chunk_memory: Size,
 }
 
 impl Default for PsConfig {
@@ -159,6 +169,7 @@ impl Default for PsConfig {
             differential_threshold: Size(8 << 30),
             bandwidth: Vec::new(),
             resync_batch: 3,
+            chunk_memory: Size(128 << 20),
         }
     }
 }

@@ -178,6 +178,16 @@ fn tflags(e: &dyn Export) -> u16 {
 
 async fn handle(sock: TcpStream, exports: Exports) -> io::Result<()> {
     let (r, w) = sock.into_split();
+    session(r, w, exports).await
+}
+
+/// One client's session, from the server's greeting to its disconnect, on
+/// any byte stream (a socket; the fuzz target's buffers).
+pub async fn session<R, W>(r: R, w: W, exports: Exports) -> io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let mut r = BufReader::new(r);
     let mut w = BufWriter::new(w);
     w.write_u64(NBDMAGIC).await?;

@@ -280,28 +280,51 @@ pub struct BodyError(pub String);
 
 impl warp::reject::Reject for BodyError {}
 
-/// A chunk PUT's body (a `Content-Length` is required, at most a chunk's
-/// largest size), read into one buffer from
-/// [`bufpool`](crate::engine::bufpool) that returns there when the last
-/// [`bytes::Bytes`] of it is dropped (`warp::body::bytes` gathers a body
-/// into fresh memory every time), with the CRC-32C of its payload (past
-/// the chunk header) summed as each piece arrives, while it is still in
-/// the CPU's cache: a second pass over a chunk read it back from memory
-/// for 0.06 CPU-seconds per GB.
-pub fn chunk_body() -> impl Filter<Extract = (bytes::Bytes, u32), Error = warp::Rejection> + Clone {
+/// A chunk PUT's body, not yet read: its `Content-Length` (required, at
+/// most a chunk's largest size) and the stream. The handler decides whether
+/// the request may be read at all (who sent it, [`Admission`]) before any
+/// memory is taken for it, then calls [`ChunkBody::gather`].
+pub struct ChunkBody {
+    pub len: u64,
+    stream: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, warp::Error>> + Send>,
+    >,
+}
+
+pub fn chunk_body() -> impl Filter<Extract = (ChunkBody,), Error = warp::Rejection> + Clone {
     use crate::engine::chunk;
+    use futures_util::StreamExt;
     warp::body::content_length_limit((chunk::HEADER_LEN + chunk::MAX_RAW) as u64)
         .and(warp::header::<u64>("content-length"))
         .and(warp::body::stream())
-        .and_then(|len, body| gather(len, body, chunk::HEADER_LEN))
-        .untuple_one()
+        .map(|len, body: _| {
+            let stream = StreamExt::map(body, |r: Result<_, warp::Error>| {
+                r.map(|mut b| {
+                    let n = bytes::Buf::remaining(&b);
+                    bytes::Buf::copy_to_bytes(&mut b, n)
+                })
+            });
+            ChunkBody {
+                len,
+                stream: Box::pin(stream),
+            }
+        })
 }
 
-async fn gather<S, B>(
-    len: u64,
-    body: S,
-    crc_after: usize,
-) -> Result<(bytes::Bytes, u32), warp::Rejection>
+impl ChunkBody {
+    /// Read the body into one buffer from
+    /// [`bufpool`](crate::engine::bufpool) that returns there when the last
+    /// [`bytes::Bytes`] of it is dropped (`warp::body::bytes` gathers a body
+    /// into fresh memory every time), with the CRC-32C of its payload (past
+    /// the chunk header) summed as each piece arrives, while it is still in
+    /// the CPU's cache: a second pass over a chunk read it back from memory
+    /// for 0.06 CPU-seconds per GB.
+    pub async fn gather(self) -> Result<(bytes::Bytes, u32), String> {
+        gather(self.len, self.stream, crate::engine::chunk::HEADER_LEN).await
+    }
+}
+
+async fn gather<S, B>(len: u64, body: S, crc_after: usize) -> Result<(bytes::Bytes, u32), String>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: bytes::Buf,
@@ -313,12 +336,12 @@ where
     while let Some(mut piece) = body
         .try_next()
         .await
-        .map_err(|e| warp::reject::custom(BodyError(format!("request body: {e}"))))?
+        .map_err(|e| format!("request body: {e}"))?
     {
         if v.len() + piece.remaining() > len as usize {
-            return Err(warp::reject::custom(BodyError(format!(
+            return Err(format!(
                 "request body runs past its Content-Length of {len} bytes"
-            ))));
+            ));
         }
         while piece.has_remaining() {
             let c = piece.chunk();
@@ -331,7 +354,63 @@ where
             piece.advance(n);
         }
     }
+    if v.len() as u64 != len {
+        return Err(format!(
+            "request body ended after {} of its {len} bytes",
+            v.len()
+        ));
+    }
     Ok((crate::engine::bufpool::shared(v), crc))
+}
+
+/// A bound on the bytes of request bodies one role holds in memory at once
+/// (`ps.chunk_memory`, `mt.chunk_memory`): a body is read only under an
+/// [`Admit`] for its size, held until the request is answered. One request
+/// larger than the whole bound is admitted alone. Counted in KiB.
+#[derive(Clone)]
+pub struct Admission {
+    sem: Arc<Semaphore>,
+    kib: u32,
+}
+
+/// Bytes of an [`Admission`] held by one request; returned on drop.
+pub struct Admit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl Admission {
+    pub fn new(bytes: u64) -> Admission {
+        let kib = (bytes / 1024).clamp(1, u32::MAX as u64 >> 4) as u32;
+        Admission {
+            sem: Arc::new(Semaphore::new(kib as usize)),
+            kib,
+        }
+    }
+    fn units(&self, bytes: u64) -> u32 {
+        bytes.div_ceil(1024).min(self.kib as u64).max(1) as u32
+    }
+    /// `bytes` now, or `None` if that would pass the bound.
+    pub fn try_admit(&self, bytes: u64) -> Option<Admit> {
+        self.sem
+            .clone()
+            .try_acquire_many_owned(self.units(bytes))
+            .ok()
+            .map(Admit)
+    }
+    /// `bytes`, waiting at most `wait` for others to give theirs back
+    /// (first come, first served).
+    pub async fn admit(&self, bytes: u64, wait: Duration) -> Option<Admit> {
+        let f = self.sem.clone().acquire_many_owned(self.units(bytes));
+        match tokio::time::timeout(wait, f).await {
+            Ok(Ok(p)) => Some(Admit(p)),
+            _ => None,
+        }
+    }
+    /// Bytes admitted now.
+    pub fn in_use(&self) -> u64 {
+        (self.kib as u64 - self.sem.available_permits() as u64) * 1024
+    }
+    pub fn limit(&self) -> u64 {
+        self.kib as u64 * 1024
+    }
 }
 
 /// A client for the one request that happens before the CA is known
@@ -562,5 +641,23 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn admission_holds_its_bound_and_admits_an_oversized_request_alone() {
+        let a = Admission::new(10 << 20);
+        let x = a.try_admit(6 << 20).unwrap();
+        assert_eq!(a.in_use(), 6 << 20);
+        assert!(a.try_admit(6 << 20).is_none(), "would pass the bound");
+        assert!(a.admit(6 << 20, Duration::from_millis(20)).await.is_none());
+        let y = a.try_admit(4 << 20).unwrap();
+        drop(x);
+        // Larger than the whole bound: admitted once nothing else is held.
+        assert!(a.try_admit(64 << 20).is_none());
+        drop(y);
+        let big = a.admit(64 << 20, Duration::from_millis(20)).await.unwrap();
+        assert_eq!(a.in_use(), a.limit());
+        drop(big);
+        assert_eq!(a.in_use(), 0);
     }
 }

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::Deserialize;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -42,8 +41,14 @@ struct MtPair {
     applying: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// How long a chunk may wait for room in `mt.chunk_memory` before the PS
+/// is told to send it again later.
+const ADMIT_WAIT: Duration = Duration::from_secs(5);
+
 pub struct MtRole {
     cfg: Config,
+    /// Chunk bodies (and decompressed payloads) in memory, all pairs.
+    admission: transport::Admission,
     host_id: String,
     pub open: OpenPairs,
     /// The pruner's per-pair failures, reported as those pairs' errors.
@@ -56,6 +61,7 @@ pub struct MtRole {
 impl MtRole {
     pub fn new(cfg: Config, host_id: String) -> Arc<MtRole> {
         Arc::new(MtRole {
+            admission: transport::Admission::new(cfg.mt.chunk_memory.0),
             cfg,
             host_id,
             open: Default::default(),
@@ -252,8 +258,7 @@ async fn apply_chunk(
     pair: String,
     _first: u64,
     peer: PeerIdentity,
-    body: Bytes,
-    payload_crc: u32,
+    body: transport::ChunkBody,
     mt: Arc<MtRole>,
 ) -> Result<warp::reply::Response, Rejection> {
     let p = mt.pair(&pair)?;
@@ -262,10 +267,42 @@ async fn apply_chunk(
             "pair {pair}: only its process server may send chunks"
         )));
     }
+    // Memory first (`mt.chunk_memory`): the body, then the decompressed
+    // payload of a compressed chunk. Short of room, 503: the PS keeps the
+    // chunk in its cache and sends it again.
+    let busy = |what: &str| {
+        json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": format!(
+                "pair {pair}: the MT holds {} of chunks in memory, its limit (mt.chunk_memory), {what}; try again",
+                crate::util::human_bytes(mt.admission.in_use())
+            )}),
+        )
+    };
+    let Some(mem) = mt.admission.admit(body.len, ADMIT_WAIT).await else {
+        return Ok(busy("before reading this one"));
+    };
+    let (body, payload_crc) = match body.gather().await {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok(json_reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("pair {pair}: chunk {_first}: {e}")}),
+            ));
+        }
+    };
+    let unpacked = match chunk::decode_header(&body) {
+        Ok(h) if h.compressed => match mt.admission.admit(h.raw_len as u64, ADMIT_WAIT).await {
+            Some(m) => Some(m),
+            None => return Ok(busy("to decompress this one")),
+        },
+        _ => None,
+    };
     let guard = p.applying.clone().lock_owned().await;
     let r = tokio::task::spawn_blocking(
         move || -> Result<(u64, u64), (StatusCode, String, Option<u64>)> {
             let _applying = guard;
+            let _mem = (mem, unpacked);
             let (h, recs) = chunk::decode_shared(&body, &p.spec.uuid_bytes(), payload_crc)
                 .map_err(|e| {
                     (

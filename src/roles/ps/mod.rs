@@ -84,6 +84,8 @@ struct PsPair {
     /// The intake's `next_seq` (0 = unknown), for chunks that arrive
     /// before their predecessor and wait for it.
     next_tx: tokio::sync::watch::Sender<u64>,
+    /// Bumped whenever one of the pair's chunks is answered "throttled".
+    throttle_tx: tokio::sync::watch::Sender<u64>,
     stop: crate::engine::shutdown::ShutdownTrigger,
 }
 
@@ -107,6 +109,15 @@ impl PsPair {
         i.cache_bytes = 0;
         self.set_next(&mut i, None);
         self.mirror(&i);
+    }
+
+    /// Answer "throttled" (the agent keeps the chunk and backs off), and
+    /// tell this pair's chunks waiting for their turn that it is not coming.
+    fn throttled(&self, mut body: serde_json::Value) -> warp::reply::Response {
+        *self.throttled_at.lock().unwrap() = Some(Instant::now());
+        self.throttle_tx.send_modify(|n| *n += 1);
+        body["throttled"] = true.into();
+        json_reply(StatusCode::SERVICE_UNAVAILABLE, body)
     }
 
     fn mirror(&self, i: &Intake) {
@@ -137,6 +148,8 @@ pub struct PsRole {
     schedule: Vec<bandwidth::Entry>,
     /// Resync admission (`ps.resync_batch`).
     slots: Mutex<slots::Slots>,
+    /// Chunk bodies in memory, across all pairs (`ps.chunk_memory`).
+    admission: transport::Admission,
     shutdown: Shutdown,
 }
 
@@ -158,6 +171,7 @@ impl PsRole {
         // Validated with the config; an entry that does not parse means no cap.
         let schedule = bandwidth::parse_schedule(&cfg.ps.bandwidth).unwrap_or_default();
         let batch = cfg.ps.resync_batch as usize;
+        let admission = transport::Admission::new(cfg.ps.chunk_memory.0);
         Arc::new(PsRole {
             cfg,
             host_id,
@@ -166,6 +180,7 @@ impl PsRole {
             limiters: Mutex::default(),
             schedule,
             slots: Mutex::new(slots::Slots::new(batch)),
+            admission,
             shutdown,
         })
     }
@@ -262,6 +277,7 @@ impl PsRole {
             error: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
             next_tx: tokio::sync::watch::Sender::new(intake.next_seq.unwrap_or(0)),
+            throttle_tx: tokio::sync::watch::Sender::new(0),
             stop: crate::engine::shutdown::ShutdownTrigger::new(),
             intake: tokio::sync::Mutex::new(Intake::default()),
         });
@@ -469,13 +485,19 @@ struct SessionQuery {
     session: Option<u64>,
 }
 
+/// How long a chunk may wait for room in `ps.chunk_memory` before the
+/// agent is told "throttled" (it keeps the chunk and sends it again).
+const ADMIT_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a chunk that overtook its predecessor waits for it.
+const ORDER_WAIT: Duration = Duration::from_secs(60);
+
 async fn take_chunk(
     pair: String,
     first: u64,
     peer: PeerIdentity,
     q: SessionQuery,
-    body: Bytes,
-    payload_crc: u32,
+    body: transport::ChunkBody,
     ps: Arc<PsRole>,
 ) -> Result<warp::reply::Response, Rejection> {
     let p = ps.pair(&pair)?;
@@ -486,11 +508,43 @@ async fn take_chunk(
             format!("pair {pair}: only its source agent may send chunks"),
         ));
     }
-    p.bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
-    // Check (CRCs, lengths, pair) off the reactor; compress if ours to do.
     let uuid = spec.uuid_bytes();
     let recode = spec.compression == Compression::Ps;
     let level = spec.zstd_level;
+    // Memory first: the body is read only once its bytes (and, for
+    // `compression = ps`, room for the compressed copy) are admitted.
+    let need = body.len * if recode { 2 } else { 1 };
+    let mut throttles = p.throttle_tx.subscribe();
+    let mut waiting = p.next_tx.subscribe();
+    let mem = match ps.admission.try_admit(need) {
+        Some(m) => m,
+        None => {
+            // Short of memory, a chunk ahead of its turn waits for its
+            // predecessor holding nothing, so those that are next get the room.
+            let _ = wait_turn(&mut waiting, &mut throttles, first).await;
+            match ps.admission.admit(need, ADMIT_WAIT).await {
+                Some(m) => m,
+                None => {
+                    let msg = format!(
+                        "pair {pair}: the PS holds {} of chunks in memory, its limit (ps.chunk_memory); back off",
+                        crate::util::human_bytes(ps.admission.in_use())
+                    );
+                    return Ok(p.throttled(serde_json::json!({"error": msg})));
+                }
+            }
+        }
+    };
+    let (body, payload_crc) = match body.gather().await {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok(json_reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("pair {pair}: chunk {first}: {e}")}),
+            ));
+        }
+    };
+    p.bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
+    // Check (CRCs, lengths, pair) off the reactor; compress if ours to do.
     let p2 = p.clone();
     let checked =
         tokio::task::spawn_blocking(move || -> Result<(chunk::ChunkHeader, Bytes), String> {
@@ -534,19 +588,39 @@ async fn take_chunk(
         ));
     }
     // In order: a chunk that overtook its predecessor (the agent keeps a
-    // few in flight) waits for it, bounded; then it is a gap as before.
-    let mut waiting = p.next_tx.subscribe();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(60),
-        waiting.wait_for(|&n| n == 0 || first <= n),
-    )
-    .await;
+    // few in flight) waits for it, bounded; then it is a gap as before. If
+    // the pair is throttled meanwhile, its predecessor is not coming soon:
+    // this one is throttled too rather than hold its memory for nothing.
+    if !wait_turn(&mut waiting, &mut throttles, first).await {
+        return Ok(p.throttled(serde_json::json!({
+            "error": format!("pair {pair}: an earlier chunk was throttled; back off")
+        })));
+    }
     // Admitted in a task of its own: once it holds the intake, it runs to
     // the end (forwarded or cached, `next_seq` moved) even if the agent
-    // hangs up, so a later cursor call sees where it really ended.
-    tokio::spawn(admit(ps, p, pair, first, q.session, h, bytes))
-        .await
-        .map_err(ApiError::internal)?
+    // hangs up, so a later cursor call sees where it really ended. Its
+    // memory is held until then.
+    tokio::spawn(async move {
+        let r = admit(ps, p, pair, first, q.session, h, bytes).await;
+        drop(mem);
+        r
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// Wait (at most [`ORDER_WAIT`]) until chunk `first` is next in its pair's
+/// stream; `false` if the pair was throttled meanwhile.
+async fn wait_turn(
+    next: &mut tokio::sync::watch::Receiver<u64>,
+    throttles: &mut tokio::sync::watch::Receiver<u64>,
+    first: u64,
+) -> bool {
+    tokio::select! {
+        _ = next.wait_for(|&n| n == 0 || first <= n) => true,
+        _ = throttles.changed() => false,
+        _ = tokio::time::sleep(ORDER_WAIT) => true,
+    }
 }
 
 async fn admit(
@@ -604,17 +678,12 @@ async fn admit(
     // The MT said its journal is full: caching would only fill this disk too.
     let full = p.mt_full.lock().unwrap().clone();
     if let Some(msg) = full.filter(|_| !i.cached.is_empty()) {
-        return Ok(json_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"throttled": true, "mt_full": true, "error": msg}),
-        ));
+        return Ok(p.throttled(serde_json::json!({"mt_full": true, "error": msg})));
     }
     if i.cache_bytes + bytes.len() as u64 > limit && !i.cached.is_empty() {
-        *p.throttled_at.lock().unwrap() = Some(Instant::now());
-        return Ok(json_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"throttled": true, "error": format!("pair {pair}: PS cache over its threshold ({} bytes); back off", limit)}),
-        ));
+        return Ok(p.throttled(serde_json::json!({
+            "error": format!("pair {pair}: PS cache over its threshold ({} bytes); back off", limit)
+        })));
     }
     p.bytes_raw.fetch_add(h.raw_len as u64, Ordering::Relaxed);
     // Cut-through: nothing queued ahead of it, so try the MT now.
@@ -652,10 +721,7 @@ async fn admit(
             }
             Err(MtError::Full(msg)) => {
                 *p.error.lock().unwrap() = Some(msg.clone());
-                return Ok(json_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"throttled": true, "mt_full": true, "error": msg}),
-                ));
+                return Ok(p.throttled(serde_json::json!({"mt_full": true, "error": msg})));
             }
             Err(MtError::Down(msg)) => {
                 *p.error.lock().unwrap() = Some(msg);
