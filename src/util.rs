@@ -180,6 +180,28 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// Make a named pipe at `path`: opening it blocks until the other end is
+/// opened, which lets a test hold a role inside a file read.
+#[cfg(test)]
+pub fn mkfifo(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+}
+
+/// Open `path` (a FIFO a role is blocked reading) and write `bytes` into it.
+#[cfg(test)]
+pub async fn feed_fifo(path: std::path::PathBuf, bytes: &'static [u8]) {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        std::fs::OpenOptions::new().write(true).open(&path)?.write_all(bytes)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

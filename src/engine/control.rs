@@ -118,6 +118,32 @@ pub struct PairSpec {
 }
 
 impl PairSpec {
+    /// A pair whose every role is on `host`, with a uuid made from its
+    /// name, for the roles' unit tests.
+    #[cfg(test)]
+    pub fn for_test(name: &str, host: &str, volume_size: u64) -> PairSpec {
+        PairSpec {
+            name: name.into(),
+            uuid: hex::encode(*blake3::hash(name.as_bytes()).as_bytes())[..32].into(),
+            source_host: host.into(),
+            source_volume: name.into(),
+            ps_host: host.into(),
+            ps_addr: None,
+            target_host: host.into(),
+            target_addr: None,
+            target_path: None,
+            volume_size,
+            compression: Compression::None,
+            zstd_level: 1,
+            retention: RetentionPolicy::default(),
+            rpo_threshold_s: 0,
+            priority: 0,
+            paused: false,
+            resync_gen: 0,
+            created_ms: 0,
+        }
+    }
+
     pub fn uuid_bytes(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
         if let Ok(v) = hex::decode(&self.uuid)

@@ -54,6 +54,8 @@ pub struct MtRole {
     /// The pruner's per-pair failures, reported as those pairs' errors.
     pub prune_errors: PruneErrors,
     pairs: Mutex<HashMap<String, Arc<MtPair>>>,
+    /// Held by one [`MtRole::apply`] at a time (not by requests).
+    applying: Mutex<()>,
     errors: Mutex<HashMap<String, String>>,
     cx_host: Mutex<Option<String>>,
 }
@@ -67,34 +69,48 @@ impl MtRole {
             open: Default::default(),
             prune_errors: Default::default(),
             pairs: Mutex::default(),
+            applying: Mutex::default(),
             errors: Mutex::default(),
             cx_host: Mutex::new(None),
         })
     }
 
-    /// Open or create the replicas of pairs that target this host.
+    /// Open or create the replicas of pairs that target this host. Runs off
+    /// the reactor; the pairs lock (which every chunk and cursor call takes)
+    /// is held only to look up and insert, never while a journal opens
+    /// (index rebuild, pending checkpoint, `fallocate`).
     pub fn apply(&self, resp: &SyncResponse) {
+        let _one = self.applying.lock().unwrap();
         *self.cx_host.lock().unwrap() = Some(resp.cx_host.clone());
         let mine: Vec<&PairSpec> = resp
             .pairs
             .iter()
             .filter(|p| p.target_host == self.host_id)
             .collect();
-        let mut pairs = self.pairs.lock().unwrap();
-        pairs.retain(|name, _| {
-            let keep = mine.iter().any(|p| &p.name == name);
-            if !keep {
-                tracing::info!(pair = %name, "pair removed from this MT; its replica and journal stay on disk");
-                self.open.lock().unwrap().remove(name);
-            }
-            keep
-        });
-        for spec in mine {
-            if pairs
-                .get(&spec.name)
-                .is_some_and(|p| p.spec.uuid == spec.uuid)
-            {
-                continue;
+        let new: Vec<&PairSpec> = {
+            let mut pairs = self.pairs.lock().unwrap();
+            pairs.retain(|name, _| {
+                let keep = mine.iter().any(|p| &p.name == name);
+                if !keep {
+                    tracing::info!(pair = %name, "pair removed from this MT; its replica and journal stay on disk");
+                    self.open.lock().unwrap().remove(name);
+                }
+                keep
+            });
+            mine.iter()
+                .filter(|spec| {
+                    !pairs
+                        .get(&spec.name)
+                        .is_some_and(|p| p.spec.uuid == spec.uuid)
+                })
+                .copied()
+                .collect()
+        };
+        for spec in new {
+            // A pair re-created under its name: the old one lets go first.
+            if let Some(old) = self.pairs.lock().unwrap().remove(&spec.name) {
+                self.open.lock().unwrap().remove(&spec.name);
+                drop(old);
             }
             match self.open_pair(spec) {
                 Ok(p) => {
@@ -103,7 +119,10 @@ impl MtRole {
                         .lock()
                         .unwrap()
                         .insert(spec.name.clone(), p.rp.clone());
-                    pairs.insert(spec.name.clone(), Arc::new(p));
+                    self.pairs
+                        .lock()
+                        .unwrap()
+                        .insert(spec.name.clone(), Arc::new(p));
                 }
                 Err(e) => {
                     let msg = format!("{e:#}");
@@ -599,4 +618,49 @@ pub fn routes(
         .unify()
         .or(admin)
         .unify()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn opening_a_journal_never_holds_the_lock_chunks_take() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            data_dir: d.path().into(),
+            ..Config::default()
+        };
+        let mt = MtRole::new(cfg.clone(), "h".into());
+        let (a, b) = (PairSpec::for_test("a", "h", 1 << 20), PairSpec::for_test("b", "h", 1 << 20));
+        let apply = |pairs: Vec<PairSpec>| {
+            let mt = mt.clone();
+            tokio::task::spawn_blocking(move || {
+                mt.apply(&SyncResponse {
+                    pairs,
+                    ..Default::default()
+                })
+            })
+        };
+        apply(vec![b.clone()]).await.unwrap();
+        assert!(mt.pair("b").is_ok());
+        // Pair a's configuration is a FIFO: opening it blocks until written.
+        let dir = super::super::pairs_dir(&cfg.data_dir).join("a");
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("pair.json");
+        crate::util::mkfifo(&fifo);
+        let opening = apply(vec![a, b]);
+        for _ in 0..50 {
+            let pairs = mt.pairs.try_lock().expect("pairs lock free while a journal opens");
+            assert!(pairs.contains_key("b"));
+            drop(pairs);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!opening.is_finished(), "still opening a");
+        crate::util::feed_fifo(fifo, b"{ not json").await;
+        opening.await.unwrap();
+        // a failed to open: that is a's error, and b is untouched.
+        assert!(mt.errors.lock().unwrap().contains_key("a"));
+        assert!(mt.pair("b").is_ok());
+    }
 }

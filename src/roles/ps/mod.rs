@@ -143,6 +143,8 @@ pub struct PsRole {
     host_id: String,
     client: reqwest::Client,
     pairs: Mutex<HashMap<String, Arc<PsPair>>>,
+    /// Held by one [`PsRole::apply`] at a time (not by requests).
+    applying: Mutex<()>,
     /// One bandwidth budget per MT host (`ps.bandwidth`).
     limiters: Mutex<HashMap<String, Arc<bandwidth::Limiter>>>,
     schedule: Vec<bandwidth::Entry>,
@@ -155,6 +157,16 @@ pub struct PsRole {
 
 fn cache_dir(cfg: &Config, pair: &str) -> PathBuf {
     cfg.data_dir.join("ps").join("cache").join(pair)
+}
+
+/// A cached chunk's header (fewer bytes if the file is shorter) and length.
+fn read_head(path: &std::path::Path) -> std::io::Result<(Vec<u8>, u64)> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut head = Vec::with_capacity(chunk::HEADER_LEN);
+    f.take(chunk::HEADER_LEN as u64).read_to_end(&mut head)?;
+    Ok((head, len))
 }
 
 fn chunk_name(first: u64, last: u64) -> String {
@@ -177,6 +189,7 @@ impl PsRole {
             host_id,
             client,
             pairs: Mutex::default(),
+            applying: Mutex::default(),
             limiters: Mutex::default(),
             schedule,
             slots: Mutex::new(slots::Slots::new(batch)),
@@ -185,36 +198,52 @@ impl PsRole {
         })
     }
 
+    /// Take the CX's pair list: drop the pairs that left this PS, open the
+    /// new ones. Runs off the reactor; the pairs lock (which every chunk
+    /// takes) is held only to look up and insert, never while a cache
+    /// directory is read or removed.
     pub fn apply(self: &Arc<Self>, resp: &SyncResponse) {
+        let _one = self.applying.lock().unwrap();
         let mine: Vec<&PairSpec> = resp
             .pairs
             .iter()
             .filter(|p| p.ps_host == self.host_id)
             .collect();
-        let mut pairs = self.pairs.lock().unwrap();
-        pairs.retain(|name, p| {
-            let keep = mine
-                .iter()
-                .any(|s| &s.name == name && s.uuid == p.spec().uuid);
-            if !keep {
-                p.stop.fire();
-                tracing::info!(pair = %name, "pair left this PS; its cache is dropped");
-                let _ = std::fs::remove_dir_all(&p.dir);
+        let mut gone = Vec::new();
+        let mut new = Vec::new();
+        {
+            let mut pairs = self.pairs.lock().unwrap();
+            pairs.retain(|name, p| {
+                let keep = mine
+                    .iter()
+                    .any(|s| &s.name == name && s.uuid == p.spec().uuid);
+                if !keep {
+                    p.stop.fire();
+                    gone.push((name.clone(), p.dir.clone()));
+                }
+                keep
+            });
+            for spec in &mine {
+                match pairs.get(&spec.name) {
+                    Some(p) => {
+                        *p.spec.lock().unwrap() = (*spec).clone();
+                        p.wake.notify_one();
+                    }
+                    None => new.push(*spec),
+                }
             }
-            keep
-        });
-        for spec in mine {
-            if let Some(p) = pairs.get(&spec.name) {
-                *p.spec.lock().unwrap() = spec.clone();
-                p.wake.notify_one();
-                continue;
-            }
+        }
+        for (name, dir) in gone {
+            tracing::info!(pair = %name, "pair left this PS; its cache is dropped");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        for spec in new {
             match self.open_pair(spec) {
                 Ok(p) => {
                     let me = self.clone();
                     let p2 = p.clone();
                     tokio::spawn(async move { me.forwarder(p2).await });
-                    pairs.insert(spec.name.clone(), p);
+                    self.pairs.lock().unwrap().insert(spec.name.clone(), p);
                 }
                 Err(e) => {
                     tracing::error!(pair = %spec.name, error = %format!("{e:#}"), "cannot open the pair's PS cache")
@@ -239,16 +268,17 @@ impl PsRole {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let b = std::fs::read(&path)?;
-            match chunk::decode_header(&b) {
-                Ok(h) if h.pair == spec.uuid_bytes() && b.len() == h.wire_len() => {
-                    intake.cache_bytes += b.len() as u64;
+            // The header only: a restart with GiBs cached reads KiBs.
+            let (head, len) = read_head(&path)?;
+            match chunk::decode_header(&head) {
+                Ok(h) if h.pair == spec.uuid_bytes() && len == h.wire_len() as u64 => {
+                    intake.cache_bytes += len;
                     intake.next_seq = Some(h.last_seq + 1);
                     intake.cached.push_back(Cached {
                         first: h.first_seq,
                         last: h.last_seq,
                         first_ts_us: h.first_ts_us,
-                        bytes: b.len() as u64,
+                        bytes: len,
                         path,
                     });
                 }
@@ -909,4 +939,50 @@ pub fn routes(
         .and(with())
         .and_then(resync_slot);
     chunk.or(cursor).unify().or(hashes).unify().or(slot).unify()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reading_a_pair_cache_never_holds_the_lock_chunks_take() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            data_dir: d.path().into(),
+            ..Config::default()
+        };
+        let trig = crate::engine::shutdown::ShutdownTrigger::new();
+        let ps = PsRole::new(cfg.clone(), "h".into(), reqwest::Client::new(), trig.subscribe());
+        let (a, b) = (PairSpec::for_test("a", "h", 1 << 20), PairSpec::for_test("b", "h", 1 << 20));
+        let apply = |pairs: Vec<PairSpec>| {
+            let ps = ps.clone();
+            tokio::task::spawn_blocking(move || {
+                ps.apply(&SyncResponse {
+                    pairs,
+                    ..Default::default()
+                })
+            })
+        };
+        apply(vec![b.clone()]).await.unwrap();
+        // Pair a's cache holds a FIFO: reading it blocks until a writer comes.
+        let dir = cache_dir(&cfg, "a");
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join(chunk_name(1, 1));
+        crate::util::mkfifo(&fifo);
+        let opening = apply(vec![a, b]);
+        for _ in 0..50 {
+            // What every chunk upload and report takes is free meanwhile.
+            let pairs = ps.pairs.try_lock().expect("pairs lock free while a cache is read");
+            assert!(pairs.contains_key("b"));
+            drop(pairs);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!opening.is_finished(), "still inside a's cache");
+        crate::util::feed_fifo(fifo.clone(), b"not a chunk").await;
+        opening.await.unwrap();
+        assert!(ps.pair("a").is_ok());
+        assert!(!fifo.exists(), "a damaged cached chunk is dropped");
+        trig.fire();
+    }
 }
