@@ -22,9 +22,18 @@ command -v xmllint >/dev/null || need+=(libxml2-utils)
 command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   # qemu-system-x86 must match qemu-utils' version (a backport here).
+  # Backports come from the mirror this machine already uses for its release.
+  codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+  mirror=$(awk -v s="$codename" '
+      /^[[:space:]]*$/ { u = "" }
+      /^URIs:/ { u = $2 }
+      /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == s && u != "") { print u; exit } }
+      /^deb[[:space:]]/ { sub(/\[[^]]*\][[:space:]]*/, ""); if ($3 == s) { print $2; exit } }
+    ' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -n 1)
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 \
-    || { echo "deb http://deb.debian.org/debian bookworm-backports main" > /etc/apt/sources.list.d/tern-backports.list;
-         apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports "${need[@]}" >/dev/null; }
+    || { [ -n "$mirror" ] || { echo "no apt source for $codename to take backports from" >&2; exit 1; }
+         echo "deb $mirror $codename-backports main" > /etc/apt/sources.list.d/tern-backports.list;
+         apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t "$codename-backports" "${need[@]}" >/dev/null; }
 fi
 if [ -z "$iso" ]; then iso=$("$repo/iso/build.sh"); fi
 if [ -z "$ova" ]; then ova=$(TERN_ISO="$iso" TERN_DATA_GIB=4 "$here/build.sh"); fi

@@ -240,7 +240,7 @@ fn throughput(label: &str, comp: f64) {
     let ps_gbps = gb / ps_cpu;
     let codec_cpu = (v["ps_status"]["codec_cpu_us"].as_u64().unwrap() - codec0) as f64 / 1e6;
     println!(
-        "pipeline {label}: agent peak RSS {} MiB with a {CAP} buffer cap",
+        "pipeline {label}: agent peak RSS {} MiB with a {CAP} buffer cap (goal: cap + 32 MiB), data and bitmap mode",
         peak / 1024
     );
     // Sustained in data mode. The figure above is bytes through the PS
@@ -352,9 +352,11 @@ fn fast_resync() {
     let t0 = Instant::now();
     c.tern(&["pair", "resync", "p"]);
     let since = util::unix_ms();
+    let mut peak = 0;
     let v = loop {
         assert!(t0.elapsed() < Duration::from_secs(600), "never caught up");
         std::thread::sleep(Duration::from_millis(50));
+        peak = peak.max(rss_kib(c.pid(0)));
         if let Some(v) = c.caught_up(since)
             && resyncs(&v) > before
         {
@@ -377,6 +379,10 @@ fn fast_resync() {
         raw_shared / 1e6,
         speed / raw_shared,
         speed / raw,
+    );
+    println!(
+        "fast resync: agent peak RSS {} MiB with a {CAP} buffer cap (goal: cap + 32 MiB)",
+        peak / 1024
     );
 }
 

@@ -465,6 +465,15 @@ impl Config {
         {
             return Err(format!("node.data_advertise: {e}"));
         }
+        // A chunk's raw payload is at most chunk::MAX_RAW; a larger one is
+        // refused by every PS, so it is refused here.
+        let max_chunk = (crate::engine::chunk::MAX_RAW / 2) as u64;
+        if self.agent.chunk_max.0 > max_chunk {
+            return Err(format!(
+                "agent.chunk_max must be at most {}",
+                crate::util::human_bytes(max_chunk)
+            ));
+        }
         if !self.node.cx_url.starts_with("https://") {
             return Err(format!(
                 "node.cx_url `{}` must start with https:// (Tern has no plaintext role-to-role traffic)",

@@ -25,8 +25,9 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     let scaled = |n: &str, k: u64| {
         n.trim()
             .parse::<u64>()
-            .map(|n| n * k)
-            .map_err(|_| format!("bad rate `{s}`"))
+            .ok()
+            .and_then(|n| n.checked_mul(k))
+            .ok_or_else(|| format!("bad rate `{s}`"))
     };
     if let Some(n) = t.strip_suffix("MB") {
         return scaled(n, 1_000_000);
@@ -107,7 +108,10 @@ pub fn parse_time(s: &str, now_s: i64) -> Result<i64, String> {
     if let Some(d) = t.strip_prefix('-') {
         let d = humantime::parse_duration(d)
             .map_err(|e| format!("bad relative time `{s}`: {e} (e.g. -1h, -7d)"))?;
-        return Ok(now_s - d.as_secs() as i64);
+        return i64::try_from(d.as_secs())
+            .ok()
+            .and_then(|d| now_s.checked_sub(d))
+            .ok_or_else(|| format!("relative time `{s}` is too far back"));
     }
     if let Ok(n) = t.parse::<i64>() {
         return Ok(n);

@@ -16,7 +16,7 @@
 use crate::engine::bufpool;
 use crate::engine::compressor::Compressor;
 use crate::engine::crc;
-use crate::engine::journal::format::{BookmarkKind, u16_at, u32_at, u64_at};
+use crate::engine::journal::format::{BookmarkKind, MAX_BOOKMARK_NAME, u16_at, u32_at, u64_at};
 use crate::engine::journal::{Record, RecordBody};
 
 pub const MAGIC: [u8; 4] = *b"TCHK";
@@ -435,8 +435,8 @@ pub fn decode_shared(
                 h.first_seq + i
             )));
         }
-        if ts_us < prev_ts || ts_us > h.last_ts_us {
-            return Err(bad("record times out of order"));
+        if ts_us < prev_ts || ts_us > h.last_ts_us || (i == 0 && ts_us != h.first_ts_us) {
+            return Err(bad("record times out of order or not the header's"));
         }
         prev_ts = ts_us;
         p += REC_HEADER_LEN;
@@ -455,7 +455,7 @@ pub fn decode_shared(
                 offset: off,
                 len: len as u32,
             },
-            KIND_BOOKMARK => RecordBody::Bookmark {
+            KIND_BOOKMARK if (1..=MAX_BOOKMARK_NAME).contains(&len) => RecordBody::Bookmark {
                 kind: u8::try_from(off)
                     .ok()
                     .and_then(BookmarkKind::from_code)
@@ -463,7 +463,11 @@ pub fn decode_shared(
                 name: String::from_utf8(data.to_vec())
                     .map_err(|_| bad("bookmark name is not UTF-8"))?,
             },
-            _ => return Err(bad(format!("unknown record kind {kind} or empty record"))),
+            _ => {
+                return Err(bad(format!(
+                    "unknown record kind {kind}, an empty record or a bookmark name of {len} bytes"
+                )));
+            }
         };
         out.push(WireRecord {
             record: Record { seq, ts_us, body },
@@ -472,6 +476,9 @@ pub fn decode_shared(
     }
     if p != raw.len() {
         return Err(bad("bytes left after the last record"));
+    }
+    if prev_ts != h.last_ts_us {
+        return Err(bad("the last record's time is not the header's"));
     }
     if out.iter().any(|r| r.inconsistent) != h.resync {
         return Err(bad("resync flag does not match the records"));
@@ -699,5 +706,39 @@ mod tests {
         let e = decode_header(&b).unwrap_err().to_string();
         assert!(e.contains("cannot fit"), "{e}");
         assert!(decode(&b, &pair).is_err());
+    }
+
+    /// Found by `fuzz/chunk`: a header whose times are not its records'
+    /// decoded, and re-encoded to other bytes (the PS reports RPO from them).
+    #[test]
+    fn header_times_must_be_the_records_and_bookmark_names_fit_the_journal() {
+        let pair = [6u8; 16];
+        let reseal = |b: &mut Vec<u8>| {
+            let crc = crc::crc32c(&b[..108]);
+            b[108..112].copy_from_slice(&crc.to_le_bytes());
+        };
+        let good = encode(pair, &sample(), Codec::None);
+        for (at, delta) in [(40usize, -1i64), (48, 1)] {
+            let mut b = good.clone();
+            let t = (u64_at(&b, at) as i64 + delta) as u64;
+            b[at..at + 8].copy_from_slice(&t.to_le_bytes());
+            reseal(&mut b);
+            assert!(decode(&b, &pair).is_err(), "time at {at} moved by {delta}");
+        }
+        for name in ["", &"x".repeat(256)] {
+            let recs = vec![WireRecord {
+                record: Record {
+                    seq: 1,
+                    ts_us: 5,
+                    body: RecordBody::Bookmark {
+                        kind: BookmarkKind::User,
+                        name: name.into(),
+                    },
+                },
+                inconsistent: false,
+            }];
+            let b = encode(pair, &recs, Codec::None);
+            assert!(decode(&b, &pair).is_err(), "name of {} bytes", name.len());
+        }
     }
 }

@@ -322,6 +322,11 @@ pub struct SyncResponse {
     pub commands: Vec<Command>,
 }
 
+/// The largest volume Tern protects (256 TiB): every per-volume structure
+/// sized by a volume (the agent's bitmaps and activity log, the MT's
+/// replica) is bounded by it before it is allocated.
+pub const MAX_VOLUME_SIZE: u64 = 256 << 40;
+
 /// A pair name every role accepts: it names the MT's pair directory and
 /// the agent's state file, so no path separators, no leading dot.
 pub fn valid_name(name: &str) -> bool {

@@ -1,9 +1,14 @@
 //! What every process does, whatever its roles: identity, data listener,
 //! heartbeat, ordered shutdown.
 //!
-//! Shutdown order: the trigger fires → listeners stop accepting and drain
-//! (bounded by the transport's deadline) → the heartbeat and certificate
-//! renewal loops exit → state is closed. Every step logs.
+//! Shutdown: when the trigger fires, every task sees it at once and they
+//! stop side by side, not in a sequence: listeners stop accepting and give
+//! open connections a graceful close (dropped after the transport's drain
+//! deadline); the heartbeat, pruner, renewal loops and PS forwarders exit;
+//! the control-plane sync loop, once out of its loop, stops the agent (each
+//! pair's clean stop: buffer to bitmap, state saved). [`wait_and_stop`]
+//! gives them all [`STOP_DEADLINE`] together, then the process exits;
+//! blocking tasks still parked get half a second more. Every step logs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

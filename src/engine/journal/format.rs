@@ -231,8 +231,10 @@ impl RecordHeader {
         if u32_at(b, 36) as usize != h.ncrc() {
             return Err(DecodeError::Invalid("crc count"));
         }
-        if h.kind != Kind::Zero && h.len > MAX_RECORD_PAYLOAD {
-            return Err(DecodeError::Invalid("payload too large"));
+        // Zero ranges too: the journal never writes one longer (`validate`,
+        // and compaction only cuts records), and each costs index entries.
+        if h.len > MAX_RECORD_PAYLOAD {
+            return Err(DecodeError::Invalid("record too large"));
         }
         if h.offset.checked_add(h.len as u64).is_none() {
             return Err(DecodeError::Invalid("offset overflow"));
@@ -380,6 +382,44 @@ pub struct IndexEntry {
     pub offset: u64,
     /// Position of the record's first byte in the segment file.
     pub pos: u64,
+}
+
+impl IndexEntry {
+    /// The record this entry describes: header, CRCs and payload bytes.
+    pub fn record_len(&self) -> u64 {
+        RecordHeader {
+            kind: self.kind,
+            seq: self.seq,
+            ts_us: self.ts_us,
+            offset: self.offset,
+            len: self.len,
+        }
+        .total_len() as u64
+    }
+}
+
+/// Whether a decoded index can describe a segment of `segment_len` bytes of
+/// a `volume_size`-byte volume: records in order inside the segment, none
+/// overlapping, each no longer than a record can be, and every write or
+/// zero range inside the volume. The CRCs say the file is as written; this
+/// says nothing in it sizes a read or an allocation past what is there.
+pub fn index_fits(entries: &[IndexEntry], segment_len: u64, volume_size: u64) -> bool {
+    let mut at = SEGMENT_HEADER_LEN as u64;
+    entries.iter().all(|e| {
+        let fits = e.pos >= at
+            && e.len <= MAX_RECORD_PAYLOAD
+            && e.pos.checked_add(e.record_len()).is_some_and(|end| end <= segment_len)
+            && match e.kind {
+                Kind::Write | Kind::Zero => {
+                    e.len > 0 && e.offset.checked_add(e.len as u64).is_some_and(|end| end <= volume_size)
+                }
+                Kind::Bookmark => (4..=4 + MAX_BOOKMARK_NAME as u32).contains(&e.len),
+                Kind::Commit => e.len == 16,
+                Kind::Point => e.len == 0,
+            };
+        at = e.pos + e.record_len();
+        fits
+    })
 }
 
 pub fn encode_index(
@@ -936,5 +976,34 @@ mod tests {
         assert!(decode_bookmark(&p[..p.len() - 1]).is_err());
         let c = encode_commit(5, 3, 0xdead);
         assert_eq!(decode_commit(&c).unwrap(), (5, 3, 0xdead));
+    }
+
+    /// An index's CRCs say it is as written; `index_fits` says nothing in
+    /// it sizes a read or allocation past the segment or the volume.
+    #[test]
+    fn an_index_that_does_not_fit_its_segment_is_refused() {
+        let e = |kind, len: u32, offset: u64, pos: u64| IndexEntry {
+            kind,
+            len,
+            seq: 1,
+            ts_us: 0,
+            offset,
+            pos,
+        };
+        let w = e(Kind::Write, 4096, 0, 64);
+        let c = e(Kind::Commit, 16, 1, 64 + w.record_len());
+        let seg = c.pos + c.record_len();
+        assert!(index_fits(&[w, c], seg, 1 << 20));
+        for (what, bad) in [
+            ("a 4 GiB bookmark", vec![e(Kind::Bookmark, u32::MAX, 0, 64)]),
+            ("a zero range past the volume", vec![e(Kind::Zero, 4096, (1 << 20) - 1, 64)]),
+            ("a zero range of 4 GiB", vec![e(Kind::Zero, u32::MAX, 0, 64)]),
+            ("a record past the segment", vec![e(Kind::Write, 4096, 0, seg)]),
+            ("overlapping records", vec![w, e(Kind::Commit, 16, 1, 100)]),
+            ("a record inside the header", vec![e(Kind::Write, 4096, 0, 0)]),
+            ("a long commit", vec![e(Kind::Commit, 17, 1, 64)]),
+        ] {
+            assert!(!index_fits(&bad, seg, 1 << 20), "{what} accepted");
+        }
     }
 }

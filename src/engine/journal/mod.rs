@@ -204,6 +204,10 @@ pub struct JournalOptions {
     pub segment_bytes: u64,
 }
 
+/// Separate inconsistent runs one chunk may mark; see
+/// [`Journal::mark_unrecoverable_runs`].
+pub const MAX_RUNS_PER_CHUNK: usize = 64;
+
 impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
@@ -426,9 +430,12 @@ impl Journal {
         volume_size: u64,
         opts: JournalOptions,
     ) -> Result<Journal, JournalError> {
-        if volume_size == 0 || !volume_size.is_multiple_of(512) {
+        if volume_size == 0
+            || !volume_size.is_multiple_of(512)
+            || volume_size > crate::engine::control::MAX_VOLUME_SIZE
+        {
             return Err(JournalError::BadRecord(format!(
-                "volume size {volume_size} must be a positive multiple of 512"
+                "volume size {volume_size} must be a positive multiple of 512, at most 256 TiB"
             )));
         }
         storage
@@ -725,7 +732,8 @@ impl Journal {
     }
 
     /// If the journal opened read-only (its disk was full), try to finish
-    /// its recovery now; Ok(true) once it takes chunks again.
+    /// its recovery now. `Ok(true)`: it takes chunks (again, or had never
+    /// stopped); `Ok(false)`: still no room to recover.
     pub fn try_resume(&self) -> Result<bool, JournalError> {
         let _g = self.checkpoint_mu.lock().unwrap();
         if self.inner.read().unwrap().read_only.is_none() {
@@ -1010,14 +1018,21 @@ impl Journal {
             self.validate(r)?;
         }
         // Encode the chunk: records, then the commit that seals them.
+        // Sized exactly: header, a CRC per 4 KiB, payload; then the commit.
         let mut buf = Vec::with_capacity(
             new.iter()
-                .map(|r| match &r.body {
-                    RecordBody::Write { data, .. } => data.len() + 64 + data.len() / 1024,
-                    _ => 320,
+                .map(|r| {
+                    let payload = match &r.body {
+                        RecordBody::Write { data, .. } => data.len(),
+                        RecordBody::Zero { .. } => 0,
+                        RecordBody::Bookmark { name, .. } => 4 + name.len(),
+                    };
+                    format::RECORD_HEADER_LEN + 4 * payload.div_ceil(4096) + payload
                 })
                 .sum::<usize>()
-                + 80,
+                + format::RECORD_HEADER_LEN
+                + 4
+                + 16,
         );
         let mut entries = Vec::with_capacity(new.len() + 1);
         for r in new {
@@ -1708,26 +1723,42 @@ impl Journal {
     /// `from..=to` are not consistent images of the source. Idempotent;
     /// adjacent and overlapping ranges merge.
     pub fn mark_unrecoverable(&self, from: u64, to: u64) -> Result<(), JournalError> {
-        if from > to {
-            return Ok(());
+        self.mark_unrecoverable_runs(&[(from, to)])
+    }
+
+    /// [`Journal::mark_unrecoverable`] for several runs (one chunk's), with
+    /// one write of the ranges file. More than [`MAX_RUNS_PER_CHUNK`] runs
+    /// are merged from the last ones on: only a peer that alternates the
+    /// flag record by record sends that many, and marking more than it
+    /// asked costs recovery points, never data.
+    pub fn mark_unrecoverable_runs(&self, runs: &[(u64, u64)]) -> Result<(), JournalError> {
+        let mut runs: Vec<(u64, u64)> = runs.iter().copied().filter(|(a, b)| a <= b).collect();
+        if runs.len() > MAX_RUNS_PER_CHUNK {
+            let tail = runs.split_off(MAX_RUNS_PER_CHUNK - 1);
+            let lo = tail.iter().map(|r| r.0).min().unwrap();
+            let hi = tail.iter().map(|r| r.1).max().unwrap();
+            runs.push((lo, hi));
         }
         let mut i = self.inner.write().unwrap();
-        if i.unrec_range(from).is_some_and(|(_, b)| b >= to) {
+        runs.retain(|&(from, to)| !i.unrec_range(from).is_some_and(|(_, b)| b >= to));
+        if runs.is_empty() {
             return Ok(());
         }
         let mut m = i.unrec.clone();
-        let (mut lo, mut hi) = (from, to);
-        let touching: Vec<(u64, u64)> = m
-            .range(..=hi.saturating_add(1))
-            .filter(|(_, b)| b.saturating_add(1) >= lo)
-            .map(|(a, b)| (*a, *b))
-            .collect();
-        for (a, b) in touching {
-            m.remove(&a);
-            lo = lo.min(a);
-            hi = hi.max(b);
+        for (from, to) in runs {
+            let (mut lo, mut hi) = (from, to);
+            let touching: Vec<(u64, u64)> = m
+                .range(..=hi.saturating_add(1))
+                .filter(|(_, b)| b.saturating_add(1) >= lo)
+                .map(|(a, b)| (*a, *b))
+                .collect();
+            for (a, b) in touching {
+                m.remove(&a);
+                lo = lo.min(a);
+                hi = hi.max(b);
+            }
+            m.insert(lo, hi);
         }
-        m.insert(lo, hi);
         // Ranges wholly before the oldest point no longer matter.
         let base = i.state.base_seq;
         m.retain(|_, b| *b >= base);
@@ -1959,10 +1990,18 @@ fn load_segment(
         let f = storage
             .open(&idx_path, false)
             .map_err(io("segment index"))?;
-        let mut b = vec![0u8; f.len().map_err(io("segment index"))? as usize];
+        // An index has an entry per record of at least a record header.
+        let ilen = f.len().map_err(io("segment index"))?;
+        let mut b = vec![0u8; ilen.min(len + 68) as usize];
         f.read_at(&mut b, 0).map_err(io("segment index"))?;
         match format::decode_index(&b) {
-            Ok((n, jid, slen, entries)) if n == segno && jid == state.journal_id && slen == len => {
+            Ok((n, jid, slen, entries))
+                if ilen <= len + 68
+                    && n == segno
+                    && jid == state.journal_id
+                    && slen == len
+                    && format::index_fits(&entries, len, state.volume_size) =>
+            {
                 return Ok((level, entries, Some(len)));
             }
             _ => tracing::warn!(

@@ -66,7 +66,11 @@ impl Client {
             }
             let _opt = s.read_u32().await?;
             let typ = s.read_u32().await?;
-            let len = s.read_u32().await? as usize;
+            let len = s.read_u32().await?;
+            if len > super::MAX_OPTION_LEN {
+                return Err(proto("option reply longer than 64 KiB"));
+            }
+            let len = len as usize;
             let mut body = vec![0u8; len];
             s.read_exact(&mut body).await?;
             match typ {

@@ -1,6 +1,7 @@
 //! An NBD server (fixed newstyle handshake, simple replies), written once and
-//! used wherever Tern exports a block device: the MT's virtual snapshots now,
-//! the agent's capture export next.
+//! used wherever Tern exports a block device: the agent's protected volumes
+//! (every write captured on its way to the volume) and the MT's virtual
+//! snapshots.
 //!
 //! Protocol reference: the NBD protocol document (`doc/proto.md` of the NBD
 //! project). Supported options: EXPORT_NAME, ABORT, LIST, INFO, GO;
@@ -12,7 +13,9 @@
 //! WRITE reply means the export accepted the data; with FUA, that it is
 //! durable); requests longer than [`MAX_REQUEST`] or outside the export are
 //! refused with EINVAL/EOVERFLOW without touching it; a malformed request
-//! closes the connection.
+//! closes the connection. A request's length is checked against
+//! [`MAX_REQUEST`] and an option's against 64 KiB before any buffer is sized
+//! by it.
 
 pub mod client;
 
@@ -77,7 +80,11 @@ const ENOTSUP: u32 = 95;
 
 /// Largest READ/WRITE payload accepted (32 MiB, the protocol's usual maximum).
 pub const MAX_REQUEST: u32 = 32 << 20;
-const MAX_OPTION_LEN: u32 = 64 << 10;
+/// Connections served at once by one NBD listener (each may hold one
+/// request of up to [`MAX_REQUEST`] in memory); more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Largest option (and option reply) accepted, either way.
+pub(crate) const MAX_OPTION_LEN: u32 = 64 << 10;
 
 /// A block device served over NBD. Calls are blocking; the server runs them
 /// off the reactor.
@@ -92,10 +99,13 @@ pub trait Export: Send + Sync + 'static {
     fn flush(&self) -> io::Result<()>;
     /// Write zeroes (WRITE_ZEROES); the default writes a zero buffer.
     fn write_zeroes(&self, off: u64, len: u64, fua: bool) -> io::Result<()> {
+        // One zero buffer, lent piece by piece (the export may keep each).
         let mut done = 0;
         while done < len {
             let n = (len - done).min(1 << 20) as usize;
-            self.write(off + done, vec![0u8; n], fua)?;
+            let mut z = bufpool::take(n);
+            z.resize(n, 0);
+            self.write(off + done, z, fua)?;
             done += n as u64;
         }
         Ok(())
@@ -123,7 +133,13 @@ pub async fn serve(listener: TcpListener, exports: Exports, mut shutdown: Shutdo
     let addr = listener.local_addr().ok();
     tracing::info!(listen = ?addr, exports = ?exports.keys().collect::<Vec<_>>(), "NBD server listening");
     let mut conns = tokio::task::JoinSet::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // Each connection may hold one request of up to MAX_REQUEST.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("never closed"),
+            _ = shutdown.wait() => break,
+        };
         let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -135,6 +151,7 @@ pub async fn serve(listener: TcpListener, exports: Exports, mut shutdown: Shutdo
         let exports = exports.clone();
         let mut sd = shutdown.clone();
         conns.spawn(async move {
+            let _permit = permit;
             let _ = sock.set_nodelay(true);
             tokio::select! {
                 r = handle(sock, exports) => {

@@ -259,13 +259,32 @@ impl Answer {
 
 /// Send a role-to-role request. `Err` only when no answer came (connection,
 /// TLS, timeout); any HTTP status is an [`Answer`].
+/// An answer's body is read up to [`MAX_ANSWER`] bytes; a longer one is
+/// a 502 that says so, never an allocation the peer chose.
 pub async fn call(req: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
-    let r = req.send().await?;
-    let status = warp::http::StatusCode::from_u16(r.status().as_u16())
+    let mut r = req.send().await?;
+    let mut status = warp::http::StatusCode::from_u16(r.status().as_u16())
         .unwrap_or(warp::http::StatusCode::BAD_GATEWAY);
-    let body = r.json().await.unwrap_or_default();
+    let mut buf = Vec::new();
+    let mut too_long = r.content_length().is_some_and(|n| n > MAX_ANSWER as u64);
+    while !too_long && let Some(piece) = r.chunk().await? {
+        too_long = buf.len() + piece.len() > MAX_ANSWER;
+        if !too_long {
+            buf.extend_from_slice(&piece);
+        }
+    }
+    let body = if too_long {
+        status = warp::http::StatusCode::BAD_GATEWAY;
+        serde_json::json!({"error": format!("the peer's answer is longer than {MAX_ANSWER} bytes")})
+    } else {
+        serde_json::from_slice(&buf).unwrap_or_default()
+    };
     Ok(Answer { status, body })
 }
+
+/// The longest role-to-role JSON answer read (a CX's sync response with
+/// thousands of pairs is a few MiB).
+pub const MAX_ANSWER: usize = 16 << 20;
 
 /// A JSON response with `status`.
 pub fn json_reply(status: warp::http::StatusCode, v: serde_json::Value) -> warp::reply::Response {

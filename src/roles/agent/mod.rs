@@ -2,8 +2,9 @@
 //! write into the pair's ordered stream, and moves the stream to the PS.
 //!
 //! Per pair three things run: the capture (in the NBD/FUSE handlers, see
-//! [`stream`]), the sender (chunks to the PS, one in flight, acknowledged
-//! before they leave memory) and the resync driver (step I copies, bitmap
+//! [`stream`]), the sender (chunks to the PS, up to [`SEND_WINDOW`] in
+//! flight, their outcomes taken in order, each acknowledged before its
+//! records leave memory) and the resync driver (step I copies, bitmap
 //! drains). The sync loop of the node hands us pairs, volumes and bookmark
 //! commands; [`AgentRole::report`] tells the CX how each pair is doing.
 //!
@@ -294,7 +295,7 @@ impl AgentRole {
         let dir = state_dir(&self.cfg);
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{}.state", spec.name));
-        let cap = self.cfg.agent.buffer_cap.0.max(2 * RESYNC_BLOCK + 4096);
+        let (cap, _) = buffer_split(&self.cfg.agent);
         let loaded = state::load(&path, Some(&spec.uuid_bytes()), vol.size);
         // Under the volume's lock from here to the stream's installation:
         // every write before it is in the activity log, every write after
@@ -482,12 +483,14 @@ impl AgentRole {
     /// [`MEMORY_MARGIN`]. Run every 100 ms in a process that is only an
     /// agent (with other roles in it, the caps say nothing of its size).
     fn trim_memory(&self) {
-        let caps: u64 = self
+        let (records, chunk) = buffer_split(&self.cfg.agent);
+        let per_pair = records + (SEND_WINDOW as u64 + 1) * chunk;
+        let streams = self
             .pair_volumes()
             .iter()
-            .filter_map(|(_, v)| v.stream.lock().unwrap().as_ref().map(|s| s.cap))
-            .sum();
-        crate::engine::memory::trim_above(caps + MEMORY_MARGIN);
+            .filter(|(_, v)| v.stream.lock().unwrap().is_some())
+            .count() as u64;
+        crate::engine::memory::trim_above(streams * per_pair + MEMORY_MARGIN);
     }
 
     /// Each active pair with its volume.
@@ -741,10 +744,26 @@ struct PairCtx {
 
 /// What an agent process may hold beyond its buffers' caps before it hands
 /// free memory back: chunks in flight, the runtime, TLS.
-const MEMORY_MARGIN: u64 = 96 << 20;
+const MEMORY_MARGIN: u64 = 16 << 20;
 
 /// Chunks a pair may have in flight to its PS at once.
 const SEND_WINDOW: usize = 3;
+
+/// How a pair's `agent.buffer_cap` is shared: (what its buffered records
+/// may hold, the largest chunk). A chunk's encoded copy lives beside its
+/// records until the PS acknowledges it, so [`SEND_WINDOW`] chunks and one
+/// being encoded are taken off the cap first, and records plus chunks in
+/// flight never pass it. The chunk is `agent.chunk_max`, at most an eighth
+/// of the cap, and at least a resync block; a cap too small for that gives
+/// the records two resync blocks, and passes the cap by the chunks.
+pub fn buffer_split(cfg: &crate::config::AgentConfig) -> (u64, u64) {
+    let cap = cfg.buffer_cap.0;
+    let chunk = cfg.chunk_max.0.min(cap / 8).max(RESYNC_BLOCK + 4096);
+    let records = cap
+        .saturating_sub((SEND_WINDOW as u64 + 1) * chunk)
+        .max(2 * RESYNC_BLOCK + 4096);
+    (records, chunk)
+}
 
 /// Records taken for one chunk, encoded off the reactor.
 struct Outgoing {
@@ -1212,7 +1231,8 @@ impl PairCtx {
             .ok()?;
         v["next_seq"]
             .as_u64()
-            .ok_or_else(|| "PS cursor answer without next_seq".to_owned())
+            .filter(|&n| n > 0)
+            .ok_or_else(|| "PS cursor answer without a next_seq of 1 or more".to_owned())
     }
 
     /// The PS expects `next` next: line our stream up with it.
@@ -1246,7 +1266,7 @@ impl PairCtx {
     /// (from the front when None), up to `agent.chunk_max`.
     fn take_chunk(&self, after: Option<u64>) -> Option<Outgoing> {
         let spec = self.spec();
-        let max = self.agent.cfg.agent.chunk_max.0.max(RESYNC_BLOCK + 4096);
+        let (_, max) = buffer_split(&self.agent.cfg.agent);
         let recs = self.with_stream(|st| {
             let mut v = Vec::new();
             let mut n = 0u64;
@@ -1297,7 +1317,9 @@ impl PairCtx {
         match status {
             200 => SendOutcome::Acked,
             503 if v["throttled"].as_bool() == Some(true) => SendOutcome::Throttled,
-            409 if v["next_seq"].is_u64() => SendOutcome::Gap(v["next_seq"].as_u64().unwrap()),
+            409 if v["next_seq"].as_u64().is_some_and(|n| n > 0) => {
+                SendOutcome::Gap(v["next_seq"].as_u64().unwrap())
+            }
             400 => SendOutcome::Refused(format!("PS refused the chunk: {}", a.error())),
             _ => SendOutcome::Failed(format!("PS refused the chunk ({status}): {}", a.error())),
         }

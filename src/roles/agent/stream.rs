@@ -474,6 +474,12 @@ impl Volume {
                     ),
                 ));
             };
+            if sz > crate::engine::control::MAX_VOLUME_SIZE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("volume {name}: {sz} bytes is more than the 256 TiB a volume may be"),
+                ));
+            }
             if let Some(d) = path.parent() {
                 std::fs::create_dir_all(d)?;
             }
@@ -486,12 +492,14 @@ impl Volume {
             .open(path)?;
         use std::io::{Seek, SeekFrom};
         let size = (&file).seek(SeekFrom::End(0))?;
-        if size == 0 || size % 512 != 0 {
+        let max = crate::engine::control::MAX_VOLUME_SIZE;
+        if size == 0 || size % 512 != 0 || size > max {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "volume {name}: {} is {size} bytes; a volume is a positive multiple of 512 bytes",
-                    path.display()
+                    "volume {name}: {} is {size} bytes; a volume is a positive multiple of 512 bytes, at most {}",
+                    path.display(),
+                    crate::util::human_bytes(max)
                 ),
             ));
         }
@@ -601,6 +609,13 @@ impl Volume {
 
     /// Insert a bookmark at exactly this point of the stream.
     pub fn bookmark(&self, kind: BookmarkKind, name: &str) -> Result<u64, String> {
+        let max = crate::engine::journal::format::MAX_BOOKMARK_NAME;
+        if name.is_empty() || name.len() > max {
+            return Err(format!(
+                "a bookmark name is 1 to {max} bytes; `{name}` is {}",
+                name.len()
+            ));
+        }
         // A bookmark is only worth taking at a consistent point: while a
         // bitmap drain or step II runs, wait for it (bounded) instead of
         // inserting a point the MT would never offer.

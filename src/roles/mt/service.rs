@@ -341,21 +341,16 @@ async fn apply_chunk(
                 ),
                 e => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
             };
-            // Record the inconsistent runs first (write-ahead).
-            let mut run: Option<(u64, u64)> = None;
-            for r in &recs {
-                if r.inconsistent {
-                    run = Some(match run {
-                        Some((a, _)) => (a, r.record.seq),
-                        None => (r.record.seq, r.record.seq),
-                    });
-                } else if let Some((a, b)) = run.take() {
-                    j.mark_unrecoverable(a, b).map_err(refusal)?;
+            // Record the inconsistent runs first (write-ahead), in one write.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for r in recs.iter().filter(|r| r.inconsistent) {
+                let seq = r.record.seq;
+                match runs.last_mut() {
+                    Some((_, b)) if *b + 1 == seq => *b = seq,
+                    _ => runs.push((seq, seq)),
                 }
             }
-            if let Some((a, b)) = run {
-                j.mark_unrecoverable(a, b).map_err(refusal)?;
-            }
+            j.mark_unrecoverable_runs(&runs).map_err(refusal)?;
             let records: Vec<_> = recs.into_iter().map(|r| r.record).collect();
             match j.apply(&records) {
                 Ok(_) => {
@@ -447,10 +442,13 @@ async fn hashes(
         let mut out = Vec::new();
         let mut buf = vec![0u8; req.block as usize];
         for i in 0..req.count {
-            let off = req.offset + i * req.block;
-            if off >= size {
+            let Some(off) = i
+                .checked_mul(req.block)
+                .and_then(|d| req.offset.checked_add(d))
+                .filter(|&o| o < size)
+            else {
                 break;
-            }
+            };
             let n = (size - off).min(req.block) as usize;
             pin.read_at(off, &mut buf[..n]).map_err(|e| e.to_string())?;
             out.push(blake3::hash(&buf[..n]).to_hex().to_string());
