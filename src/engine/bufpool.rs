@@ -81,10 +81,10 @@ impl Pool {
     }
 }
 
-/// The capacity a new buffer for `cap` bytes gets: rounded up to a whole
-/// MiB above 1 MiB (so a chunk's body, 7.8 MB say, and a zstd output bound
-/// for it, 8.0 MB, can use each other's buffers), to a 4 KiB page below
-/// (an agent's buffered write then holds next to nothing beyond its data).
+/// The capacity a new buffer for `cap` bytes gets: above 1 MiB, rounded up
+/// to a sixteenth of the next power of two (so near sizes share buffers, and
+/// a 1.05 MiB chunk no longer takes 2 MiB), to a 4 KiB page below (an
+/// agent's buffered write then holds next to nothing beyond its data).
 fn class(cap: usize) -> usize {
     const MIB: usize = 1 << 20;
     const PAGE: usize = 4096;
@@ -93,8 +93,16 @@ fn class(cap: usize) -> usize {
     } else if cap <= MIB {
         cap.div_ceil(PAGE) * PAGE
     } else {
-        cap.div_ceil(MIB) * MIB
+        let step = cap.next_power_of_two() / 16;
+        cap.div_ceil(step) * step
     }
+}
+
+/// The most capacity a buffer taken for `cap` bytes can have: a quarter
+/// more (a pooled one), or its class (a new one). What a memory bound that
+/// admits bodies before they are read must count.
+pub fn most_for(cap: usize) -> usize {
+    (cap + cap / 4).max(class(cap))
 }
 
 /// Free every pooled buffer (the agent's memory trim: resident memory
@@ -152,12 +160,17 @@ mod tests {
         let again = take(1 << 20);
         assert!(again.is_empty(), "old contents are never visible");
         // Sizes round up to a class, so near sizes share buffers.
-        assert_eq!(class(7_800_000), 8 << 20);
+        assert_eq!(class(7_800_000), 15 << 19);
         assert_eq!(class(8 << 20), 8 << 20);
+        assert_eq!(class((1 << 20) + 112), 9 << 17);
+        for n in [3000, 70_000, 600_001, 1 << 20, (1 << 20) + 1, 7_800_000, 64 << 20] {
+            assert!(most_for(n) >= class(n) && most_for(n) >= n + n / 4);
+            assert!(most_for(n) <= n + n / 4 + 4096, "{n}: {}", most_for(n));
+        }
         assert_eq!(class(600 << 10), 600 << 10);
         assert_eq!(class(600_001), 602_112);
         assert_eq!(class(3000), 3000);
-        assert!(take(7_800_000).capacity() >= 8 << 20);
+        assert!(take(7_800_000).capacity() >= 15 << 19);
         give(again);
     }
 

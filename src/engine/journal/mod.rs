@@ -208,6 +208,10 @@ pub struct JournalOptions {
 /// [`Journal::mark_unrecoverable_runs`].
 pub const MAX_RUNS_PER_CHUNK: usize = 64;
 
+/// Separate unrecoverable ranges a journal keeps (`unrecoverable.state`
+/// is at most 1 MiB); past it the oldest are merged.
+pub const MAX_UNREC_RANGES: usize = 65536;
+
 impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
@@ -549,7 +553,14 @@ impl Journal {
         let unrec_path = dir.join(UNREC_FILE);
         if storage.exists(&unrec_path) {
             let f = storage.open(&unrec_path, false).map_err(io(UNREC_FILE))?;
-            let mut b = vec![0u8; f.len().map_err(io(UNREC_FILE))? as usize];
+            let n = f.len().map_err(io(UNREC_FILE))?;
+            if n > 16 + 16 * MAX_UNREC_RANGES as u64 + 4 {
+                return Err(JournalError::Corrupt(format!(
+                    "{}: {n} bytes, more than {MAX_UNREC_RANGES} ranges",
+                    unrec_path.display()
+                )));
+            }
+            let mut b = vec![0u8; n as usize];
             f.read_at(&mut b, 0).map_err(io(UNREC_FILE))?;
             inner.unrec = format::decode_ranges(&b)
                 .map_err(|e| JournalError::Corrupt(format!("{}: {e}", unrec_path.display())))?;
@@ -1762,6 +1773,13 @@ impl Journal {
         // Ranges wholly before the oldest point no longer matter.
         let base = i.state.base_seq;
         m.retain(|_, b| *b >= base);
+        // Past the bound, the oldest two ranges become one (points lost
+        // between them, never data).
+        while m.len() > MAX_UNREC_RANGES {
+            let (a, _) = m.pop_first().unwrap();
+            let (_, d) = m.pop_first().unwrap();
+            m.insert(a, d);
+        }
         if let Err(e) = self
             .storage
             .write_atomic(&self.dir.join(UNREC_FILE), &format::encode_ranges(&m))

@@ -384,8 +384,9 @@ where
 
 /// A bound on the bytes of request bodies one role holds in memory at once
 /// (`ps.chunk_memory`, `mt.chunk_memory`): a body is read only under an
-/// [`Admit`] for its size, held until the request is answered. One request
-/// larger than the whole bound is admitted alone. Counted in KiB.
+/// [`Admit`] for its size (the buffer it lands in), held until the request
+/// is answered. One request larger than the whole bound is admitted alone.
+/// Counted in KiB.
 #[derive(Clone)]
 pub struct Admission {
     sem: Arc<Semaphore>,
@@ -403,8 +404,12 @@ impl Admission {
             kib,
         }
     }
+    /// A body of `bytes` lands in a buffer of up to
+    /// [`bufpool::most_for`](crate::engine::bufpool::most_for) bytes: that
+    /// is what is counted.
     fn units(&self, bytes: u64) -> u32 {
-        bytes.div_ceil(1024).min(self.kib as u64).max(1) as u32
+        let most = crate::engine::bufpool::most_for(bytes.min(1 << 40) as usize) as u64;
+        most.div_ceil(1024).min(self.kib as u64).max(1) as u32
     }
     /// `bytes` now, or `None` if that would pass the bound.
     pub fn try_admit(&self, bytes: u64) -> Option<Admit> {
@@ -665,8 +670,9 @@ mod tests {
     #[tokio::test]
     async fn admission_holds_its_bound_and_admits_an_oversized_request_alone() {
         let a = Admission::new(10 << 20);
-        let x = a.try_admit(6 << 20).unwrap();
-        assert_eq!(a.in_use(), 6 << 20);
+        // A body is counted as the buffer it can land in: 1.25x.
+        let x = a.try_admit(4 << 20).unwrap();
+        assert_eq!(a.in_use(), 5 << 20);
         assert!(a.try_admit(6 << 20).is_none(), "would pass the bound");
         assert!(a.admit(6 << 20, Duration::from_millis(20)).await.is_none());
         let y = a.try_admit(4 << 20).unwrap();

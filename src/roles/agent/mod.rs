@@ -1621,4 +1621,29 @@ mod tests {
         let e = r.unwrap_err();
         assert!(e.contains("is not a mount point"), "{e}");
     }
+
+    #[test]
+    fn records_and_chunks_in_flight_share_the_buffer_cap() {
+        use crate::config::{AgentConfig, Size};
+        let cfg = |cap: u64, chunk: u64| AgentConfig {
+            buffer_cap: Size(cap),
+            chunk_max: Size(chunk),
+            ..AgentConfig::default()
+        };
+        let whole = |c: &AgentConfig| {
+            let (r, ch) = super::buffer_split(c);
+            r + (super::SEND_WINDOW as u64 + 1) * ch
+        };
+        // The usual: 8 MiB chunks, four of them off a 256 MiB cap.
+        let c = cfg(256 << 20, 8 << 20);
+        assert_eq!(super::buffer_split(&c), (224 << 20, 8 << 20));
+        assert_eq!(whole(&c), 256 << 20);
+        // A chunk is at most an eighth of the cap.
+        let c = cfg(64 << 20, 32 << 20);
+        assert_eq!(super::buffer_split(&c), (32 << 20, 8 << 20));
+        // Too small a cap for that: two resync blocks of records, one each.
+        let c = cfg(4 << 20, 8 << 20);
+        let (r, ch) = super::buffer_split(&c);
+        assert_eq!((r, ch), (2 * super::RESYNC_BLOCK + 4096, super::RESYNC_BLOCK + 4096));
+    }
 }

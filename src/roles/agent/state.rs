@@ -111,6 +111,17 @@ pub fn load(
     uuid: Option<&[u8; 16]>,
     volume_size: u64,
 ) -> Result<Option<PairState>, String> {
+    // No bigger than the state of this volume: a bitmap of 64 KiB blocks.
+    let most = HEADER as u64 + (volume_size >> 16).div_ceil(8) + 4096;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.len() > most
+    {
+        return Err(format!(
+            "{}: {} bytes, more than the state of a {volume_size}-byte volume can be",
+            path.display(),
+            m.len()
+        ));
+    }
     match std::fs::read(path) {
         Ok(b) => decode(&b, uuid, volume_size).map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -410,15 +410,26 @@ impl PsRole {
         loop {
             let front = {
                 let i = p.intake.lock().await;
-                i.cached.front().map(|c| (c.first, c.last, c.path.clone()))
+                i.cached
+                    .front()
+                    .map(|c| (c.first, c.last, c.bytes, c.path.clone()))
             };
-            let Some((first, last, path)) = front else {
+            let Some((first, last, size, path)) = front else {
                 tokio::select! {
                     _ = p.wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = sd.wait() => break,
                 }
                 continue;
+            };
+            // A cached chunk read back counts against `ps.chunk_memory` too;
+            // the forwarder waits its turn (agents' chunks are throttled meanwhile).
+            let _mem = tokio::select! {
+                m = self.admission.admit(size, Duration::from_secs(3600)) => match m {
+                    Some(m) => m,
+                    None => continue,
+                },
+                _ = sd.wait() => break,
             };
             let bytes = match tokio::fs::read(&path).await {
                 Ok(b) => Bytes::from(b),
