@@ -42,7 +42,12 @@ fn main() {
     let t = Instant::now();
     wait_for(300, "the agent's volume report", || {
         let v = c.tern(&["agent", "volume", "list"]);
-        (v.as_array()?.iter().filter(|x| x["export"].is_string()).count() > pairs).then_some(())
+        (v.as_array()?
+            .iter()
+            .filter(|x| x["export"].is_string())
+            .count()
+            > pairs)
+            .then_some(())
     });
     println!(
         "ps_many: the agent reported its {} volumes {:.1} s after the start",
@@ -61,7 +66,9 @@ fn main() {
     let t0 = Instant::now();
     for i in 0..pairs {
         let (name, src) = (format!("p{i}"), format!("agent:v{i}"));
-        c.tern(&["pair", "create", &name, "--source", &src, "--ps", "ps", "--target", "mt"]);
+        c.tern(&[
+            "pair", "create", &name, "--source", &src, "--ps", "ps", "--target", "mt",
+        ]);
     }
     let mut peak = rss0;
     // One `pair list` holds every pair's view.
@@ -111,7 +118,10 @@ fn main() {
     while writers.iter().any(|w| !w.is_finished()) {
         peak = peak.max(rss_kib(ps));
         std::thread::sleep(Duration::from_millis(100));
-        assert!(t1.elapsed() < Duration::from_secs(120), "writers did not end");
+        assert!(
+            t1.elapsed() < Duration::from_secs(120),
+            "writers did not end"
+        );
     }
     let mut written = 0;
     for w in writers {

@@ -125,7 +125,8 @@ pub struct MtConfig {
     pub keep_free: Option<Size>,
     /// Chunk bodies held in memory at once, across all pairs, with the
     /// decompressed payloads of compressed ones. A chunk that finds no room
-    /// within 5 s is answered 503; its PS keeps it and sends it again.
+    /// within 5 s (or no room to decompress at once) is answered 503; its PS
+    /// keeps it and sends it again. One chunk alone always fits.
     pub chunk_memory: Size,
 }
 

@@ -191,7 +191,12 @@ pub fn mkfifo(path: &std::path::Path) {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {}",
+        path.display()
+    );
 }
 
 /// Open `path` (a FIFO a role is blocked reading) and write `bytes` into it.
@@ -199,7 +204,10 @@ pub fn mkfifo(path: &std::path::Path) {
 pub async fn feed_fifo(path: std::path::PathBuf, bytes: &'static [u8]) {
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        std::fs::OpenOptions::new().write(true).open(&path)?.write_all(bytes)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)?
+            .write_all(bytes)
     })
     .await
     .unwrap()

@@ -618,17 +618,30 @@ fn a_chunks_inconsistent_runs_are_recorded_at_once_and_bounded() {
     use tern::engine::journal::MAX_RUNS_PER_CHUNK;
     let tmp = tempfile::tempdir().unwrap();
     let j = open_new(tmp.path(), 8 << 20);
-    j.mark_unrecoverable_runs(&[(10, 12), (20, 20), (13, 14)]).unwrap();
-    assert_eq!(j.unrecoverable_range(11), Some((10, 14)), "adjacent runs merge");
+    j.mark_unrecoverable_runs(&[(10, 12), (20, 20), (13, 14)])
+        .unwrap();
+    assert_eq!(
+        j.unrecoverable_range(11),
+        Some((10, 14)),
+        "adjacent runs merge"
+    );
     assert_eq!(j.unrecoverable_range(20), Some((20, 20)));
     assert_eq!(j.unrecoverable_range(16), None);
     let alternating: Vec<(u64, u64)> = (0..1000).map(|i| (100 + 2 * i, 100 + 2 * i)).collect();
     j.mark_unrecoverable_runs(&alternating).unwrap();
     let kept = (MAX_RUNS_PER_CHUNK - 1) as u64;
     assert_eq!(j.unrecoverable_range(100), Some((100, 100)));
-    assert_eq!(j.unrecoverable_range(101), None, "the first runs stay exact");
+    assert_eq!(
+        j.unrecoverable_range(101),
+        None,
+        "the first runs stay exact"
+    );
     let tail = 100 + 2 * kept;
-    assert_eq!(j.unrecoverable_range(tail + 1), Some((tail, 100 + 2 * 999)), "the rest is one range");
+    assert_eq!(
+        j.unrecoverable_range(tail + 1),
+        Some((tail, 100 + 2 * 999)),
+        "the rest is one range"
+    );
     drop(j);
     let j = reopen(tmp.path(), 8 << 20);
     assert_eq!(j.unrecoverable_range(11), Some((10, 14)));

@@ -163,7 +163,15 @@ mod tests {
         assert_eq!(class(7_800_000), 15 << 19);
         assert_eq!(class(8 << 20), 8 << 20);
         assert_eq!(class((1 << 20) + 112), 9 << 17);
-        for n in [3000, 70_000, 600_001, 1 << 20, (1 << 20) + 1, 7_800_000, 64 << 20] {
+        for n in [
+            3000,
+            70_000,
+            600_001,
+            1 << 20,
+            (1 << 20) + 1,
+            7_800_000,
+            64 << 20,
+        ] {
             assert!(most_for(n) >= class(n) && most_for(n) >= n + n / 4);
             assert!(most_for(n) <= n + n / 4 + 4096, "{n}: {}", most_for(n));
         }

@@ -203,7 +203,9 @@ pub async fn start(
         tasks.spawn(crate::roles::mt::pruner(
             cfg.data_dir.clone(),
             mt.as_ref().map(|m| m.open.clone()).unwrap_or_default(),
-            mt.as_ref().map(|m| m.prune_errors.clone()).unwrap_or_default(),
+            mt.as_ref()
+                .map(|m| m.prune_errors.clone())
+                .unwrap_or_default(),
             cfg.mt.prune_interval.0,
             cfg.mt.keep_free.map(|s| s.0),
             trigger.subscribe(),

@@ -408,10 +408,15 @@ pub fn index_fits(entries: &[IndexEntry], segment_len: u64, volume_size: u64) ->
     entries.iter().all(|e| {
         let fits = e.pos >= at
             && e.len <= MAX_RECORD_PAYLOAD
-            && e.pos.checked_add(e.record_len()).is_some_and(|end| end <= segment_len)
+            && e.pos
+                .checked_add(e.record_len())
+                .is_some_and(|end| end <= segment_len)
             && match e.kind {
                 Kind::Write | Kind::Zero => {
-                    e.len > 0 && e.offset.checked_add(e.len as u64).is_some_and(|end| end <= volume_size)
+                    e.len > 0
+                        && e.offset
+                            .checked_add(e.len as u64)
+                            .is_some_and(|end| end <= volume_size)
                 }
                 Kind::Bookmark => (4..=4 + MAX_BOOKMARK_NAME as u32).contains(&e.len),
                 Kind::Commit => e.len == 16,
@@ -996,11 +1001,23 @@ mod tests {
         assert!(index_fits(&[w, c], seg, 1 << 20));
         for (what, bad) in [
             ("a 4 GiB bookmark", vec![e(Kind::Bookmark, u32::MAX, 0, 64)]),
-            ("a zero range past the volume", vec![e(Kind::Zero, 4096, (1 << 20) - 1, 64)]),
-            ("a zero range of 4 GiB", vec![e(Kind::Zero, u32::MAX, 0, 64)]),
-            ("a record past the segment", vec![e(Kind::Write, 4096, 0, seg)]),
+            (
+                "a zero range past the volume",
+                vec![e(Kind::Zero, 4096, (1 << 20) - 1, 64)],
+            ),
+            (
+                "a zero range of 4 GiB",
+                vec![e(Kind::Zero, u32::MAX, 0, 64)],
+            ),
+            (
+                "a record past the segment",
+                vec![e(Kind::Write, 4096, 0, seg)],
+            ),
             ("overlapping records", vec![w, e(Kind::Commit, 16, 1, 100)]),
-            ("a record inside the header", vec![e(Kind::Write, 4096, 0, 0)]),
+            (
+                "a record inside the header",
+                vec![e(Kind::Write, 4096, 0, 0)],
+            ),
             ("a long commit", vec![e(Kind::Commit, 17, 1, 64)]),
         ] {
             assert!(!index_fits(&bad, seg, 1 << 20), "{what} accepted");

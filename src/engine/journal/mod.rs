@@ -42,12 +42,13 @@
 pub mod format;
 pub mod index;
 pub mod policy;
+pub mod sealed;
 pub mod storage;
 #[doc(hidden)]
 pub mod testkit;
 pub mod vsnap;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -57,6 +58,7 @@ use format::{
 };
 use index::{Index, RecMeta, Source};
 use policy::OnFull;
+use sealed::{BixError, SealedIndex, SegmentId};
 use serde::Serialize;
 use storage::{BlockFile, Storage, is_no_space};
 
@@ -212,6 +214,16 @@ pub const MAX_RUNS_PER_CHUNK: usize = 64;
 /// is at most 1 MiB); past it the oldest are merged.
 pub const MAX_UNREC_RANGES: usize = 65536;
 
+/// Past [`MAX_UNREC_RANGES`], the oldest two ranges become one (points
+/// lost between them, never data).
+fn merge_oldest(m: &mut BTreeMap<u64, u64>) {
+    while m.len() > MAX_UNREC_RANGES {
+        let (a, _) = m.pop_first().unwrap();
+        let (_, d) = m.pop_first().unwrap();
+        m.insert(a, d);
+    }
+}
+
 impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
@@ -309,6 +321,8 @@ struct Active {
     segno: u64,
     file: Arc<dyn BlockFile>,
     len: u64,
+    /// As its header says: what its block index is bound to.
+    created_us: u64,
     entries: Vec<IndexEntry>,
 }
 
@@ -316,9 +330,8 @@ struct Inner {
     state: State,
     last_seq: u64,
     last_ts_us: u64,
+    /// Records and points (seq, monotonic time) after base.
     index: Index,
-    /// (seq, monotonic time) of every record after base, ascending.
-    times: VecDeque<(u64, u64)>,
     bookmarks: BTreeMap<u64, Bookmark>,
     segments: BTreeMap<u64, Segment>,
     pins: BTreeMap<u64, u64>,
@@ -380,12 +393,26 @@ impl Inner {
         };
         (s <= ceil).then_some(s)
     }
-    fn ts_of(&self, seq: u64) -> u64 {
+    fn ts_of(&self, seq: u64) -> Result<u64, JournalError> {
         if seq <= self.state.base_seq {
-            return self.state.base_ts_us;
+            return Ok(self.state.base_ts_us);
         }
-        let i = self.times.partition_point(|(s, _)| *s < seq);
-        self.times.get(i).map(|t| t.1).unwrap_or(self.last_ts_us)
+        Ok(self
+            .index
+            .point_at_or_after(seq)
+            .map_err(lookup_error)?
+            .map(|p| p.1)
+            .unwrap_or(self.last_ts_us))
+    }
+    /// The last point at or before time `t`, not before the oldest.
+    fn seq_at_or_before_ts(&self, t: u64) -> Result<u64, JournalError> {
+        let oldest = self.oldest().seq;
+        Ok(self
+            .index
+            .point_at_or_before_ts(t)
+            .map_err(lookup_error)?
+            .map(|p| p.0.max(oldest))
+            .unwrap_or(oldest))
     }
 }
 
@@ -413,6 +440,35 @@ fn seg_name(segno: u64) -> String {
 }
 fn idx_name(segno: u64) -> String {
     format!("seg-{segno:012}.idx")
+}
+fn bix_name(segno: u64) -> String {
+    format!("seg-{segno:012}.bix")
+}
+
+/// A sealed segment's on-disk index failed a read or a check.
+fn bix_error(segno: u64) -> impl Fn(BixError) -> JournalError {
+    move |e| match e {
+        BixError::Io(source) => JournalError::Io {
+            what: format!("segment {segno} block index"),
+            source,
+        },
+        BixError::Corrupt(s) => JournalError::Corrupt(format!(
+            "segment {segno} block index (seg-{segno:012}.bix): {s}; stop the pair and remove the file to rebuild it from the segment"
+        )),
+    }
+}
+
+/// Where a lookup failed: the error of whichever sealed index it read.
+fn lookup_error(e: BixError) -> JournalError {
+    match e {
+        BixError::Io(source) => JournalError::Io {
+            what: "segment block index".into(),
+            source,
+        },
+        BixError::Corrupt(s) => JournalError::Corrupt(format!(
+            "a segment block index (.bix): {s}; stop the pair and remove the damaged .bix to rebuild it from its segment"
+        )),
+    }
 }
 fn parse_seg_name(n: &str) -> Option<u64> {
     n.strip_prefix("seg-")?.strip_suffix(".tj")?.parse().ok()
@@ -536,7 +592,6 @@ impl Journal {
             last_seq: state.base_seq,
             last_ts_us: state.base_ts_us,
             index: Index::default(),
-            times: VecDeque::new(),
             bookmarks: BTreeMap::new(),
             segments: BTreeMap::new(),
             pins: BTreeMap::new(),
@@ -553,10 +608,12 @@ impl Journal {
         let unrec_path = dir.join(UNREC_FILE);
         if storage.exists(&unrec_path) {
             let f = storage.open(&unrec_path, false).map_err(io(UNREC_FILE))?;
+            // Older versions kept any number of ranges: more than the bound
+            // are merged (below) rather than refused, up to 64 MiB of them.
             let n = f.len().map_err(io(UNREC_FILE))?;
-            if n > 16 + 16 * MAX_UNREC_RANGES as u64 + 4 {
+            if n > 64 << 20 {
                 return Err(JournalError::Corrupt(format!(
-                    "{}: {n} bytes, more than {MAX_UNREC_RANGES} ranges",
+                    "{}: {n} bytes, far more than {MAX_UNREC_RANGES} ranges",
                     unrec_path.display()
                 )));
             }
@@ -564,6 +621,7 @@ impl Journal {
             f.read_at(&mut b, 0).map_err(io(UNREC_FILE))?;
             inner.unrec = format::decode_ranges(&b)
                 .map_err(|e| JournalError::Corrupt(format!("{}: {e}", unrec_path.display())))?;
+            merge_oldest(&mut inner.unrec);
         }
         let mut active = None;
         let floor = state.base_seq;
@@ -573,6 +631,82 @@ impl Journal {
             let file = storage
                 .open(&path, false)
                 .map_err(io(path.display().to_string()))?;
+            // A sealed segment with a valid block index: its summary is all
+            // memory takes; the records stay on disk.
+            if !is_last && let Some((s, bms)) = open_bix(&*storage, dir, segno, &file, state)? {
+                let (level, covers) = (s.id.level, (s.first_seq, s.last_seq));
+                if covers.1 > floor
+                    && covers.1 <= inner.last_seq
+                    && inner.last_seq > floor
+                    && covers.0 <= inner.last_seq
+                {
+                    tracing::info!(
+                        segment = segno,
+                        "removing a segment superseded by a compacted one"
+                    );
+                    let _ = storage.remove(&dir.join(idx_name(segno)));
+                    let _ = storage.remove(&dir.join(bix_name(segno)));
+                    storage
+                        .remove(&path)
+                        .map_err(io("remove superseded segment"))?;
+                    continue;
+                }
+                if covers.1 > floor {
+                    let from = covers.0.max(floor + 1);
+                    if from != inner.last_seq + 1 {
+                        return Err(JournalError::Corrupt(format!(
+                            "segment {segno}: expected seq {}, found {from} (a segment is missing)",
+                            inner.last_seq + 1,
+                        )));
+                    }
+                    inner.last_seq = covers.1;
+                    if let Some((_, last)) = s.point_bounds() {
+                        inner.last_ts_us = inner.last_ts_us.max(last.1);
+                    }
+                    for e in bms.iter().filter(|e| e.seq > floor) {
+                        let (kind, name) = read_bookmark(&file, e)?;
+                        let ts = s
+                            .point_at_or_after(e.seq)
+                            .map_err(bix_error(segno))?
+                            .filter(|p| p.0 == e.seq)
+                            .ok_or_else(|| {
+                                JournalError::Corrupt(format!(
+                                    "segment {segno}: bookmark seq {} is not a point of its index",
+                                    e.seq
+                                ))
+                            })?
+                            .1;
+                        inner.bookmarks.insert(
+                            e.seq,
+                            Bookmark {
+                                seq: e.seq,
+                                ts_us: ts,
+                                kind,
+                                name,
+                            },
+                        );
+                    }
+                    if level > 0 {
+                        let kept = s.points_in(floor + 1, covers.1).map_err(bix_error(segno))?;
+                        inner.retained.extend(kept.iter().map(|p| p.0));
+                        inner.thinned.insert(covers.0.max(floor + 1), covers.1);
+                    }
+                }
+                let bytes = s.id.len;
+                inner.index.seal(s);
+                inner.segments.insert(
+                    segno,
+                    Segment {
+                        file,
+                        path,
+                        first_seq: covers.0,
+                        last_seq: covers.1,
+                        bytes,
+                        level,
+                    },
+                );
+                continue;
+            }
             let (level, entries, good_len) =
                 load_segment(&*storage, dir, segno, &file, state, is_last)?;
             let Some(good_len) = good_len else {
@@ -605,6 +739,7 @@ impl Journal {
                     "removing a segment superseded by a compacted one"
                 );
                 let _ = storage.remove(&dir.join(idx_name(segno)));
+                let _ = storage.remove(&dir.join(bix_name(segno)));
                 storage
                     .remove(&path)
                     .map_err(io("remove superseded segment"))?;
@@ -621,6 +756,7 @@ impl Journal {
             // extents numbered (seq, sub) by the interval they close, and the
             // points it kept (Point or Bookmark records).
             let (mut prev, mut sub) = (0, 0u32);
+            let (mut recs, mut points) = (Vec::new(), Vec::new());
             for e in entries
                 .iter()
                 .filter(|e| e.seq > floor && e.kind != Kind::Commit)
@@ -644,6 +780,9 @@ impl Journal {
                     Kind::Write | Kind::Zero => {
                         let m = RecMeta::of(segno, e);
                         inner.index.insert((e.seq, sub), m);
+                        if e.len > 0 {
+                            recs.push(((e.seq, sub), m));
+                        }
                         sub += 1;
                         level == 0
                     }
@@ -669,7 +808,8 @@ impl Journal {
                     Kind::Commit => false,
                 };
                 if is_point {
-                    inner.times.push_back((e.seq, ts));
+                    inner.index.push_point(e.seq, ts);
+                    points.push((e.seq, ts));
                     if level > 0 {
                         inner.retained.insert(e.seq);
                     }
@@ -678,6 +818,37 @@ impl Journal {
             if level > 0 && covers.1 > floor {
                 inner.last_seq = covers.1;
                 inner.thinned.insert(covers.0.max(floor + 1), covers.1);
+            }
+            // Sealed but without a (valid) block index: write it now, so
+            // the records leave memory and the next open is quick.
+            if !is_last && covers.1 > floor {
+                let mut hb = [0u8; SEGMENT_HEADER_LEN];
+                file.read_at(&mut hb, 0).map_err(io("segment header"))?;
+                let created_us = SegmentHeader::decode(&hb)
+                    .map_err(|e| JournalError::Corrupt(format!("segment {segno} header: {e}")))?
+                    .created_us;
+                let bms: Vec<IndexEntry> = entries
+                    .iter()
+                    .filter(|e| e.kind == Kind::Bookmark && e.seq > floor)
+                    .copied()
+                    .collect();
+                let c = sealed::Contents {
+                    id: SegmentId {
+                        segno,
+                        journal_id: state.journal_id,
+                        created_us,
+                        level,
+                        len: good_len,
+                    },
+                    first_seq: covers.0,
+                    last_seq: covers.1,
+                    records: &recs,
+                    points: &points,
+                    bookmarks: &bms,
+                };
+                if let Some(s) = write_bix(&*storage, dir, state.volume_size, &c)? {
+                    inner.index.seal(s);
+                }
             }
             inner.segments.insert(
                 segno,
@@ -691,10 +862,16 @@ impl Journal {
                 },
             );
             if is_last {
+                let mut hb = [0u8; SEGMENT_HEADER_LEN];
+                file.read_at(&mut hb, 0).map_err(io("segment header"))?;
+                let created_us = SegmentHeader::decode(&hb)
+                    .map(|h| h.created_us)
+                    .unwrap_or(0);
                 active = Some(Active {
                     segno,
                     file,
                     len: good_len,
+                    created_us,
                     entries,
                 });
             }
@@ -951,7 +1128,7 @@ impl Journal {
         }
         // The untouched initial replica dates from the first record.
         let oldest_ts = match oldest.seq {
-            0 => self.ts_of(1),
+            0 => self.ts_of(1)?,
             _ => oldest.ts_us,
         };
         match self.checkpoint(to) {
@@ -1143,7 +1320,7 @@ impl Journal {
             let ts = r.ts_us.max(i.last_ts_us);
             i.last_ts_us = ts;
             i.last_seq = r.seq;
-            i.times.push_back((r.seq, ts));
+            i.index.push_point(r.seq, ts);
             match &r.body {
                 RecordBody::Write { .. } | RecordBody::Zero { .. } => {
                     i.index.insert((r.seq, 0), RecMeta::of(segno, e))
@@ -1237,6 +1414,7 @@ impl Journal {
                     }
                     Err(e) => return Err(io(format!("cannot seal segment {}", a.segno))(e)),
                 }
+                self.seal_index(a, state)?;
                 a.segno + 1
             }
             None => self
@@ -1292,8 +1470,55 @@ impl Journal {
             segno: next_segno,
             file,
             len: SEGMENT_HEADER_LEN as u64,
+            created_us: hdr.created_us,
             entries: Vec::new(),
         })
+    }
+
+    /// Write the block index of `a`, just sealed, and move its records and
+    /// points from memory to it. Without room for it they stay in memory.
+    fn seal_index(&self, a: &Active, state: State) -> Result<(), JournalError> {
+        let (first, last, points) = {
+            let i = self.inner.read().unwrap();
+            let Some(seg) = i.segments.get(&a.segno).filter(|s| s.first_seq != 0) else {
+                return Ok(());
+            };
+            let (f, l) = (seg.first_seq, seg.last_seq);
+            (f, l, i.index.mem_points(f, l))
+        };
+        let recs: Vec<(index::Key, RecMeta)> = a
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::Write | Kind::Zero) && e.len > 0)
+            .map(|e| ((e.seq, 0), RecMeta::of(a.segno, e)))
+            .collect();
+        let bms: Vec<IndexEntry> = a
+            .entries
+            .iter()
+            .filter(|e| e.kind == Kind::Bookmark)
+            .copied()
+            .collect();
+        let c = sealed::Contents {
+            id: SegmentId {
+                segno: a.segno,
+                journal_id: state.journal_id,
+                created_us: a.created_us,
+                level: 0,
+                len: a.len,
+            },
+            first_seq: first,
+            last_seq: last,
+            records: &recs,
+            points: &points,
+            bookmarks: &bms,
+        };
+        if let Some(s) = write_bix(&*self.storage, &self.dir, self.volume_size, &c)? {
+            let mut i = self.inner.write().unwrap();
+            if i.segments.contains_key(&a.segno) {
+                i.index.seal(s);
+            }
+        }
+        Ok(())
     }
 
     // --- points -----------------------------------------------------------
@@ -1343,19 +1568,21 @@ impl Journal {
                     .into(),
             )
         };
-        let point = |seq: u64| Point {
-            seq,
-            ts_us: i.ts_of(seq),
+        let point = |seq: u64| -> Result<Point, JournalError> {
+            Ok(Point {
+                seq,
+                ts_us: i.ts_of(seq)?,
+            })
         };
         match spec {
-            PointSpec::Latest => i
-                .recoverable_at_or_before(latest.seq, oldest.seq)
-                .map(point)
-                .ok_or_else(none_yet),
-            PointSpec::Oldest => i
-                .recoverable_at_or_after(oldest.seq, latest.seq)
-                .map(point)
-                .ok_or_else(none_yet),
+            PointSpec::Latest => point(
+                i.recoverable_at_or_before(latest.seq, oldest.seq)
+                    .ok_or_else(none_yet)?,
+            ),
+            PointSpec::Oldest => point(
+                i.recoverable_at_or_after(oldest.seq, latest.seq)
+                    .ok_or_else(none_yet)?,
+            ),
             PointSpec::Seq(s) => {
                 if *s < oldest.seq || *s > latest.seq {
                     return Err(outside(format!("seq {s}")));
@@ -1394,10 +1621,7 @@ impl Journal {
                         "seq {s} was thinned by the sparse retention policy; the nearest kept points are seq {before} and {after}"
                     )));
                 }
-                Ok(Point {
-                    seq: *s,
-                    ts_us: i.ts_of(*s),
-                })
+                point(*s)
             }
             PointSpec::Time(t) => {
                 if *t < oldest.ts_us {
@@ -1406,20 +1630,13 @@ impl Journal {
                         crate::util::rfc3339_ms(t / 1000)
                     )));
                 }
-                let n = i.times.partition_point(|(_, ts)| ts <= t);
-                let seq = if n == 0 {
-                    oldest.seq
-                } else {
-                    i.times[n - 1].0.max(oldest.seq)
-                };
-                i.recoverable_at_or_before(seq, oldest.seq)
-                    .map(point)
-                    .ok_or_else(|| {
-                        JournalError::OutsideWindow(format!(
-                            "no consistent point at or before {}: the pair was resyncing then",
-                            crate::util::rfc3339_ms(t / 1000)
-                        ))
-                    })
+                let seq = i.seq_at_or_before_ts(*t)?;
+                point(i.recoverable_at_or_before(seq, oldest.seq).ok_or_else(|| {
+                    JournalError::OutsideWindow(format!(
+                        "no consistent point at or before {}: the pair was resyncing then",
+                        crate::util::rfc3339_ms(t / 1000)
+                    ))
+                })?)
             }
             PointSpec::Bookmark(name) => i
                 .bookmarks
@@ -1490,11 +1707,13 @@ impl Journal {
         let (pieces, files) = {
             let i = self.inner.read().unwrap();
             let base = i.state.base_seq;
-            let pieces = i.index.plan(base, seq, off, buf.len() as u64);
+            let pieces = i
+                .index
+                .plan(base, seq, off, buf.len() as u64)
+                .map_err(lookup_error)?;
             let mut files = Vec::new();
             for p in &pieces {
-                if let Source::Record(s) = p.src {
-                    let m = *i.index.get(s).expect("planned record exists");
+                if let Source::Record(_, m) = p.src {
                     let f = i
                         .segments
                         .get(&m.segno)
@@ -1515,7 +1734,7 @@ impl Journal {
                     .read_at(dst, p.off)
                     .map_err(io("replica read"))?,
                 Source::Zeros => dst.fill(0),
-                Source::Record(key) => {
+                Source::Record(key, _) => {
                     let (m, f) = files.next().expect("one file per record piece");
                     read_payload(&*f, &m, key.0, p.off - m.offset, dst)?;
                 }
@@ -1564,7 +1783,7 @@ impl Journal {
             {
                 return Err(JournalError::Pinned { pinned });
             }
-            let ts = i.ts_of(seq);
+            let ts = i.ts_of(seq)?;
             let mut st = i.state;
             st.pending_base = Some((seq, ts));
             self.write_state(&mut i, st)?;
@@ -1576,11 +1795,13 @@ impl Journal {
     fn finish_checkpoint(&self, seq: u64, ts: u64) -> Result<(), JournalError> {
         let (extents, files) = {
             let i = self.inner.read().unwrap();
-            let ext = i.index.top_extents(i.state.base_seq, seq);
+            let ext = i
+                .index
+                .top_extents(i.state.base_seq, seq)
+                .map_err(lookup_error)?;
             let mut files = Vec::new();
             for p in &ext {
-                if let Source::Record(s) = p.src {
-                    let m = *i.index.get(s).expect("record exists");
+                if let Source::Record(_, m) = p.src {
                     files.push((m, i.segments[&m.segno].file.clone()));
                 }
             }
@@ -1591,7 +1812,7 @@ impl Journal {
         for p in &extents {
             // Bounded buffer: large extents are copied in 4 MiB steps.
             let mut done = 0u64;
-            let rec = if let Source::Record(_) = p.src {
+            let rec = if let Source::Record(..) = p.src {
                 files.next()
             } else {
                 None
@@ -1601,7 +1822,7 @@ impl Journal {
                 buf.resize(n, 0);
                 match (&p.src, &rec) {
                     (Source::Zeros, _) => buf.fill(0),
-                    (Source::Record(s), Some((m, f))) => {
+                    (Source::Record(s, _), Some((m, f))) => {
                         read_payload(&**f, m, s.0, p.off + done - m.offset, &mut buf)?
                     }
                     _ => unreachable!("top extents are records or zeros"),
@@ -1622,8 +1843,6 @@ impl Journal {
         st.pending_base = None;
         self.write_state(&mut i, st)?;
         i.index.remove_upto(seq);
-        let n = i.times.partition_point(|(s, _)| *s <= seq);
-        i.times.drain(..n);
         i.bookmarks = i.bookmarks.split_off(&seq);
         if i.last_seq < seq {
             i.last_seq = seq;
@@ -1638,7 +1857,9 @@ impl Journal {
             .collect();
         for n in dead {
             let s = i.segments.remove(&n).unwrap();
+            i.index.drop_sealed(n);
             let _ = self.storage.remove(&self.dir.join(idx_name(n)));
+            let _ = self.storage.remove(&self.dir.join(bix_name(n)));
             self.storage
                 .remove(&s.path)
                 .map_err(io("remove pruned segment"))?;
@@ -1712,22 +1933,17 @@ impl Journal {
     }
 
     /// Time (µs) of the record at `seq` (monotonic view).
-    pub fn ts_of(&self, seq: u64) -> u64 {
+    pub fn ts_of(&self, seq: u64) -> Result<u64, JournalError> {
         self.inner.read().unwrap().ts_of(seq)
     }
 
-    /// Latest recoverable point whose source time is at or before `ts_us`.
-    pub fn seq_at_or_before(&self, ts_us: u64) -> Option<u64> {
+    /// Latest point whose source time is at or before `ts_us`.
+    pub fn seq_at_or_before(&self, ts_us: u64) -> Result<Option<u64>, JournalError> {
         let i = self.inner.read().unwrap();
         if ts_us < i.oldest().ts_us {
-            return None;
+            return Ok(None);
         }
-        let n = i.times.partition_point(|(_, t)| *t <= ts_us);
-        Some(if n == 0 {
-            i.oldest().seq
-        } else {
-            i.times[n - 1].0.max(i.oldest().seq)
-        })
+        i.seq_at_or_before_ts(ts_us).map(Some)
     }
 
     /// Record, durably and before the records are applied, that the points
@@ -1751,7 +1967,7 @@ impl Journal {
             runs.push((lo, hi));
         }
         let mut i = self.inner.write().unwrap();
-        runs.retain(|&(from, to)| !i.unrec_range(from).is_some_and(|(_, b)| b >= to));
+        runs.retain(|&(from, to)| i.unrec_range(from).is_none_or(|(_, b)| b < to));
         if runs.is_empty() {
             return Ok(());
         }
@@ -1773,13 +1989,7 @@ impl Journal {
         // Ranges wholly before the oldest point no longer matter.
         let base = i.state.base_seq;
         m.retain(|_, b| *b >= base);
-        // Past the bound, the oldest two ranges become one (points lost
-        // between them, never data).
-        while m.len() > MAX_UNREC_RANGES {
-            let (a, _) = m.pop_first().unwrap();
-            let (_, d) = m.pop_first().unwrap();
-            m.insert(a, d);
-        }
+        merge_oldest(&mut m);
         if let Err(e) = self
             .storage
             .write_atomic(&self.dir.join(UNREC_FILE), &format::encode_ranges(&m))
@@ -1965,6 +2175,77 @@ fn read_bookmark(
         .map_err(|x| JournalError::Corrupt(format!("bookmark seq {}: {x}", e.seq)))?;
     format::decode_bookmark(payload)
         .map_err(|x| JournalError::Corrupt(format!("bookmark seq {}: {x}", e.seq)))
+}
+
+/// Write the block index `c` describes beside its segment and open it.
+/// `None` without room for it: the records then stay in memory (and the
+/// index is written on a later open).
+fn write_bix(
+    storage: &dyn Storage,
+    dir: &Path,
+    volume_size: u64,
+    c: &sealed::Contents,
+) -> Result<Option<SealedIndex>, JournalError> {
+    let segno = c.id.segno;
+    let path = dir.join(bix_name(segno));
+    match storage.write_atomic(&path, &sealed::build(c)) {
+        Ok(()) => {}
+        Err(e) if is_no_space(&e) => {
+            tracing::warn!(segment = segno, error = %e, "no space for the segment's block index; its records stay in memory until it can be written");
+            return Ok(None);
+        }
+        Err(e) => return Err(io(format!("cannot write {}", path.display()))(e)),
+    }
+    let f = storage
+        .open(&path, false)
+        .map_err(io(format!("cannot open {}", path.display())))?;
+    let (s, _) = SealedIndex::open(f, c.id, volume_size).map_err(bix_error(segno))?;
+    Ok(Some(s))
+}
+
+/// Open sealed segment `segno`'s block index if it is there and describes
+/// the segment as it stands; `None` (and the segment is loaded whole) if
+/// not.
+fn open_bix(
+    storage: &dyn Storage,
+    dir: &Path,
+    segno: u64,
+    file: &Arc<dyn BlockFile>,
+    state: State,
+) -> Result<Option<(SealedIndex, Vec<IndexEntry>)>, JournalError> {
+    let path = dir.join(bix_name(segno));
+    if !storage.exists(&path) {
+        return Ok(None);
+    }
+    let len = file.len().map_err(io("segment size"))?;
+    if len < SEGMENT_HEADER_LEN as u64 {
+        return Ok(None);
+    }
+    let mut hb = [0u8; SEGMENT_HEADER_LEN];
+    file.read_at(&mut hb, 0).map_err(io("segment header"))?;
+    let Ok(h) = SegmentHeader::decode(&hb) else {
+        return Ok(None);
+    };
+    if h.journal_id != state.journal_id || h.segno != segno {
+        return Ok(None);
+    }
+    let id = SegmentId {
+        segno,
+        journal_id: state.journal_id,
+        created_us: h.created_us,
+        level: h.level,
+        len,
+    };
+    let f = storage
+        .open(&path, false)
+        .map_err(io("segment block index"))?;
+    match SealedIndex::open(f, id, state.volume_size) {
+        Ok(x) => Ok(Some(x)),
+        Err(e) => {
+            tracing::warn!(segment = segno, error = %e, "segment block index invalid; rebuilding it from the segment");
+            Ok(None)
+        }
+    }
 }
 
 /// Load a segment's entries: from its sealed index if valid, else by scanning.
@@ -2225,16 +2506,18 @@ impl Journal {
             let (lo, hi) = (segs[0].first_seq.max(floor + 1), last.last_seq);
             let bytes_before: u64 = segs.iter().map(|s| s.bytes).sum();
             // Current points in [lo, hi] and the rule's verdict on each.
-            let a = i.times.partition_point(|(s, _)| *s < lo);
-            let b = i.times.partition_point(|(s, _)| *s <= hi);
+            let points = i.index.points_in(lo, hi).map_err(lookup_error)?;
+            let after = i
+                .index
+                .point_at_or_after(hi.saturating_add(1))
+                .map_err(lookup_error)?;
             let mut kept = Vec::new();
             let mut dropped = 0;
-            for k in a..b {
-                let (seq, ts) = i.times[k];
+            for (k, &(seq, ts)) in points.iter().enumerate() {
                 let info = PointInfo {
                     seq,
                     ts_us: ts,
-                    next_ts_us: i.times.get(k + 1).map(|t| t.1),
+                    next_ts_us: points.get(k + 1).or(after.as_ref()).map(|t| t.1),
                     bookmark: i.bookmarks.get(&seq),
                 };
                 if keep(&info) {
@@ -2261,19 +2544,17 @@ impl Journal {
                 let ext: Vec<(index::Piece, Option<RecordSource>)> = i
                     .index
                     .top_extents(start, e)
+                    .map_err(lookup_error)?
                     .into_iter()
                     .map(|p| {
                         let src = match p.src {
-                            Source::Record(k) => {
-                                let m = *i.index.get(k).expect("record exists");
-                                Some((m, i.segments[&m.segno].file.clone()))
-                            }
+                            Source::Record(_, m) => Some((m, i.segments[&m.segno].file.clone())),
                             _ => None,
                         };
                         (p, src)
                     })
                     .collect();
-                plan.push((e, i.ts_of(e), ext));
+                plan.push((e, i.ts_of(e)?, ext));
                 start = e;
             }
             (lo, hi, kept, dropped, plan, bytes_before)
@@ -2377,12 +2658,21 @@ impl Journal {
         // Install: stale index out, new segment in atomically, new index.
         let path = self.dir.join(seg_name(segno));
         let idx = self.dir.join(idx_name(segno));
+        let bix = self.dir.join(bix_name(segno));
         let fail = |e| self.fail(e);
-        if self.storage.exists(&idx) {
+        // Both indexes of the old segment go first: neither may outlive it.
+        // (The block index is also bound to the segment's creation time.)
+        let stale: Vec<&PathBuf> = [&idx, &bix]
+            .into_iter()
+            .filter(|p| self.storage.exists(p))
+            .collect();
+        for p in &stale {
             self.storage
-                .remove(&idx)
+                .remove(p)
                 .map_err(io("remove segment index"))
                 .map_err(fail)?;
+        }
+        if !stale.is_empty() {
             self.storage
                 .sync_dir(&self.dir)
                 .map_err(io("journal directory fsync"))
@@ -2412,8 +2702,52 @@ impl Journal {
             .open(&path, false)
             .map_err(io("reopen segment"))
             .map_err(fail)?;
+        let recs: Vec<(index::Key, RecMeta)> = {
+            let (mut prev, mut sub) = (0, 0u32);
+            let mut v = Vec::new();
+            for e in entries
+                .iter()
+                .filter(|e| matches!(e.kind, Kind::Write | Kind::Zero))
+            {
+                if e.seq != prev {
+                    (prev, sub) = (e.seq, 0);
+                }
+                if e.len > 0 {
+                    v.push(((e.seq, sub), RecMeta::of(segno, e)));
+                }
+                sub += 1;
+            }
+            v
+        };
+        let points: Vec<(u64, u64)> = kept.iter().map(|k| (k.0, k.1)).collect();
+        let bms: Vec<IndexEntry> = entries
+            .iter()
+            .filter(|e| e.kind == Kind::Bookmark)
+            .copied()
+            .collect();
+        let sealed_ix = write_bix(
+            &*self.storage,
+            &self.dir,
+            self.volume_size,
+            &sealed::Contents {
+                id: SegmentId {
+                    segno,
+                    journal_id: state.journal_id,
+                    created_us: hdr.created_us,
+                    level,
+                    len: buf.len() as u64,
+                },
+                first_seq: lo,
+                last_seq: hi,
+                records: &recs,
+                points: &points,
+                bookmarks: &bms,
+            },
+        )
+        .map_err(fail)?;
         for n in &segnos[1..] {
             let _ = self.storage.remove(&self.dir.join(idx_name(*n)));
+            let _ = self.storage.remove(&self.dir.join(bix_name(*n)));
             self.storage
                 .remove(&self.dir.join(seg_name(*n)))
                 .map_err(io("remove merged segment"))
@@ -2428,25 +2762,21 @@ impl Journal {
         for n in &segnos[1..] {
             i.segments.remove(n);
         }
+        for n in segnos {
+            i.index.drop_sealed(*n);
+        }
         i.index.remove_range(lo, hi);
-        let (mut prev, mut sub) = (0, 0u32);
-        for e in entries
-            .iter()
-            .filter(|e| matches!(e.kind, Kind::Write | Kind::Zero))
-        {
-            if e.seq != prev {
-                (prev, sub) = (e.seq, 0);
+        match sealed_ix {
+            Some(s) => i.index.seal(s),
+            None => {
+                for (k, m) in recs {
+                    i.index.insert(k, m);
+                }
+                for (seq, ts) in points {
+                    i.index.push_point(seq, ts);
+                }
             }
-            i.index.insert((e.seq, sub), RecMeta::of(segno, e));
-            sub += 1;
         }
-        let a = i.times.partition_point(|(s, _)| *s < lo);
-        let b = i.times.partition_point(|(s, _)| *s <= hi);
-        let tail: Vec<(u64, u64)> = i.times.drain(a..).skip(b - a).collect();
-        for (seq, ts, _) in &kept {
-            i.times.push_back((*seq, *ts));
-        }
-        i.times.extend(tail);
         let gone: Vec<u64> = i
             .bookmarks
             .range(lo..=hi)

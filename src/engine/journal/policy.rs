@@ -147,13 +147,20 @@ pub enum PruneOutcome {
 
 /// Where the policy wants the oldest point to be now; `reset` when space
 /// forces it past what the time window would keep.
-fn target(j: &Journal, p: &RetentionPolicy, st: &JournalStats, now_us: u64) -> (u64, bool) {
+fn target(
+    j: &Journal,
+    p: &RetentionPolicy,
+    st: &JournalStats,
+    now_us: u64,
+) -> Result<(u64, bool), JournalError> {
     let oldest = st.oldest.seq;
-    let by_time = p
+    let by_time = match p
         .window
         .and_then(|w| now_us.checked_sub(w.as_micros() as u64))
-        .and_then(|cutoff| j.seq_at_or_before(cutoff))
-        .unwrap_or(oldest);
+    {
+        Some(cutoff) => j.seq_at_or_before(cutoff)?.unwrap_or(oldest),
+        None => oldest,
+    };
     let mut by_space = oldest;
     if let (Some(max), OnFull::Prune) = (p.max_bytes, p.on_full)
         && st.bytes > max
@@ -171,7 +178,7 @@ fn target(j: &Journal, p: &RetentionPolicy, st: &JournalStats, now_us: u64) -> (
         .map(|(_, to)| to.min(st.latest.seq))
         .unwrap_or(oldest);
     let t = by_time.max(by_space).max(by_resync);
-    (t, by_space > by_time.max(by_resync) && t > oldest)
+    Ok((t, by_space > by_time.max(by_resync) && t > oldest))
 }
 
 /// One bounded pruning step.
@@ -195,7 +202,7 @@ pub fn prune_step(
         j.seal_active()?;
         st = j.stats();
     }
-    let (mut to, reset) = target(j, p, &st, now_us);
+    let (mut to, reset) = target(j, p, &st, now_us)?;
     if to <= st.oldest.seq {
         return compact_step(j, p, &st, now_us);
     }
@@ -233,22 +240,24 @@ fn compact_step(
     let mut tiers = p.tiers.clone();
     tiers.sort_by_key(|t| t.after);
     let active = st.segments.last().map(|s| s.segno);
-    let target = |seg: &super::SegmentStats| -> Option<usize> {
+    let tier_of = |seg: &super::SegmentStats| -> Result<Option<usize>, JournalError> {
         if Some(seg.segno) == active || seg.last_seq <= st.oldest.seq || seg.first_seq == 0 {
-            return None;
+            return Ok(None);
         }
-        let newest = j.ts_of(seg.last_seq);
-        tiers
+        let newest = j.ts_of(seg.last_seq)?;
+        Ok(tiers
             .iter()
-            .rposition(|t| newest < now_us.saturating_sub(t.after.as_micros() as u64))
+            .rposition(|t| newest < now_us.saturating_sub(t.after.as_micros() as u64)))
     };
+    let due: Vec<Option<usize>> = st.segments.iter().map(tier_of).collect::<Result<_, _>>()?;
+    let target = |k: usize| due[k];
     // Bound the work of one step: merge at most this many input bytes.
     let budget = 4 * j.segment_bytes();
     let mut held = None;
     let segs = &st.segments;
     let mut i = 0;
     while i < segs.len() {
-        let Some(k) = target(&segs[i]) else {
+        let Some(k) = target(i) else {
             i += 1;
             continue;
         };
@@ -261,7 +270,7 @@ fn compact_step(
         let mut run = vec![segs[i].segno];
         let mut bytes = segs[i].bytes;
         let mut n = i + 1;
-        while n < segs.len() && target(&segs[n]) == Some(k) && bytes + segs[n].bytes <= budget {
+        while n < segs.len() && target(n) == Some(k) && bytes + segs[n].bytes <= budget {
             run.push(segs[n].segno);
             bytes += segs[n].bytes;
             n += 1;
@@ -330,7 +339,8 @@ pub fn report(j: &Journal, p: &RetentionPolicy, now_us: u64) -> RetentionReport 
     let st = j.stats();
     // An untouched initial replica (seq 0) dates from the first record.
     let oldest_ts = if st.oldest.seq == 0 {
-        j.ts_of(1).min(st.latest.ts_us)
+        // (A report: an unreadable index shows as no history.)
+        j.ts_of(1).unwrap_or(st.latest.ts_us).min(st.latest.ts_us)
     } else {
         st.oldest.ts_us
     };

@@ -292,13 +292,6 @@ pub fn json_reply(status: warp::http::StatusCode, v: serde_json::Value) -> warp:
     warp::reply::with_status(warp::reply::json(&v), status).into_response()
 }
 
-/// A request body that broke off or ran past its declared length.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BodyError(pub String);
-
-impl warp::reject::Reject for BodyError {}
-
 /// A chunk PUT's body, not yet read: its `Content-Length` (required, at
 /// most a chunk's largest size) and the stream. The handler decides whether
 /// the request may be read at all (who sent it, [`Admission`]) before any
@@ -338,8 +331,31 @@ impl ChunkBody {
     /// the chunk header) summed as each piece arrives, while it is still in
     /// the CPU's cache: a second pass over a chunk read it back from memory
     /// for 0.06 CPU-seconds per GB.
+    ///
+    /// A body that stops arriving for [`BODY_DEADLINE`] is an error, so a
+    /// peer cut off mid-body never holds the memory admitted for it.
     pub async fn gather(self) -> Result<(bytes::Bytes, u32), String> {
-        gather(self.len, self.stream, crate::engine::chunk::HEADER_LEN).await
+        tokio::time::timeout(
+            BODY_DEADLINE,
+            gather(self.len, self.stream, crate::engine::chunk::HEADER_LEN),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "request body not received within {BODY_DEADLINE:?}"
+            ))
+        })
+    }
+
+    /// Read the body and drop it piece by piece (no memory kept), so an
+    /// answer given without it reaches the client instead of a reset
+    /// connection; bounded by [`BODY_DEADLINE`].
+    pub async fn discard(mut self) {
+        use futures_util::StreamExt;
+        let _ = tokio::time::timeout(BODY_DEADLINE, async {
+            while let Some(Ok(_)) = self.stream.next().await {}
+        })
+        .await;
     }
 }
 
@@ -382,6 +398,10 @@ where
     Ok((crate::engine::bufpool::shared(v), crc))
 }
 
+/// How long a chunk body may take to arrive whole (the senders' own
+/// request timeout is 120 s).
+pub const BODY_DEADLINE: Duration = Duration::from_secs(120);
+
 /// A bound on the bytes of request bodies one role holds in memory at once
 /// (`ps.chunk_memory`, `mt.chunk_memory`): a body is read only under an
 /// [`Admit`] for its size (the buffer it lands in), held until the request
@@ -394,7 +414,7 @@ pub struct Admission {
 }
 
 /// Bytes of an [`Admission`] held by one request; returned on drop.
-pub struct Admit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+pub struct Admit(tokio::sync::OwnedSemaphorePermit);
 
 impl Admission {
     pub fn new(bytes: u64) -> Admission {
@@ -428,6 +448,11 @@ impl Admission {
             _ => None,
         }
     }
+    /// Whether `a` is all that is admitted now.
+    pub fn held_only_by(&self, a: &Admit) -> bool {
+        self.kib as usize - self.sem.available_permits() <= a.0.num_permits()
+    }
+
     /// Bytes admitted now.
     pub fn in_use(&self) -> u64 {
         (self.kib as u64 - self.sem.available_permits() as u64) * 1024

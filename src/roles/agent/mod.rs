@@ -1644,6 +1644,9 @@ mod tests {
         // Too small a cap for that: two resync blocks of records, one each.
         let c = cfg(4 << 20, 8 << 20);
         let (r, ch) = super::buffer_split(&c);
-        assert_eq!((r, ch), (2 * super::RESYNC_BLOCK + 4096, super::RESYNC_BLOCK + 4096));
+        assert_eq!(
+            (r, ch),
+            (2 * super::RESYNC_BLOCK + 4096, super::RESYNC_BLOCK + 4096)
+        );
     }
 }

@@ -49,8 +49,6 @@ pub async fn recover(r: Rejection) -> Result<impl Reply, Infallible> {
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large".into(),
         )
-    } else if let Some(e) = r.find::<crate::engine::transport::BodyError>() {
-        (StatusCode::BAD_REQUEST, e.to_string())
     } else if let Some(e) = r.find::<warp::reject::MissingHeader>() {
         (StatusCode::BAD_REQUEST, e.to_string())
     } else {

@@ -283,7 +283,10 @@ pub fn prune_pass(
                         continue;
                     }
                     Err(e) => {
-                        set_error(Some(format!("cannot open for pruning: {}", crate::util::error_chain(&e))));
+                        set_error(Some(format!(
+                            "cannot open for pruning: {}",
+                            crate::util::error_chain(&e)
+                        )));
                         continue;
                     }
                 }

@@ -99,9 +99,9 @@ impl MtRole {
             });
             mine.iter()
                 .filter(|spec| {
-                    !pairs
+                    pairs
                         .get(&spec.name)
-                        .is_some_and(|p| p.spec.uuid == spec.uuid)
+                        .is_none_or(|p| p.spec.uuid != spec.uuid)
                 })
                 .copied()
                 .collect()
@@ -299,7 +299,9 @@ async fn apply_chunk(
         )
     };
     let Some(mem) = mt.admission.admit(body.len, ADMIT_WAIT).await else {
-        return Ok(busy("before reading this one"));
+        let r = busy("before reading this one");
+        body.discard().await;
+        return Ok(r);
     };
     let (body, payload_crc) = match body.gather().await {
         Ok(b) => b,
@@ -310,9 +312,13 @@ async fn apply_chunk(
             ));
         }
     };
+    // Never held while waiting for more: room to decompress now, or this
+    // chunk is the only one held (then it goes alone, as one chunk larger
+    // than the bound does), or 503 and its body is let go.
     let unpacked = match chunk::decode_header(&body) {
-        Ok(h) if h.compressed => match mt.admission.admit(h.raw_len as u64, ADMIT_WAIT).await {
+        Ok(h) if h.compressed => match mt.admission.try_admit(h.raw_len as u64) {
             Some(m) => Some(m),
+            None if mt.admission.held_only_by(&mem) => None,
             None => return Ok(busy("to decompress this one")),
         },
         _ => None,
@@ -630,7 +636,10 @@ mod tests {
             ..Config::default()
         };
         let mt = MtRole::new(cfg.clone(), "h".into());
-        let (a, b) = (PairSpec::for_test("a", "h", 1 << 20), PairSpec::for_test("b", "h", 1 << 20));
+        let (a, b) = (
+            PairSpec::for_test("a", "h", 1 << 20),
+            PairSpec::for_test("b", "h", 1 << 20),
+        );
         let apply = |pairs: Vec<PairSpec>| {
             let mt = mt.clone();
             tokio::task::spawn_blocking(move || {
@@ -649,9 +658,13 @@ mod tests {
         crate::util::mkfifo(&fifo);
         let opening = apply(vec![a, b]);
         for _ in 0..50 {
-            let pairs = mt.pairs.try_lock().expect("pairs lock free while a journal opens");
-            assert!(pairs.contains_key("b"));
-            drop(pairs);
+            {
+                let pairs = mt
+                    .pairs
+                    .try_lock()
+                    .expect("pairs lock free while a journal opens");
+                assert!(pairs.contains_key("b"));
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(!opening.is_finished(), "still opening a");

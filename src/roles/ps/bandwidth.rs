@@ -205,8 +205,9 @@ mod tests {
             let l = l.clone();
             tokio::spawn(async move { l.acquire(1_000, 9).await })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(l.st.lock().unwrap().queue.len(), 1);
+        while l.st.lock().unwrap().queue.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         head.abort();
         assert!(head.await.unwrap_err().is_cancelled());
         assert!(l.st.lock().unwrap().queue.is_empty(), "its place is gone");

@@ -84,7 +84,8 @@ struct PsPair {
     /// The intake's `next_seq` (0 = unknown), for chunks that arrive
     /// before their predecessor and wait for it.
     next_tx: tokio::sync::watch::Sender<u64>,
-    /// Bumped whenever one of the pair's chunks is answered "throttled".
+    /// The first seq of the pair's chunk last answered "throttled": the
+    /// chunks after it that wait for their turn give up too.
     throttle_tx: tokio::sync::watch::Sender<u64>,
     stop: crate::engine::shutdown::ShutdownTrigger,
 }
@@ -113,9 +114,9 @@ impl PsPair {
 
     /// Answer "throttled" (the agent keeps the chunk and backs off), and
     /// tell this pair's chunks waiting for their turn that it is not coming.
-    fn throttled(&self, mut body: serde_json::Value) -> warp::reply::Response {
+    fn throttled(&self, first: u64, mut body: serde_json::Value) -> warp::reply::Response {
         *self.throttled_at.lock().unwrap() = Some(Instant::now());
-        self.throttle_tx.send_modify(|n| *n += 1);
+        self.throttle_tx.send_replace(first);
         body["throttled"] = true.into();
         json_reply(StatusCode::SERVICE_UNAVAILABLE, body)
     }
@@ -357,8 +358,12 @@ impl PsRole {
     /// `Ok`: applied; `Err(Gap)`: the MT is behind or ahead (the error
     /// carries its next seq); the other errors say why it was not.
     async fn to_mt(&self, p: &PsPair, first: u64, bytes: Bytes) -> Result<(), MtError> {
-        let url = p.mt_url(&format!("chunk/{first}")).map_err(MtError::Down)?;
-        let n = bytes.len() as u64;
+        self.budget(p, bytes.len() as u64).await;
+        self.put_mt(p, first, bytes).await
+    }
+
+    /// Wait until `n` bytes of the pair's MT's bandwidth budget are ours.
+    async fn budget(&self, p: &PsPair, n: u64) {
         let spec = p.spec();
         let limiter = self
             .limiters
@@ -368,6 +373,12 @@ impl PsRole {
             .or_insert_with(|| Arc::new(bandwidth::Limiter::new(self.schedule.clone())))
             .clone();
         limiter.acquire(n, spec.priority).await;
+    }
+
+    /// PUT the chunk to the MT now (the budget already taken).
+    async fn put_mt(&self, p: &PsPair, first: u64, bytes: Bytes) -> Result<(), MtError> {
+        let url = p.mt_url(&format!("chunk/{first}")).map_err(MtError::Down)?;
+        let n = bytes.len() as u64;
         let a = transport::call(
             self.client
                 .put(url)
@@ -422,9 +433,14 @@ impl PsRole {
                 }
                 continue;
             };
-            // A cached chunk read back counts against `ps.chunk_memory` too;
-            // the forwarder waits its turn (agents' chunks are throttled meanwhile).
-            let _mem = tokio::select! {
+            // The bandwidth budget first, then the chunk read back, which
+            // counts against `ps.chunk_memory` only while it is read and
+            // sent (never through a wait or a backoff).
+            tokio::select! {
+                _ = self.budget(&p, size) => {}
+                _ = sd.wait() => break,
+            }
+            let mem = tokio::select! {
                 m = self.admission.admit(size, Duration::from_secs(3600)) => match m {
                     Some(m) => m,
                     None => continue,
@@ -434,6 +450,7 @@ impl PsRole {
             let bytes = match tokio::fs::read(&path).await {
                 Ok(b) => Bytes::from(b),
                 Err(e) => {
+                    drop(mem);
                     *p.error.lock().unwrap() =
                         Some(format!("cannot read cached chunk {}: {e}", path.display()));
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -441,9 +458,10 @@ impl PsRole {
                 }
             };
             let r = tokio::select! {
-                r = self.to_mt(&p, first, bytes) => r,
+                r = self.put_mt(&p, first, bytes) => r,
                 _ = sd.wait() => break,
             };
+            drop(mem);
             let done = match r {
                 Ok(()) => true,
                 Err(MtError::Gap(next, _)) if next > last => true,
@@ -570,7 +588,9 @@ async fn take_chunk(
                         "pair {pair}: the PS holds {} of chunks in memory, its limit (ps.chunk_memory); back off",
                         crate::util::human_bytes(ps.admission.in_use())
                     );
-                    return Ok(p.throttled(serde_json::json!({"error": msg})));
+                    let r = p.throttled(first, serde_json::json!({"error": msg}));
+                    body.discard().await;
+                    return Ok(r);
                 }
             }
         }
@@ -633,9 +653,12 @@ async fn take_chunk(
     // the pair is throttled meanwhile, its predecessor is not coming soon:
     // this one is throttled too rather than hold its memory for nothing.
     if !wait_turn(&mut waiting, &mut throttles, first).await {
-        return Ok(p.throttled(serde_json::json!({
-            "error": format!("pair {pair}: an earlier chunk was throttled; back off")
-        })));
+        return Ok(p.throttled(
+            first,
+            serde_json::json!({
+                "error": format!("pair {pair}: an earlier chunk was throttled; back off")
+            }),
+        ));
     }
     // Admitted in a task of its own: once it holds the intake, it runs to
     // the end (forwarded or cached, `next_seq` moved) even if the agent
@@ -651,16 +674,26 @@ async fn take_chunk(
 }
 
 /// Wait (at most [`ORDER_WAIT`]) until chunk `first` is next in its pair's
-/// stream; `false` if the pair was throttled meanwhile.
+/// stream; `false` if a chunk before it was throttled meanwhile (it is not
+/// coming soon). Its own turn wins over a throttle seen at the same time.
 async fn wait_turn(
     next: &mut tokio::sync::watch::Receiver<u64>,
     throttles: &mut tokio::sync::watch::Receiver<u64>,
     first: u64,
 ) -> bool {
-    tokio::select! {
-        _ = next.wait_for(|&n| n == 0 || first <= n) => true,
-        _ = throttles.changed() => false,
-        _ = tokio::time::sleep(ORDER_WAIT) => true,
+    let deadline = tokio::time::sleep(ORDER_WAIT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            _ = next.wait_for(|&n| n == 0 || first <= n) => return true,
+            r = throttles.changed() => {
+                if r.is_err() || *throttles.borrow_and_update() < first {
+                    return false;
+                }
+            }
+            _ = &mut deadline => return true,
+        }
     }
 }
 
@@ -719,10 +752,10 @@ async fn admit(
     // The MT said its journal is full: caching would only fill this disk too.
     let full = p.mt_full.lock().unwrap().clone();
     if let Some(msg) = full.filter(|_| !i.cached.is_empty()) {
-        return Ok(p.throttled(serde_json::json!({"mt_full": true, "error": msg})));
+        return Ok(p.throttled(first, serde_json::json!({"mt_full": true, "error": msg})));
     }
     if i.cache_bytes + bytes.len() as u64 > limit && !i.cached.is_empty() {
-        return Ok(p.throttled(serde_json::json!({
+        return Ok(p.throttled(first, serde_json::json!({
             "error": format!("pair {pair}: PS cache over its threshold ({} bytes); back off", limit)
         })));
     }
@@ -762,7 +795,7 @@ async fn admit(
             }
             Err(MtError::Full(msg)) => {
                 *p.error.lock().unwrap() = Some(msg.clone());
-                return Ok(p.throttled(serde_json::json!({"mt_full": true, "error": msg})));
+                return Ok(p.throttled(first, serde_json::json!({"mt_full": true, "error": msg})));
             }
             Err(MtError::Down(msg)) => {
                 *p.error.lock().unwrap() = Some(msg);
@@ -964,8 +997,16 @@ mod tests {
             ..Config::default()
         };
         let trig = crate::engine::shutdown::ShutdownTrigger::new();
-        let ps = PsRole::new(cfg.clone(), "h".into(), reqwest::Client::new(), trig.subscribe());
-        let (a, b) = (PairSpec::for_test("a", "h", 1 << 20), PairSpec::for_test("b", "h", 1 << 20));
+        let ps = PsRole::new(
+            cfg.clone(),
+            "h".into(),
+            reqwest::Client::new(),
+            trig.subscribe(),
+        );
+        let (a, b) = (
+            PairSpec::for_test("a", "h", 1 << 20),
+            PairSpec::for_test("b", "h", 1 << 20),
+        );
         let apply = |pairs: Vec<PairSpec>| {
             let ps = ps.clone();
             tokio::task::spawn_blocking(move || {
@@ -984,9 +1025,13 @@ mod tests {
         let opening = apply(vec![a, b]);
         for _ in 0..50 {
             // What every chunk upload and report takes is free meanwhile.
-            let pairs = ps.pairs.try_lock().expect("pairs lock free while a cache is read");
-            assert!(pairs.contains_key("b"));
-            drop(pairs);
+            {
+                let pairs = ps
+                    .pairs
+                    .try_lock()
+                    .expect("pairs lock free while a cache is read");
+                assert!(pairs.contains_key("b"));
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(!opening.is_finished(), "still inside a's cache");
