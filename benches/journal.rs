@@ -1,7 +1,12 @@
 //! Retention engine benchmarks (issue 3). Prints figures; asserts nothing.
 //!
 //!   cargo bench --bench journal            # all
-//!   cargo bench --bench journal -- apply   # one of: apply, pit, vsnap
+//!   cargo bench --bench journal -- apply   # one of: apply, pit, vsnap, index
+//!
+//! `index` holds 1 M, then 20 M small records in one journal and, in a fresh
+//! process each time, reopens it and prints the reopen time, the process's
+//! RSS beside an empty pair's, and random 4 KiB point-in-time read latency
+//! warm and with caches dropped (`TERN_BENCH_RECORDS=a,b` for other sizes).
 //!
 //! Runs in `TERN_BENCH_DIR` (default `target/bench-tmp`, i.e. the disk the
 //! repository is on), so the dd baseline and the journal share a disk.
@@ -203,6 +208,162 @@ fn pit() {
     }
 }
 
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+const INDEX_VOL: u64 = 32 << 30;
+
+/// Grow the journal in `dir` to `n` records of 512 bytes at random 4 KiB
+/// offsets (1,024 a chunk); seqs continue from where it ends.
+fn index_fill(j: &Journal, n: u64) {
+    let start: u64 = 1_700_000_000_000_000;
+    let mut seq = j.window().1.seq;
+    let mut rng = StdRng::seed_from_u64(seq);
+    let mut data = vec![0u8; 512];
+    let t = Instant::now();
+    let from = seq;
+    while seq < n {
+        let recs: Vec<Record> = (0..1024.min(n - seq))
+            .map(|_| {
+                seq += 1;
+                rng.fill(&mut data[..16]);
+                Record {
+                    seq,
+                    // 1,000 writes a second.
+                    ts_us: start + seq * 1000,
+                    body: RecordBody::Write {
+                        offset: rng.random_range(0..INDEX_VOL / 4096) * 4096,
+                        data: data.clone().into(),
+                    },
+                }
+            })
+            .collect();
+        j.apply(&recs).unwrap();
+    }
+    let d = t.elapsed();
+    println!(
+        "index: {} records applied in {:.1} s ({:.0} records/s)",
+        seq - from,
+        d.as_secs_f64(),
+        (seq - from) as f64 / d.as_secs_f64()
+    );
+}
+
+/// In a fresh process: reopen the journal, report RSS and read latency.
+fn index_probe(dir: &Path) {
+    let empty_dir = dir.join("empty");
+    let _ = std::fs::remove_dir_all(&empty_dir);
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    let e = new_journal(&empty_dir, 1 << 30);
+    let rss_empty = rss_kib();
+    drop(e);
+    let t = Instant::now();
+    let j = Arc::new(
+        Journal::open(
+            Arc::new(FsStorage),
+            &dir.join("journal"),
+            &dir.join("replica.img"),
+            JournalOptions::default(),
+        )
+        .unwrap(),
+    );
+    let reopen = t.elapsed();
+    let st = j.stats();
+    let rss_open = rss_kib();
+    let n = st.latest.seq;
+    let mut rng = StdRng::seed_from_u64(n ^ 7);
+    let mut buf = vec![0u8; 4096];
+    let mut run = |reads: usize, rng: &mut StdRng| {
+        let mut lat = Vec::with_capacity(reads);
+        for _ in 0..reads {
+            let pin = j.pin(&PointSpec::Seq(rng.random_range(1..=n))).unwrap();
+            let off = rng.random_range(0..INDEX_VOL / 4096) * 4096;
+            let t0 = Instant::now();
+            pin.read_at(off, &mut buf).unwrap();
+            lat.push(t0.elapsed());
+        }
+        lat
+    };
+    // Warm: the index pages and records a first pass touched are cached.
+    let _ = run(20_000, &mut rng);
+    let mut warm = run(20_000, &mut rng);
+    let mut cold = Vec::new();
+    for _ in 0..5 {
+        if std::fs::write("/proc/sys/vm/drop_caches", "3").is_err() {
+            break;
+        }
+        cold.extend(run(400, &mut rng));
+    }
+    let rss_after = rss_kib();
+    println!(
+        "index {n} records ({} segments, journal {} MiB): reopen {:.2} s; RSS empty pair {} MiB, \
+         after open {} MiB, after reads {} MiB (+{} MiB); index memory {:.1} MiB",
+        st.segments.len(),
+        st.bytes >> 20,
+        reopen.as_secs_f64(),
+        rss_empty >> 10,
+        rss_open >> 10,
+        rss_after >> 10,
+        rss_after.saturating_sub(rss_empty) >> 10,
+        st.index_bytes as f64 / (1 << 20) as f64,
+    );
+    println!(
+        "index {n} records: PIT 4 KiB read warm p50 {:?} p99 {:?}; caches dropped p50 {:?} p99 {:?} ({} reads){}",
+        percentile(&mut warm, 0.5),
+        percentile(&mut warm, 0.99),
+        if cold.is_empty() {
+            Duration::ZERO
+        } else {
+            percentile(&mut cold, 0.5)
+        },
+        if cold.is_empty() {
+            Duration::ZERO
+        } else {
+            percentile(&mut cold, 0.99)
+        },
+        cold.len(),
+        if cold.is_empty() {
+            " (cannot drop caches: not root)"
+        } else {
+            ""
+        }
+    );
+}
+
+fn index() {
+    let dir = bench_dir();
+    let sizes: Vec<u64> = std::env::var("TERN_BENCH_RECORDS")
+        .ok()
+        .map(|v| v.split(',').map(|x| x.trim().parse().unwrap()).collect())
+        .unwrap_or_else(|| vec![1_000_000, 20_000_000]);
+    let j = new_journal(&dir, INDEX_VOL);
+    drop(j);
+    for n in sizes {
+        {
+            let j = Journal::open(
+                Arc::new(FsStorage),
+                &dir.join("journal"),
+                &dir.join("replica.img"),
+                JournalOptions::default(),
+            )
+            .unwrap();
+            index_fill(&j, n);
+        }
+        let st = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("index-probe")
+            .env("TERN_BENCH_PROBE_DIR", &dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "probe failed");
+    }
+}
+
 /// vsnap creation time on 1 GiB and 16 GiB sparse volumes (with history).
 fn vsnap() {
     for size in [1u64 << 30, 16 << 30] {
@@ -257,6 +418,11 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    if which.iter().any(|w| w == "index-probe") {
+        let d = PathBuf::from(std::env::var("TERN_BENCH_PROBE_DIR").unwrap());
+        index_probe(&d);
+        return;
+    }
     let run = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
     if run("vsnap") {
         vsnap();
@@ -266,6 +432,9 @@ fn main() {
     }
     if run("pit") {
         pit();
+    }
+    if run("index") {
+        index();
     }
     let _ = std::fs::remove_dir_all(bench_dir());
 }

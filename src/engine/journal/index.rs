@@ -437,7 +437,7 @@ impl Index {
                     mi += 1;
                 }
                 disk.clear();
-                s.candidates(b, base, at, &mut disk)?;
+                s.candidates(b, (bs, be), base, at, &mut disk)?;
                 disk.sort_unstable_by_key(|x: &(Key, RecMeta)| std::cmp::Reverse(x.0));
                 for (k, m) in &disk {
                     if unfilled.is_empty() {

@@ -1912,6 +1912,7 @@ impl Journal {
             },
             bytes: i.total_bytes(),
             records: i.index.len() as u64,
+            index_bytes: i.index.heap_bytes() as u64,
             bookmarks: i.bookmarks.range(oldest.seq..).count() as u64,
             segments: i
                 .segments
@@ -2036,6 +2037,9 @@ pub struct JournalStats {
     pub oldest: Point,
     pub latest: Point,
     pub bytes: u64,
+    /// Memory the record index holds (the active segment's records, and a
+    /// summary per sealed segment).
+    pub index_bytes: u64,
     pub records: u64,
     pub bookmarks: u64,
     pub segments: Vec<SegmentStats>,

@@ -66,8 +66,20 @@ fn pages(bytes: u64) -> u64 {
     bytes.div_ceil(PAGE as u64)
 }
 
-fn bloom_words(entries: u64) -> u64 {
-    (entries * BLOOM_BITS).div_ceil(64).max(1)
+fn bloom_words(keys: u64) -> u64 {
+    keys.saturating_mul(BLOOM_BITS).div_ceil(64).max(1)
+}
+
+/// The filter's key for the 4 KiB unit at byte `off`: level-0 nodes are
+/// filtered per 4 KiB, so a 4 KiB read skips a segment that wrote
+/// elsewhere in the same 64 KiB block. (Level 63 is no node's.)
+fn unit_key(off: u64) -> u64 {
+    (63 << 58) | (off >> 12)
+}
+
+/// The 4 KiB units of `[a, b)`.
+fn units(a: u64, b: u64) -> std::ops::RangeInclusive<u64> {
+    (a >> 12)..=((b.max(a + 1) - 1) >> 12)
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -146,6 +158,8 @@ struct Header {
     bookmarks: u64,
     levels: u64,
     bloom_words: u64,
+    /// Keys the filter was built from (sizes it).
+    bloom_keys: u64,
     bloom_crc: u32,
     fence_crc: u32,
     bookmark_crc: u32,
@@ -176,6 +190,7 @@ impl Header {
         b[120..124].copy_from_slice(&self.bookmark_crc.to_le_bytes());
         put(&mut b, 128, self.last_point.0);
         put(&mut b, 136, self.last_point.1);
+        put(&mut b, 144, self.bloom_keys);
         let c = crc::crc32c(&b[..PAGE - 4]);
         b[PAGE - 4..].copy_from_slice(&c.to_le_bytes());
         b
@@ -195,9 +210,17 @@ impl Header {
         if v != BIX_VERSION {
             return Err(bad(format!("unsupported version {v}")));
         }
-        if b[11..16] != [0; 5] || b[124..128] != [0; 4] || b[144..PAGE - 4].iter().any(|x| *x != 0)
+        if b[11..16] != [0; 5] || b[124..128] != [0; 4] || b[152..PAGE - 4].iter().any(|x| *x != 0)
         {
             return Err(bad("reserved bytes must be zero"));
+        }
+        Self::decode_unchecked(b)
+    }
+
+    /// The fields, whatever the checksum and reserved bytes say.
+    fn decode_unchecked(b: &[u8]) -> Result<Header, BixError> {
+        if b.len() != PAGE {
+            return Err(bad("short header"));
         }
         Ok(Header {
             id: SegmentId {
@@ -215,6 +238,7 @@ impl Header {
             bookmarks: u64_at(b, 88),
             levels: u64_at(b, 96),
             bloom_words: u64_at(b, 104),
+            bloom_keys: u64_at(b, 144),
             bloom_crc: u32_at(b, 112),
             fence_crc: u32_at(b, 116),
             bookmark_crc: u32_at(b, 120),
@@ -258,11 +282,27 @@ pub fn build(c: &Contents) -> Vec<u8> {
         }
     }
     nodes.sort_unstable_by_key(|n| (n.0, n.1));
-    let words = bloom_words(nodes.len() as u64);
+    // Filter keys: level-0 nodes by the 4 KiB units their record covers
+    // in the block, wider nodes by themselves.
+    let keys_of = |n: &(u64, Key, RecMeta, bool)| -> Vec<u64> {
+        if n.0 >> 58 != 0 {
+            return vec![n.0];
+        }
+        let (b0, b1) = node_blocks(n.0);
+        let (a, b) = (
+            n.2.offset.max(b0 << BLOCK_SHIFT),
+            n.2.end().min((b1 + 1) << BLOCK_SHIFT),
+        );
+        units(a, b).map(|u| unit_key(u << 12)).collect()
+    };
+    let keys: u64 = nodes.iter().map(|n| keys_of(n).len() as u64).sum();
+    let words = bloom_words(keys);
     let mut bloom = vec![0u64; words as usize];
     for n in &nodes {
-        for bit in bloom_bits(n.0, words * 64) {
-            bloom[(bit / 64) as usize] |= 1 << (bit % 64);
+        for k in keys_of(n) {
+            for bit in bloom_bits(k, words * 64) {
+                bloom[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
         }
     }
     let bloom_bytes: Vec<u8> = bloom.iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -293,6 +333,7 @@ pub fn build(c: &Contents) -> Vec<u8> {
         bookmarks: c.bookmarks.len() as u64,
         levels,
         bloom_words: words,
+        bloom_keys: keys,
         bloom_crc: crc::crc32c(&bloom_bytes),
         fence_crc: crc::crc32c(&fences),
         bookmark_crc: crc::crc32c(&bms),
@@ -398,7 +439,8 @@ impl SealedIndex {
             || h.bookmarks > most
             || h.nodes > most.saturating_mul(2 * 64)
             || h.nodes < h.records
-            || h.bloom_words != bloom_words(h.nodes)
+            || h.bloom_keys > h.nodes.saturating_mul(16)
+            || h.bloom_words != bloom_words(h.bloom_keys)
             || h.first_seq > h.last_seq
             || h.levels >> 40 != 0
         {
@@ -571,10 +613,12 @@ impl SealedIndex {
     }
 
     /// Append to `out` this segment's records with `base < seq <= at` that
-    /// touch block `b`, in no particular order.
+    /// may touch bytes `[from, to)` of block `b` (all inside it), in no
+    /// particular order.
     pub fn candidates(
         &self,
         b: u64,
+        (from, to): (u64, u64),
         base: u64,
         at: u64,
         out: &mut Vec<(Key, RecMeta)>,
@@ -587,7 +631,11 @@ impl SealedIndex {
             let level = levels.trailing_zeros();
             levels &= levels - 1;
             let node = node_key(level, b);
-            if !self.may_hold(node) {
+            let maybe = match level {
+                0 => units(from, to).any(|u| self.may_hold(unit_key(u << 12))),
+                _ => self.may_hold(node),
+            };
+            if !maybe {
                 continue;
             }
             let mut i = self
@@ -715,4 +763,53 @@ impl SealedIndex {
 /// First and last 64 KiB block `[off, off+len)` touches.
 fn blocks(off: u64, len: u64) -> (u64, u64) {
     (off >> BLOCK_SHIFT, (off + len.max(1) - 1) >> BLOCK_SHIFT)
+}
+
+/// Recompute every checksum of a `.bix` from its header's counts, where
+/// they fit `b`: lets the fuzz target reach the checks behind them.
+#[doc(hidden)]
+pub fn reseal(b: &mut [u8]) {
+    if b.len() < PAGE {
+        return;
+    }
+    let Ok(h) = Header::decode_unchecked(&b[..PAGE]) else {
+        return;
+    };
+    let Some(l) = Layout::of(&h) else {
+        return;
+    };
+    let span = |at: u64, len: u64| -> Option<std::ops::Range<usize>> {
+        let end = at.checked_add(len)?;
+        (end <= b.len() as u64).then_some(at as usize..end as usize)
+    };
+    let mut h = h;
+    if let Some(r) = span(l.bloom_at(), h.bloom_words.saturating_mul(8)) {
+        h.bloom_crc = crc::crc32c(&b[r]);
+    }
+    if let Some(r) = span(
+        l.fences_at(),
+        l.nodes
+            .saturating_mul(8)
+            .saturating_add(l.points.saturating_mul(16)),
+    ) {
+        h.fence_crc = crc::crc32c(&b[r]);
+    }
+    if let Some(r) = span(
+        l.bookmarks_at(),
+        h.bookmarks.saturating_mul(BOOKMARK_ENTRY_LEN as u64),
+    ) {
+        h.bookmark_crc = crc::crc32c(&b[r]);
+    }
+    let mut keep = b[..PAGE].to_vec();
+    let enc = h.encode();
+    keep[..152].copy_from_slice(&enc[..152]);
+    let c = crc::crc32c(&keep[..PAGE - 4]);
+    keep[PAGE - 4..].copy_from_slice(&c.to_le_bytes());
+    b[..PAGE].copy_from_slice(&keep);
+    let first = l.nodes_at() as usize;
+    if first < b.len() {
+        for p in b[first..].chunks_exact_mut(PAGE) {
+            seal_page(p);
+        }
+    }
 }
