@@ -366,7 +366,6 @@ fn the_running_mt_prunes_pairs_in_the_background() {
         (p.journal.window().0.seq == latest).then_some(())
     });
     up.terminate();
-    assert!(up.log().contains("retention pruned"), "{}", up.log());
     // The image is still the latest one, now entirely in the replica.
     let p = ReplicaPair::open(&data, "p1").unwrap();
     let mut model = Model::new(VOL);

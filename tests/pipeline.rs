@@ -80,6 +80,7 @@ fn writes_through_resync_and_differential_sync_arrive_exactly() {
     site.create_pair("p1", &[]);
     // Write while step I runs (qemu-io connections back to back).
     let mut saw = std::collections::BTreeSet::new();
+    let mut modes = std::collections::BTreeSet::new();
     let t0 = Instant::now();
     loop {
         assert!(
@@ -87,7 +88,9 @@ fn writes_through_resync_and_differential_sync_arrive_exactly() {
             "no differential sync; saw {saw:?}\n{}",
             tail(&site.up.log())
         );
-        let st = site.pair("p1")["state"].as_str().unwrap_or("").to_owned();
+        let v = site.pair("p1");
+        modes.extend(pair_events(&v, "agent"));
+        let st = v["state"].as_str().unwrap_or("").to_owned();
         saw.insert(st.clone());
         match st.as_str() {
             "differential-sync" if saw.len() > 1 => break,
@@ -111,16 +114,14 @@ fn writes_through_resync_and_differential_sync_arrive_exactly() {
     }
     qemu_io(&url, &random_writes(&mut rng, vol, 30));
     wait_caught_up(&site, "p1", 120);
-    let log = site.up.log();
+    modes.extend(pair_events(&site.pair("p1"), "agent"));
     assert!(
-        log.contains("ResyncStep1") && log.contains("Differential"),
-        "mode changes: {saw:?}\n{}",
-        tail(&log)
+        modes.contains("mode:resync-step1") && modes.contains("mode:differential"),
+        "mode changes: {modes:?} (states seen {saw:?})"
     );
     assert!(
-        log.contains("ResyncStep2"),
-        "writes behind the step I cursor must make a step II: {}",
-        tail(&log)
+        modes.contains("mode:resync-step2"),
+        "writes behind the step I cursor must make a step II: {modes:?}"
     );
 
     // The replica's latest image equals the source, byte for byte.

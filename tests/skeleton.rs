@@ -225,10 +225,6 @@ fn ps_mt_enrolls_heartbeats_and_foreign_certificates_are_refused() {
             .any(|h| h["name"] == "psmt-host" && h["overdue"] == true)
             .then_some(())
     });
-    let log = node.log();
-    for needle in ["role started", "data port listening", "role stopped"] {
-        assert!(log.contains(needle), "node log lacks `{needle}`:\n{log}");
-    }
 }
 
 /// The not-after (Unix s) of the certificate in `pki/node.crt` under `data`.
@@ -280,11 +276,6 @@ fn nodes_renew_their_certificates_and_keep_working_after_the_old_ones_expire() {
         .find(|h| h["host_id"] == host_id.as_str())
         .unwrap();
     assert!(h["cert_expires"].as_str().is_some(), "{h}");
-    assert!(
-        node.log().contains("node certificate renewed"),
-        "{}",
-        node.log()
-    );
 
     // Past the old certificates' expiry, nothing was restarted, and new
     // connections (fresh clients, full handshakes) still work: the CX's API

@@ -194,6 +194,48 @@ pub enum AgentMode {
     Paused,
 }
 
+/// Events a role keeps per pair (the newest; older ones drop off).
+pub const PAIR_EVENTS: usize = 32;
+
+/// Something that happened to a pair, kept in its status so an operator,
+/// a screen or a test sees the pair's recent history without reading logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairEvent {
+    /// Unix ms.
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub kind: PairEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PairEventKind {
+    /// (agent) The replication mode changed.
+    Mode { mode: AgentMode },
+    /// (agent) Started after a crash: the extents its activity log names
+    /// are read again, and nothing else.
+    ActivityLogResync { extents: u64, bytes: u64 },
+    /// (agent) A chunk was refused repeatedly: the buffer was dropped and a
+    /// fast resync started.
+    ChunkGivenUp { first: u64, error: String },
+    /// (PS) A chunk from the agent was refused.
+    ChunkRefused { first: u64, error: String },
+    /// (PS) The MT refused a cached chunk repeatedly (or is behind the
+    /// cache): the cache was dropped and the agent resyncs.
+    CacheDropped { first: u64, error: String },
+}
+
+/// Append `kind` to a pair's bounded event list.
+pub fn push_event(q: &mut std::collections::VecDeque<PairEvent>, kind: PairEventKind) {
+    if q.len() >= PAIR_EVENTS {
+        q.pop_front();
+    }
+    q.push_back(PairEvent {
+        at_ms: crate::util::now_ms(),
+        kind,
+    });
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentPairStatus {
     pub pair: String,
@@ -219,6 +261,9 @@ pub struct AgentPairStatus {
     #[serde(default)]
     pub last_step1_s: Option<f64>,
     pub error: Option<String>,
+    /// Recent events, oldest first (at most [`PAIR_EVENTS`]).
+    #[serde(default)]
+    pub events: Vec<PairEvent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,6 +283,9 @@ pub struct PsPairStatus {
     pub codec_cpu_us: u64,
     pub forwarded_seq: u64,
     pub error: Option<String>,
+    /// Recent events, oldest first (at most [`PAIR_EVENTS`]).
+    #[serde(default)]
+    pub events: Vec<PairEvent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

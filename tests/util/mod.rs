@@ -220,6 +220,26 @@ pub fn is_caught_up(v: &serde_json::Value, since: u64) -> bool {
         && v["latest_point"]["seq"].as_u64() == agent_last
 }
 
+/// The events `role` ("agent" or "ps_status") keeps for the pair in
+/// `pair show` output `v`: each as its `event` name, with its `mode` for
+/// mode changes (`mode:resync-step2`).
+pub fn pair_events(v: &serde_json::Value, role: &str) -> Vec<String> {
+    v[role]["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    let name = e["event"].as_str().unwrap_or("?").to_owned();
+                    match e["mode"].as_str() {
+                        Some(m) => format!("{name}:{m}"),
+                        None => name,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The files in `dir` named `*.EXT`, in name order.
 pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -331,6 +331,13 @@ impl AgentRole {
                 st.resyncing = s.resyncing;
                 st.last_inconsistent = true;
                 tracing::warn!(pair = %spec.name, extents = al.count(), bytes = st.bitmap.count() * stream::BITMAP_BLOCK, step1 = ?st.step1, "the agent did not stop cleanly: the extents in the activity log are resynced now (nothing else can differ)");
+                crate::engine::control::push_event(
+                    &mut st.events,
+                    crate::engine::control::PairEventKind::ActivityLogResync {
+                        extents: al.count(),
+                        bytes: st.bitmap.count() * stream::BITMAP_BLOCK,
+                    },
+                );
                 s.resync_gen
             }
             Ok(Some(s)) => {
@@ -551,6 +558,7 @@ impl AgentRole {
                 resyncs: st.resyncs,
                 last_step1_s: st.last_step1.map(|d| d.as_secs_f64()),
                 error: st.error.clone(),
+                events: st.events.iter().cloned().collect(),
             });
         }
         r.results.append(&mut self.results.lock().unwrap());
@@ -841,6 +849,12 @@ impl PairCtx {
             }) && last_mode != Some(mode)
             {
                 tracing::info!(pair = %name, mode = ?mode, dirty_blocks = dirty, fast_resync_unmatched_pct = ?unmatched, "pair mode changed");
+                self.with_stream(|st| {
+                    crate::engine::control::push_event(
+                        &mut st.events,
+                        crate::engine::control::PairEventKind::Mode { mode },
+                    )
+                });
                 last_mode = Some(mode);
             }
             let spec = self.spec();
@@ -990,7 +1004,16 @@ impl PairCtx {
                         // damage in transit would not repeat): drop them and
                         // read the volume again, skipping what the MT holds.
                         tracing::error!(pair = %name, first = done.first, error = %e, "chunk refused {GIVE_UP_AFTER} times; dropping the buffer and resyncing");
-                        self.with_stream(|st| restart_with_resync(st, self.vol.size, None));
+                        self.with_stream(|st| {
+                            restart_with_resync(st, self.vol.size, None);
+                            crate::engine::control::push_event(
+                                &mut st.events,
+                                crate::engine::control::PairEventKind::ChunkGivenUp {
+                                    first: done.first,
+                                    error: e.clone(),
+                                },
+                            );
+                        });
                         self.save_now().await;
                         self.set_error(Some(format!(
                             "{e} ({GIVE_UP_AFTER} times); the buffered changes were dropped and a fast resync started"

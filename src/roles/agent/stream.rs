@@ -173,6 +173,8 @@ pub struct Stream {
     pub bytes_sent: u64,
     pub resyncs: u64,
     pub error: Option<String>,
+    /// Recent events (bounded: [`crate::engine::control::PAIR_EVENTS`]).
+    pub events: VecDeque<crate::engine::control::PairEvent>,
     /// The last record pushed left the image inconsistent: once the resync
     /// or drain is over, a marker record makes the end a consistent point.
     pub last_inconsistent: bool,
@@ -232,6 +234,7 @@ impl Stream {
             bytes_sent: 0,
             resyncs: 0,
             error: None,
+            events: VecDeque::new(),
             last_inconsistent: false,
             last_ts_us: 0,
             resync_base: None,

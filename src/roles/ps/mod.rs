@@ -80,6 +80,8 @@ struct PsPair {
     /// what it said: new chunks are answered "throttled", not cached.
     mt_full: Mutex<Option<String>>,
     error: Mutex<Option<String>>,
+    /// Recent events (bounded: [`crate::engine::control::PAIR_EVENTS`]).
+    events: Mutex<std::collections::VecDeque<crate::engine::control::PairEvent>>,
     wake: tokio::sync::Notify,
     /// The intake's `next_seq` (0 = unknown), for chunks that arrive
     /// before their predecessor and wait for it.
@@ -93,6 +95,9 @@ struct PsPair {
 impl PsPair {
     fn spec(&self) -> PairSpec {
         self.spec.lock().unwrap().clone()
+    }
+    fn event(&self, kind: crate::engine::control::PairEventKind) {
+        crate::engine::control::push_event(&mut self.events.lock().unwrap(), kind);
     }
     /// Set where the agent's stream continues, and wake waiting chunks.
     fn set_next(&self, i: &mut Intake, n: Option<u64>) {
@@ -306,6 +311,7 @@ impl PsRole {
             throttled_at: Mutex::new(None),
             mt_full: Mutex::new(None),
             error: Mutex::new(None),
+            events: Default::default(),
             wake: tokio::sync::Notify::new(),
             next_tx: tokio::sync::watch::Sender::new(intake.next_seq.unwrap_or(0)),
             throttle_tx: tokio::sync::watch::Sender::new(0),
@@ -336,6 +342,7 @@ impl PsRole {
                 codec_cpu_us: p.codec_cpu_us.load(Ordering::Relaxed),
                 forwarded_seq: p.forwarded_seq.load(Ordering::Relaxed),
                 error: p.error.lock().unwrap().clone(),
+                events: p.events.lock().unwrap().iter().cloned().collect(),
             });
         }
     }
@@ -470,6 +477,10 @@ impl PsRole {
                     // from the agent can repair it. Drop the cache and let the
                     // agent's next chunk learn the MT's position.
                     tracing::error!(pair = %p.spec().name, mt_next = next, first, error = %msg, "the MT is behind the PS cache; dropping the cache so the agent resyncs");
+                    p.event(crate::engine::control::PairEventKind::CacheDropped {
+                        first,
+                        error: msg.clone(),
+                    });
                     p.drop_cache().await;
                     continue;
                 }
@@ -480,6 +491,10 @@ impl PsRole {
                         // Drop the cache; the agent, finding the PS at the
                         // MT's position, resyncs what it changed.
                         tracing::error!(pair = %p.spec().name, first, last, error = %msg, "the MT refused a cached chunk {GIVE_UP_AFTER} times; dropping the cache so the agent resyncs");
+                        p.event(crate::engine::control::PairEventKind::CacheDropped {
+                            first,
+                            error: msg.clone(),
+                        });
                         *p.error.lock().unwrap() = Some(format!(
                             "the MT refused cached chunk {first}..{last} {GIVE_UP_AFTER} times ({msg}); the PS dropped its cache and the agent resyncs"
                         ));
@@ -636,6 +651,10 @@ async fn take_chunk(
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(pair = %pair, first, error = %e, "chunk refused");
+            p.event(crate::engine::control::PairEventKind::ChunkRefused {
+                first,
+                error: e.to_string(),
+            });
             return Ok(json_reply(
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({"error": format!("pair {pair}: chunk {first}: refused: {e}")}),
