@@ -80,6 +80,8 @@ fn apply() {
     let mut rng = StdRng::seed_from_u64(1);
     let mut data = vec![0u8; wsize];
     rng.fill(&mut data[..]);
+    // Shared, as the MT's records share the received chunk's bytes.
+    let data = bytes::Bytes::from(data);
     let mut rounds = Vec::new();
     for round in 0..3 {
         let jd = dir.join(format!("apply{round}"));
@@ -97,7 +99,7 @@ fn apply() {
                         ts_us: seq,
                         body: RecordBody::Write {
                             offset: off,
-                            data: data.clone().into(),
+                            data: data.clone(),
                         },
                     }
                 })

@@ -60,7 +60,10 @@ use index::{Index, RecMeta, Source};
 use policy::OnFull;
 use sealed::{BixError, SealedIndex, SegmentId};
 use serde::Serialize;
-use storage::{BlockFile, Storage, is_no_space};
+use storage::{BlockFile, DIRECT_ALIGN, Storage, is_no_space};
+
+/// Chunks at least this large are written `O_DIRECT` ([`BlockFile::write_direct`]).
+const DIRECT_MIN: usize = 1 << 20;
 
 use crate::engine::crc;
 
@@ -1206,22 +1209,31 @@ impl Journal {
             self.validate(r)?;
         }
         // Encode the chunk: records, then the commit that seals them.
-        // Sized exactly: header, a CRC per 4 KiB, payload; then the commit.
-        let mut buf = Vec::with_capacity(
-            new.iter()
-                .map(|r| {
-                    let payload = match &r.body {
-                        RecordBody::Write { data, .. } => data.len(),
-                        RecordBody::Zero { .. } => 0,
-                        RecordBody::Bookmark { name, .. } => 4 + name.len(),
-                    };
-                    format::RECORD_HEADER_LEN + 4 * payload.div_ceil(4096) + payload
-                })
-                .sum::<usize>()
+        // Sized exactly: header, a CRC per 4 KiB, payload; then the commit
+        // (and room to align a large chunk for a direct write).
+        let mut buf: Vec<u8> = Vec::with_capacity(
+            2 * DIRECT_ALIGN
+                + new
+                    .iter()
+                    .map(|r| {
+                        let payload = match &r.body {
+                            RecordBody::Write { data, .. } => data.len(),
+                            RecordBody::Zero { .. } => 0,
+                            RecordBody::Bookmark { name, .. } => 4 + name.len(),
+                        };
+                        format::RECORD_HEADER_LEN + 4 * payload.div_ceil(4096) + payload
+                    })
+                    .sum::<usize>()
                 + format::RECORD_HEADER_LEN
                 + 4
                 + 16,
         );
+        // The chunk starts at `lead`, the first 4 KiB-aligned address.
+        let lead = match buf.as_ptr().align_offset(DIRECT_ALIGN) {
+            n if n < DIRECT_ALIGN => n,
+            _ => 0,
+        };
+        buf.resize(lead, 0);
         let mut entries = Vec::with_capacity(new.len() + 1);
         for r in new {
             let (kind, offset, len, payload): (Kind, u64, u32, std::borrow::Cow<[u8]>) = match &r
@@ -1249,11 +1261,11 @@ impl Journal {
                 seq: r.seq,
                 ts_us: r.ts_us,
                 offset,
-                pos: buf.len() as u64,
+                pos: (buf.len() - lead) as u64,
             });
             format::encode_record(&mut buf, &h, &payload);
         }
-        let chunk_crc = crc::crc32c(&buf);
+        let chunk_crc = crc::crc32c(&buf[lead..]);
         let last = new.last().unwrap();
         let commit = format::encode_commit(new[0].seq, new.len() as u32, chunk_crc);
         let ch = RecordHeader {
@@ -1269,29 +1281,48 @@ impl Journal {
             seq: last.seq,
             ts_us: last.ts_us,
             offset: new[0].seq,
-            pos: buf.len() as u64,
+            pos: (buf.len() - lead) as u64,
         });
         format::encode_record(&mut buf, &ch, &commit);
+        // A large chunk goes to disk bypassing the page cache (copying it
+        // there and writing it back cost more than half the time): it
+        // starts on a 4 KiB boundary and is padded with zeros to one, the
+        // padding FORMATS.md allows after a segment header or a commit.
+        let chunk_len = buf.len() - lead;
+        let direct = chunk_len >= DIRECT_MIN;
+        if direct {
+            buf.resize(lead + chunk_len.next_multiple_of(DIRECT_ALIGN), 0);
+        }
+        let room = (buf.len() - lead + DIRECT_ALIGN) as u64;
 
         // Inside the space limit, or prune to get there, or refuse.
-        let target = self.make_room(&mut active, buf.len() as u64 + SEGMENT_HEADER_LEN as u64)?;
+        let target = self.make_room(&mut active, room + SEGMENT_HEADER_LEN as u64)?;
 
         // Roll to a new segment when the active one is full.
         let need_new = match &*active {
             None => true,
-            Some(a) => a.len > SEGMENT_HEADER_LEN as u64 && a.len + buf.len() as u64 > target,
+            Some(a) => a.len > SEGMENT_HEADER_LEN as u64 && a.len + room > target,
         };
         if need_new {
             self.roll(&mut active)?;
         }
         let a = active.as_mut().unwrap();
-        let base_pos = a.len;
-        if let Err(e) = a.file.write_at(&buf, base_pos) {
+        let old_len = a.len;
+        let base_pos = match direct {
+            true => old_len.next_multiple_of(DIRECT_ALIGN as u64),
+            false => old_len,
+        };
+        let body = &buf[lead..];
+        let written = match direct {
+            true => a.file.write_direct(body, base_pos),
+            false => a.file.write_at(body, base_pos),
+        };
+        if let Err(e) = written {
             if is_no_space(&e) {
                 // Nothing is committed: cut off what part of it was written,
                 // so the segment ends where its index says.
                 a.file
-                    .set_len(base_pos)
+                    .set_len(old_len)
                     .map_err(io(format!("journal truncate (segment {})", a.segno)))
                     .map_err(|e| self.fail(e))?;
                 let msg = format!(
@@ -1306,14 +1337,14 @@ impl Journal {
             .sync()
             .map_err(io(format!("journal fsync (segment {})", a.segno)))
             .map_err(|e| self.fail(e))?;
-        a.len += buf.len() as u64;
+        a.len = base_pos + body.len() as u64;
         for e in &mut entries {
             e.pos += base_pos;
         }
         a.entries.extend_from_slice(&entries);
 
         // Durable: now make it visible.
-        let segno = a.segno;
+        let (segno, a_len) = (a.segno, a.len);
         let mut i = self.inner.write().unwrap();
         i.full = None;
         for (r, e) in new.iter().zip(&entries) {
@@ -1346,7 +1377,7 @@ impl Journal {
             seg.first_seq = new[0].seq;
         }
         seg.last_seq = last.seq;
-        seg.bytes = base_pos + buf.len() as u64;
+        seg.bytes = a_len;
         Ok(ApplyOutcome::Applied(new.len()))
     }
 
@@ -2317,7 +2348,7 @@ fn load_segment(
     let mut entries = Vec::new();
     let mut pending: Vec<IndexEntry> = Vec::new();
     let mut chunk_crc = crc::crc32c(&[]);
-    let mut pos = SEGMENT_HEADER_LEN as u64;
+    let mut pos = skip_padding(&**file, SEGMENT_HEADER_LEN as u64, len)?;
     let mut good = pos;
     let mut hdr = [0u8; RECORD_HEADER_LEN];
     loop {
@@ -2363,7 +2394,7 @@ fn load_segment(
                 offset: first,
                 pos,
             });
-            pos += total;
+            pos = skip_padding(&**file, pos + total, len)?;
             good = pos;
             chunk_crc = crc::crc32c(&[]);
             continue;
@@ -2395,6 +2426,20 @@ fn load_segment(
         file.sync().map_err(io("truncate segment"))?;
     }
     Ok((level, entries, Some(good)))
+}
+
+/// Where the next chunk starts after a segment header or a commit ending
+/// at `pos`: a chunk written `O_DIRECT` starts on the next 4 KiB boundary,
+/// and the bytes up to it are zeros (a file shorter than the boundary ends
+/// in them). Anything else there is no padding: the scan goes on at `pos`.
+fn skip_padding(file: &dyn BlockFile, pos: u64, len: u64) -> Result<u64, JournalError> {
+    let next = pos.next_multiple_of(DIRECT_ALIGN as u64).min(len);
+    if next <= pos {
+        return Ok(pos);
+    }
+    let mut b = vec![0u8; (next - pos) as usize];
+    file.read_at(&mut b, pos).map_err(io("segment scan"))?;
+    Ok(if b.iter().all(|x| *x == 0) { next } else { pos })
 }
 
 impl From<DecodeError> for JournalError {

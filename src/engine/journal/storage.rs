@@ -23,6 +23,12 @@ pub trait BlockFile: Send + Sync {
     /// Fill `buf` from `off`; reading past the end is an error.
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
+    /// [`BlockFile::write_at`] bypassing the page cache where the file
+    /// allows it (`O_DIRECT`): `buf`'s address, its length and `off` are
+    /// multiples of [`DIRECT_ALIGN`]. Falls back to `write_at` otherwise.
+    fn write_direct(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.write_at(buf, off)
+    }
     /// Make every completed write durable.
     fn sync(&self) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
@@ -62,39 +68,89 @@ pub trait Storage: Send + Sync {
     fn space(&self, dir: &Path) -> io::Result<Space>;
 }
 
+/// Alignment of [`BlockFile::write_direct`]'s buffer, length and offset.
+pub const DIRECT_ALIGN: usize = 4096;
+
 /// Real files.
 pub struct FsStorage;
 
-struct FsFile(File);
+struct FsFile {
+    f: File,
+    /// A second descriptor on the same file (reopened through
+    /// `/proc/self/fd`, so a rename or replacement of the path cannot
+    /// redirect it), opened `O_DIRECT` on first use; `None` once the
+    /// filesystem refused it (tmpfs, some FUSE): writes go buffered then.
+    direct: std::sync::OnceLock<Option<File>>,
+    direct_refused: std::sync::atomic::AtomicBool,
+}
+
+impl FsFile {
+    fn direct(&self) -> Option<&File> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        if self
+            .direct_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return None;
+        }
+        self.direct
+            .get_or_init(|| {
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(format!("/proc/self/fd/{}", self.f.as_raw_fd()))
+                    .ok()
+            })
+            .as_ref()
+    }
+}
 
 impl BlockFile for FsFile {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        self.0.read_exact_at(buf, off)
+        self.f.read_exact_at(buf, off)
     }
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
-        self.0.write_all_at(buf, off)
+        self.f.write_all_at(buf, off)
+    }
+    fn write_direct(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        let aligned = (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+            && buf.len().is_multiple_of(DIRECT_ALIGN)
+            && off.is_multiple_of(DIRECT_ALIGN as u64);
+        match self.direct().filter(|_| aligned) {
+            Some(d) => match d.write_all_at(buf, off) {
+                // The filesystem takes O_DIRECT opens but not the writes.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.direct_refused
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.f.write_all_at(buf, off)
+                }
+                r => r,
+            },
+            None => self.f.write_all_at(buf, off),
+        }
     }
     fn sync(&self) -> io::Result<()> {
-        self.0.sync_data()
+        self.f.sync_data()
     }
     fn len(&self) -> io::Result<u64> {
         // Works for block devices too (metadata().len() is 0 for them).
         use std::io::{Seek, SeekFrom};
-        let mut f = &self.0;
+        let mut f = &self.f;
         f.seek(SeekFrom::End(0))
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        self.f.set_len(len)
     }
     fn allocate(&self, len: u64) -> io::Result<()> {
         use std::os::fd::AsRawFd;
-        if !self.0.metadata()?.file_type().is_file() {
+        if !self.f.metadata()?.file_type().is_file() {
             return Ok(());
         }
         let len = i64::try_from(len).map_err(|_| io::Error::other("length too large"))?;
         // SAFETY: fallocate on a valid open descriptor; mode 0 allocates
         // (and extends) without touching the bytes already there.
-        let r = unsafe { libc::fallocate(self.0.as_raw_fd(), 0, 0, len) };
+        let r = unsafe { libc::fallocate(self.f.as_raw_fd(), 0, 0, len) };
         if r != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -110,7 +166,11 @@ impl Storage for FsStorage {
             .create(create)
             .truncate(false)
             .open(path)?;
-        Ok(Arc::new(FsFile(f)))
+        Ok(Arc::new(FsFile {
+            f,
+            direct: Default::default(),
+            direct_refused: Default::default(),
+        }))
     }
     fn exists(&self, path: &Path) -> bool {
         path.exists()
