@@ -647,3 +647,88 @@ fn a_chunks_inconsistent_runs_are_recorded_at_once_and_bounded() {
     assert_eq!(j.unrecoverable_range(11), Some((10, 14)));
     assert_eq!(j.unrecoverable_range(tail + 7), Some((tail, 2098)));
 }
+
+/// A bookmark with the longest name the wire allows survives its segment's
+/// sealing (the on-disk block index keeps where it is) and a reopen, and
+/// a reopen whose block indexes are all gone rebuilds them to the same
+/// points, times and images.
+#[test]
+fn long_bookmark_names_and_lost_block_indexes_survive_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seg = 256 << 10;
+    let j = open_new(tmp.path(), seg);
+    let name = "b".repeat(255);
+    let mut seq = 0u64;
+    let mut rng = StdRng::seed_from_u64(9);
+    for round in 0..40u64 {
+        let mut recs = Vec::new();
+        for _ in 0..4 {
+            seq += 1;
+            let mut data = vec![0u8; 32 << 10];
+            rng.fill(&mut data[..]);
+            recs.push(tern::engine::journal::Record {
+                seq,
+                ts_us: 1_000_000 * seq,
+                body: RecordBody::Write {
+                    offset: rng.random_range(0..VOL / 4096 - 8) * 4096,
+                    data: data.into(),
+                },
+            });
+        }
+        seq += 1;
+        recs.push(tern::engine::journal::Record {
+            seq,
+            ts_us: 1_000_000 * seq,
+            body: RecordBody::Bookmark {
+                kind: tern::engine::journal::format::BookmarkKind::User,
+                name: if round == 7 {
+                    name.clone()
+                } else {
+                    format!("r{round}")
+                },
+            },
+        });
+        j.apply(&recs).unwrap();
+    }
+    let st = j.stats();
+    assert!(st.segments.len() > 3, "{} segments", st.segments.len());
+    let specs = [
+        PointSpec::Bookmark(name.clone()),
+        PointSpec::Bookmark("r30".into()),
+        PointSpec::Time(1_000_000 * 77 + 1),
+        PointSpec::Seq(123),
+    ];
+    let before: Vec<_> = specs
+        .iter()
+        .map(|s| (j.resolve(s).unwrap(), engine_hash(&j, s)))
+        .collect();
+    drop(j);
+    let j = reopen(tmp.path(), seg);
+    let after: Vec<_> = specs
+        .iter()
+        .map(|s| (j.resolve(s).unwrap(), engine_hash(&j, s)))
+        .collect();
+    assert_eq!(before, after);
+    drop(j);
+    let bix: Vec<_> = std::fs::read_dir(tmp.path().join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bix"))
+        .collect();
+    assert!(bix.len() > 2, "sealed segments have block indexes: {bix:?}");
+    for p in &bix {
+        std::fs::remove_file(p).unwrap();
+    }
+    let j = reopen(tmp.path(), seg);
+    let rebuilt: Vec<_> = specs
+        .iter()
+        .map(|s| (j.resolve(s).unwrap(), engine_hash(&j, s)))
+        .collect();
+    assert_eq!(before, rebuilt);
+    assert!(
+        tmp.path()
+            .join("journal")
+            .join(bix[0].file_name().unwrap())
+            .exists()
+    );
+}

@@ -191,12 +191,11 @@ fn a_damaged_cached_chunk_is_given_up_and_the_pair_resyncs() {
     c.up(2);
     c.wait_caught_up(180);
     c.assert_identical();
-    let ev = pair_events(&c.tern(&["pair", "show", "p"]), "ps_status");
-    assert!(
-        ev.iter().any(|e| e == "cache_dropped"),
-        "the PS did not give the chunk up: {ev:?}\n{}",
-        c.logs()
-    );
+    // (Reports come every few seconds: wait for the one that says so.)
+    wait_for(30, "the PS to report it gave the cached chunk up", || {
+        let ev = pair_events(&c.try_pair("p")?, "ps_status");
+        ev.iter().any(|e| e == "cache_dropped").then_some(())
+    });
 }
 
 /// The agent's side of a refused chunk. A proxy between agent and PS
@@ -236,7 +235,16 @@ fn a_chunk_the_ps_refuses_three_times_is_dropped_and_the_pair_resyncs() {
         "the agent sent the damaged chunk {damaged} times\n{}",
         c.logs()
     );
-    let v = c.tern(&["pair", "show", "p"]);
+    // (Reports come every few seconds: wait for the PS's third refusal.)
+    let v = wait_for(30, "the PS to report every refusal", || {
+        let v = c.try_pair("p")?;
+        let n = v["ps_status"]["events"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["event"] == "chunk_refused")
+            .count() as u32;
+        (n >= tern::engine::chunk::GIVE_UP_AFTER).then_some(v)
+    });
     let given_up: Vec<&serde_json::Value> = v["agent"]["events"]
         .as_array()
         .unwrap()

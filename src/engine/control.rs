@@ -225,10 +225,22 @@ pub enum PairEventKind {
     CacheDropped { first: u64, error: String },
 }
 
-/// Append `kind` to a pair's bounded event list.
+/// Append `kind` to a pair's bounded event list. When it is full the
+/// oldest mode change goes first: the rarer events (a crash's activity-log
+/// drain, a chunk given up) outlive a run of mode flips.
 pub fn push_event(q: &mut std::collections::VecDeque<PairEvent>, kind: PairEventKind) {
     if q.len() >= PAIR_EVENTS {
-        q.pop_front();
+        match q
+            .iter()
+            .position(|e| matches!(e.kind, PairEventKind::Mode { .. }))
+        {
+            Some(i) => {
+                q.remove(i);
+            }
+            None => {
+                q.pop_front();
+            }
+        }
     }
     q.push_back(PairEvent {
         at_ms: crate::util::now_ms(),

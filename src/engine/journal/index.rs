@@ -382,6 +382,22 @@ impl Index {
         Ok(out)
     }
 
+    /// Where a checkpoint over `(from, to]` may stop between steps that
+    /// each read one sealed segment: the ends of the sealed segments inside
+    /// the range, then `to`.
+    pub fn step_ends(&self, from: u64, to: u64) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .sealed
+            .values()
+            .map(|s| s.last_seq)
+            .filter(|&e| e > from && e < to)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v.push(to);
+        v
+    }
+
     /// Records with `from < seq <= to`, ascending, from either tier.
     fn records(&self, from: u64, to: u64) -> Result<Vec<(Key, RecMeta)>, BixError> {
         let mut out: Vec<(Key, RecMeta)> = Vec::new();

@@ -636,7 +636,9 @@ impl Journal {
                 .map_err(io(path.display().to_string()))?;
             // A sealed segment with a valid block index: its summary is all
             // memory takes; the records stay on disk.
-            if !is_last && let Some((s, bms)) = open_bix(&*storage, dir, segno, &file, state)? {
+            if !is_last
+                && let Some((s, bms, kept)) = open_bix(&*storage, dir, segno, &file, state, floor)?
+            {
                 let (level, covers) = (s.id.level, (s.first_seq, s.last_seq));
                 if covers.1 > floor
                     && covers.1 <= inner.last_seq
@@ -666,32 +668,11 @@ impl Journal {
                     if let Some((_, last)) = s.point_bounds() {
                         inner.last_ts_us = inner.last_ts_us.max(last.1);
                     }
-                    for e in bms.iter().filter(|e| e.seq > floor) {
-                        let (kind, name) = read_bookmark(&file, e)?;
-                        let ts = s
-                            .point_at_or_after(e.seq)
-                            .map_err(bix_error(segno))?
-                            .filter(|p| p.0 == e.seq)
-                            .ok_or_else(|| {
-                                JournalError::Corrupt(format!(
-                                    "segment {segno}: bookmark seq {} is not a point of its index",
-                                    e.seq
-                                ))
-                            })?
-                            .1;
-                        inner.bookmarks.insert(
-                            e.seq,
-                            Bookmark {
-                                seq: e.seq,
-                                ts_us: ts,
-                                kind,
-                                name,
-                            },
-                        );
+                    for b in bms {
+                        inner.bookmarks.insert(b.seq, b);
                     }
                     if level > 0 {
-                        let kept = s.points_in(floor + 1, covers.1).map_err(bix_error(segno))?;
-                        inner.retained.extend(kept.iter().map(|p| p.0));
+                        inner.retained.extend(kept);
                         inner.thinned.insert(covers.0.max(floor + 1), covers.1);
                     }
                 }
@@ -1446,6 +1427,7 @@ impl Journal {
                     Err(e) => return Err(io(format!("cannot seal segment {}", a.segno))(e)),
                 }
                 self.seal_index(a, state)?;
+                a.file.end_direct();
                 a.segno + 1
             }
             None => self
@@ -1515,7 +1497,9 @@ impl Journal {
                 return Ok(());
             };
             let (f, l) = (seg.first_seq, seg.last_seq);
-            (f, l, i.index.mem_points(f, l))
+            // Both tiers: a roll that failed after this segment was sealed
+            // once (no room for the next) leaves its earlier points on disk.
+            (f, l, i.index.points_in(f, l).map_err(lookup_error)?)
         };
         let recs: Vec<(index::Key, RecMeta)> = a
             .entries
@@ -1824,12 +1808,32 @@ impl Journal {
     }
 
     fn finish_checkpoint(&self, seq: u64, ts: u64) -> Result<(), JournalError> {
+        // One sealed segment's records at a time, oldest first, so memory
+        // holds one segment's extents, not the whole range's: each step
+        // leaves the replica at a later image, and the last at `seq`'s.
+        // (Readers meanwhile take every byte written after the base from
+        // the journal, so they never see the replica in between.)
+        let steps = {
+            let i = self.inner.read().unwrap();
+            i.index.step_ends(i.state.base_seq, seq)
+        };
+        let mut from = self.inner.read().unwrap().state.base_seq;
+        for to in steps {
+            self.checkpoint_step(from, to)?;
+            from = to;
+        }
+        self.replica
+            .sync()
+            .map_err(|e| self.replica_error("replica fsync", e))?;
+        self.finish_checkpoint_state(seq, ts)
+    }
+
+    /// Write the newest version of every byte written in `(from, to]` into
+    /// the replica.
+    fn checkpoint_step(&self, from: u64, to: u64) -> Result<(), JournalError> {
         let (extents, files) = {
             let i = self.inner.read().unwrap();
-            let ext = i
-                .index
-                .top_extents(i.state.base_seq, seq)
-                .map_err(lookup_error)?;
+            let ext = i.index.top_extents(from, to).map_err(lookup_error)?;
             let mut files = Vec::new();
             for p in &ext {
                 if let Source::Record(_, m) = p.src {
@@ -1864,9 +1868,11 @@ impl Journal {
                 done += n as u64;
             }
         }
-        self.replica
-            .sync()
-            .map_err(|e| self.replica_error("replica fsync", e))?;
+        Ok(())
+    }
+
+    /// The replica holds `seq`'s image: make it the base, drop what is in it.
+    fn finish_checkpoint_state(&self, seq: u64, ts: u64) -> Result<(), JournalError> {
         let mut i = self.inner.write().unwrap();
         let mut st = i.state;
         st.base_seq = seq;
@@ -2238,16 +2244,22 @@ fn write_bix(
     Ok(Some(s))
 }
 
-/// Open sealed segment `segno`'s block index if it is there and describes
-/// the segment as it stands; `None` (and the segment is loaded whole) if
-/// not.
+/// A sealed segment's block index, its bookmarks above the floor, and (if
+/// compacted) the points it kept above it.
+type OpenedBix = (SealedIndex, Vec<Bookmark>, Vec<u64>);
+
+/// Open sealed segment `segno`'s block index if it is there, describes
+/// the segment as it stands and agrees with it (its bookmarks are points,
+/// read back from the segment); `None` (and the segment is loaded whole,
+/// and its index rebuilt) if not.
 fn open_bix(
     storage: &dyn Storage,
     dir: &Path,
     segno: u64,
     file: &Arc<dyn BlockFile>,
     state: State,
-) -> Result<Option<(SealedIndex, Vec<IndexEntry>)>, JournalError> {
+    floor: u64,
+) -> Result<Option<OpenedBix>, JournalError> {
     let path = dir.join(bix_name(segno));
     if !storage.exists(&path) {
         return Ok(None);
@@ -2274,7 +2286,37 @@ fn open_bix(
     let f = storage
         .open(&path, false)
         .map_err(io("segment block index"))?;
-    match SealedIndex::open(f, id, state.volume_size) {
+    let opened = SealedIndex::open(f, id, state.volume_size)
+        .map_err(|e| e.to_string())
+        .and_then(|(s, entries)| {
+            let mut bms = Vec::new();
+            for e in entries.iter().filter(|e| e.seq > floor) {
+                let (kind, name) = read_bookmark(file, e).map_err(|e| e.to_string())?;
+                let ts = s
+                    .point_at_or_after(e.seq)
+                    .map_err(|e| e.to_string())?
+                    .filter(|p| p.0 == e.seq)
+                    .ok_or_else(|| format!("bookmark seq {} is not one of its points", e.seq))?
+                    .1;
+                bms.push(Bookmark {
+                    seq: e.seq,
+                    ts_us: ts,
+                    kind,
+                    name,
+                });
+            }
+            let kept = match h.level > 0 && s.last_seq > floor {
+                true => s
+                    .points_in(floor + 1, s.last_seq)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|p| p.0)
+                    .collect(),
+                false => Vec::new(),
+            };
+            Ok((s, bms, kept))
+        });
+    match opened {
         Ok(x) => Ok(Some(x)),
         Err(e) => {
             tracing::warn!(segment = segno, error = %e, "segment block index invalid; rebuilding it from the segment");

@@ -494,7 +494,7 @@ impl SealedIndex {
                 offset: 0,
             };
             if x[28..32] != [0; 4]
-                || e.len as usize > 2 + super::format::MAX_BOOKMARK_NAME
+                || !(4..=4 + super::format::MAX_BOOKMARK_NAME as u32).contains(&e.len)
                 || e.pos
                     .checked_add(e.record_len())
                     .is_none_or(|end| end > id.len)

@@ -29,6 +29,9 @@ pub trait BlockFile: Send + Sync {
     fn write_direct(&self, buf: &[u8], off: u64) -> io::Result<()> {
         self.write_at(buf, off)
     }
+    /// No more direct writes will come (a sealed segment): let go of what
+    /// they needed.
+    fn end_direct(&self) {}
     /// Make every completed write durable.
     fn sync(&self) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
@@ -80,29 +83,18 @@ struct FsFile {
     /// `/proc/self/fd`, so a rename or replacement of the path cannot
     /// redirect it), opened `O_DIRECT` on first use; `None` once the
     /// filesystem refused it (tmpfs, some FUSE): writes go buffered then.
-    direct: std::sync::OnceLock<Option<File>>,
+    direct: Mutex<Option<File>>,
     direct_refused: std::sync::atomic::AtomicBool,
 }
 
 impl FsFile {
-    fn direct(&self) -> Option<&File> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::OpenOptionsExt;
-        if self
-            .direct_refused
+    fn refused(&self) -> bool {
+        self.direct_refused
             .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return None;
-        }
-        self.direct
-            .get_or_init(|| {
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(format!("/proc/self/fd/{}", self.f.as_raw_fd()))
-                    .ok()
-            })
-            .as_ref()
+    }
+    fn refuse(&self) {
+        self.direct_refused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -117,18 +109,34 @@ impl BlockFile for FsFile {
         let aligned = (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
             && buf.len().is_multiple_of(DIRECT_ALIGN)
             && off.is_multiple_of(DIRECT_ALIGN as u64);
-        match self.direct().filter(|_| aligned) {
-            Some(d) => match d.write_all_at(buf, off) {
-                // The filesystem takes O_DIRECT opens but not the writes.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    self.direct_refused
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    self.f.write_all_at(buf, off)
-                }
-                r => r,
-            },
-            None => self.f.write_all_at(buf, off),
+        if !aligned || self.refused() {
+            return self.f.write_all_at(buf, off);
         }
+        let mut g = self.direct.lock().unwrap();
+        if g.is_none() {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::fs::OpenOptionsExt;
+            *g = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(format!("/proc/self/fd/{}", self.f.as_raw_fd()))
+                .ok();
+        }
+        let Some(d) = g.as_ref() else {
+            self.refuse();
+            return self.f.write_all_at(buf, off);
+        };
+        match d.write_all_at(buf, off) {
+            // The filesystem takes O_DIRECT opens but not the writes.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.refuse();
+                self.f.write_all_at(buf, off)
+            }
+            r => r,
+        }
+    }
+    fn end_direct(&self) {
+        self.direct.lock().unwrap().take();
     }
     fn sync(&self) -> io::Result<()> {
         self.f.sync_data()

@@ -138,20 +138,30 @@ impl AgentRole {
         for (volume, other_device) in changed {
             self.release_pairs_on(&volume, other_device);
         }
-        let mut vols = self.volumes.lock().unwrap();
-        for spec in specs {
-            if vols.get(&spec.name).is_some_and(|v| &v.spec == spec) {
-                continue;
+        let todo: Vec<&VolumeSpec> = {
+            let mut vols = self.volumes.lock().unwrap();
+            let mut todo = Vec::new();
+            for spec in specs {
+                if vols.get(&spec.name).is_some_and(|v| &v.spec == spec) {
+                    continue;
+                }
+                if let Some(old) = vols.remove(&spec.name)
+                    && let Some(t) = old.stop
+                {
+                    t.fire();
+                }
+                todo.push(spec);
             }
-            if let Some(old) = vols.remove(&spec.name)
-                && let Some(t) = old.stop
-            {
-                t.fire();
-            }
+            todo
+        };
+        // Opening reads the activity log, binds the NBD port and mounts
+        // FUSE: outside the lock every report and command takes. (Only the
+        // one configuration thread opens volumes.)
+        for spec in todo {
             match self.open_volume(spec) {
                 Ok(rt) => {
                     tracing::info!(volume = %spec.name, path = %spec.path.display(), capture = ?spec.capture, export = ?rt.export, size = rt.vol.size, "volume protected");
-                    vols.insert(spec.name.clone(), rt);
+                    self.volumes.lock().unwrap().insert(spec.name.clone(), rt);
                 }
                 Err(e) => {
                     tracing::error!(volume = %spec.name, error = %format!("{e:#}"), "cannot serve volume");
