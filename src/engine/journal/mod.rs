@@ -640,20 +640,7 @@ impl Journal {
                 && let Some((s, bms, kept)) = open_bix(&*storage, dir, segno, &file, state, floor)?
             {
                 let (level, covers) = (s.id.level, (s.first_seq, s.last_seq));
-                if covers.1 > floor
-                    && covers.1 <= inner.last_seq
-                    && inner.last_seq > floor
-                    && covers.0 <= inner.last_seq
-                {
-                    tracing::info!(
-                        segment = segno,
-                        "removing a segment superseded by a compacted one"
-                    );
-                    let _ = storage.remove(&dir.join(idx_name(segno)));
-                    let _ = storage.remove(&dir.join(bix_name(segno)));
-                    storage
-                        .remove(&path)
-                        .map_err(io("remove superseded segment"))?;
+                if drop_if_superseded(&*storage, dir, segno, covers, floor, inner.last_seq)? {
                     continue;
                 }
                 if covers.1 > floor {
@@ -711,22 +698,7 @@ impl Journal {
                     )));
                 }
             };
-            // A segment wholly covered by an earlier compacted one is what a
-            // merge left behind when it was interrupted: drop it.
-            if covers.1 > floor
-                && covers.1 <= inner.last_seq
-                && inner.last_seq > floor
-                && covers.0 <= inner.last_seq
-            {
-                tracing::info!(
-                    segment = segno,
-                    "removing a segment superseded by a compacted one"
-                );
-                let _ = storage.remove(&dir.join(idx_name(segno)));
-                let _ = storage.remove(&dir.join(bix_name(segno)));
-                storage
-                    .remove(&path)
-                    .map_err(io("remove superseded segment"))?;
+            if drop_if_superseded(&*storage, dir, segno, covers, floor, inner.last_seq)? {
                 continue;
             }
             if level > 0 && covers.1 > floor && covers.0 > floor && covers.0 != inner.last_seq + 1 {
@@ -2242,6 +2214,33 @@ fn write_bix(
         .map_err(io(format!("cannot open {}", path.display())))?;
     let (s, _) = SealedIndex::open(f, c.id, volume_size).map_err(bix_error(segno))?;
     Ok(Some(s))
+}
+
+/// A segment wholly covered by an earlier compacted one (it stands for
+/// seqs `covers`, the journal already reaches `last_seq`) is what a merge
+/// left behind when it was interrupted: remove it and its indexes.
+fn drop_if_superseded(
+    storage: &dyn Storage,
+    dir: &Path,
+    segno: u64,
+    covers: (u64, u64),
+    floor: u64,
+    last_seq: u64,
+) -> Result<bool, JournalError> {
+    let superseded =
+        covers.1 > floor && covers.1 <= last_seq && last_seq > floor && covers.0 <= last_seq;
+    if superseded {
+        tracing::info!(
+            segment = segno,
+            "removing a segment superseded by a compacted one"
+        );
+        let _ = storage.remove(&dir.join(idx_name(segno)));
+        let _ = storage.remove(&dir.join(bix_name(segno)));
+        storage
+            .remove(&dir.join(seg_name(segno)))
+            .map_err(io("remove superseded segment"))?;
+    }
+    Ok(superseded)
 }
 
 /// A sealed segment's block index, its bookmarks above the floor, and (if
