@@ -278,10 +278,6 @@ impl Index {
         self.sealed.remove(&segno);
     }
 
-    pub fn is_sealed(&self, segno: u64) -> bool {
-        self.sealed.contains_key(&segno)
-    }
-
     /// Write and Zero records held (sealed segments count whole).
     pub fn len(&self) -> usize {
         self.mem.recs.len()
