@@ -128,6 +128,12 @@ pub struct MtConfig {
     /// within 5 s (or no room to decompress at once) is answered 503; its PS
     /// keeps it and sends it again. One chunk alone always fits.
     pub chunk_memory: Size,
+    /// Allocate a new pair's whole replica on the retention disk at once, so
+    /// that applying the journal into it (which is what frees journal space)
+    /// never fails for want of room. `false`: thin replicas, for storage
+    /// that is thin already; a full disk then stops the journal (read-only)
+    /// until space returns.
+    pub preallocate_replica: bool,
 }
 
 impl Default for MtConfig {
@@ -136,6 +142,7 @@ impl Default for MtConfig {
             prune_interval: Dur(Duration::from_secs(60)),
             keep_free: None,
             chunk_memory: Size(256 << 20),
+            preallocate_replica: true,
         }
     }
 }
@@ -353,6 +360,15 @@ pub struct CxConfig {
     pub node_cert_validity: Dur,
     /// When daily e-mail digests go out (UTC, HH:MM).
     pub digest_at: String,
+    /// Jobs (images, hashes, …) running at once; more wait, queued.
+    pub jobs_running: usize,
+    /// Finished jobs kept (the oldest go first)…
+    pub jobs_keep: usize,
+    /// …and for at most this long.
+    pub jobs_max_age: Dur,
+    /// A job whose node does not answer for this long fails, saying where
+    /// it stopped.
+    pub job_node_timeout: Dur,
 }
 
 impl Default for CxConfig {
@@ -371,6 +387,10 @@ impl Default for CxConfig {
             alert_cert_expiry: Dur(Duration::from_secs(30 * 24 * 3600)),
             node_cert_validity: Dur(crate::engine::pki::NODE_CERT_VALIDITY),
             digest_at: "08:00".into(),
+            jobs_running: 4,
+            jobs_keep: 10_000,
+            jobs_max_age: Dur(Duration::from_secs(90 * 24 * 3600)),
+            job_node_timeout: Dur(Duration::from_secs(120)),
         }
     }
 }
@@ -443,6 +463,15 @@ impl Config {
         }
         if let Err(e) = crate::util::parse_hhmm(&self.cx.digest_at) {
             return Err(format!("cx.digest_at: {e}"));
+        }
+        if !(1..=64).contains(&self.cx.jobs_running) {
+            return Err("cx.jobs_running must be 1 to 64".into());
+        }
+        if self.cx.jobs_keep == 0 {
+            return Err("cx.jobs_keep must be at least 1".into());
+        }
+        if self.cx.job_node_timeout.0 < Duration::from_secs(1) {
+            return Err("cx.job_node_timeout must be at least 1s".into());
         }
         for (what, v) in [
             ("cx.alert_disk_free_pct", self.cx.alert_disk_free_pct),

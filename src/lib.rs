@@ -29,6 +29,7 @@
 //! The design is described in `docs/ARCHITECTURE.md`; every byte format in
 //! `docs/FORMATS.md`.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod engine;

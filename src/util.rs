@@ -184,6 +184,22 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// An error and its sources, one `: ` apart, repeats left out (a reqwest
+/// error hides its cause, "connection refused", in its sources).
+pub fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
 /// Make a named pipe at `path`: opening it blocks until the other end is
 /// opened, which lets a test hold a role inside a file read.
 #[cfg(test)]

@@ -109,7 +109,10 @@ fn power_loss(seed: u64, max_write: u64, segment_bytes: u64, rounds: u32) {
     let replica = std::path::Path::new("/sim/replica");
     let mut w = Workload::new(seed, vol);
     w.max_write = max_write;
-    let opts = || JournalOptions { segment_bytes };
+    let opts = || JournalOptions {
+        segment_bytes,
+        ..Default::default()
+    };
     let policy = RetentionPolicy {
         window: None,
         max_bytes: Some(4 * segment_bytes),
@@ -250,6 +253,7 @@ fn sigkill_under_load_fifty_times_leaves_every_listed_point_exact() {
                 &dir.join("replica.img"),
                 JournalOptions {
                     segment_bytes: 2 << 20,
+                    ..Default::default()
                 },
             )
             .unwrap(),

@@ -24,6 +24,7 @@ fn replica() -> &'static Path {
 fn opts() -> JournalOptions {
     JournalOptions {
         segment_bytes: 1 << 20,
+        ..Default::default()
     }
 }
 

@@ -21,7 +21,10 @@ fn open_new(dir: &std::path::Path, seg: u64) -> Arc<Journal> {
             &dir.join("journal"),
             &dir.join("replica.img"),
             VOL,
-            JournalOptions { segment_bytes: seg },
+            JournalOptions {
+                segment_bytes: seg,
+                ..Default::default()
+            },
         )
         .unwrap(),
     )
@@ -33,7 +36,10 @@ fn reopen(dir: &std::path::Path, seg: u64) -> Arc<Journal> {
             Arc::new(FsStorage),
             &dir.join("journal"),
             &dir.join("replica.img"),
-            JournalOptions { segment_bytes: seg },
+            JournalOptions {
+                segment_bytes: seg,
+                ..Default::default()
+            },
         )
         .unwrap(),
     )
@@ -411,6 +417,7 @@ fn sparse_tiers_keep_exactly_the_points_they_promise() {
             SMALL,
             JournalOptions {
                 segment_bytes: 64 << 10,
+                ..Default::default()
             },
         )
         .unwrap(),

@@ -126,14 +126,28 @@ fn writes_through_resync_and_differential_sync_arrive_exactly() {
 
     // The replica's latest image equals the source, byte for byte.
     let out = tmp.path().join("replica-latest.img");
-    site.tern(&["pair", "image", "p1", "--to", out.to_str().unwrap()]);
+    site.tern(&[
+        "pair",
+        "image",
+        "--wait",
+        "p1",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
     if let Err(e) = qemu_img_compare(&site.src, &out) {
         panic!("qemu-img compare: {e}");
     }
     for (name, want) in &points {
-        let v = site.tern(&["pair", "hash", "p1", "--at", &format!("tag:{name}")]);
+        let v = site.tern(&[
+            "pair",
+            "hash",
+            "--wait",
+            "p1",
+            "--at",
+            &format!("tag:{name}"),
+        ]);
         assert_eq!(
-            v["blake3"].as_str(),
+            v["result"]["blake3"].as_str(),
             Some(want.as_str()),
             "image at bookmark {name}"
         );
@@ -236,11 +250,11 @@ fn bad_chunks_are_refused_and_nothing_is_applied() {
     std::thread::sleep(Duration::from_millis(800));
     let after = site.pair("p2");
     assert_eq!(after["mt"]["last_seq"].as_u64(), Some(last), "{after}");
-    let v = site.tern(&["pair", "hash", "p2"]);
+    let v = site.tern(&["pair", "hash", "--wait", "p2"]);
     let mut want = vec![0u8; vol as usize];
     want[..65536].fill(7);
     assert_eq!(
-        v["blake3"].as_str().unwrap(),
+        v["result"]["blake3"].as_str().unwrap(),
         blake3::hash(&want).to_hex().as_str()
     );
 }
@@ -331,6 +345,7 @@ fn ext4_over_fuse_capture_fs_bookmark_is_consistent() {
     site.tern(&[
         "pair",
         "image",
+        "--wait",
         "fs",
         "--at",
         "tag:before",
@@ -482,8 +497,8 @@ fn scan_capture_sends_what_changed_at_each_pass() {
         f.sync_all().unwrap();
         let want = file_hash(&src);
         wait_for(60, "a scan pass to carry the change", || {
-            let v = site.try_tern(&["pair", "hash", "s"])?;
-            (v["blake3"].as_str()? == want).then_some(())
+            let v = site.try_tern(&["pair", "hash", "--wait", "s"])?;
+            (v["result"]["blake3"].as_str()? == want).then_some(())
         });
     }
     let v = site.tern(&["pair", "points", "s"]);
@@ -612,8 +627,12 @@ fn resyncs_queue_behind_the_ps_batch_limit() {
     for v in ["v1", "v2", "v3"] {
         wait_caught_up(&site, v, 60);
         let want = file_hash(&dir.join(format!("{v}.img")));
-        let got = site.tern(&["pair", "hash", v]);
-        assert_eq!(got["blake3"].as_str(), Some(want.as_str()), "pair {v}");
+        let got = site.tern(&["pair", "hash", "--wait", v]);
+        assert_eq!(
+            got["result"]["blake3"].as_str(),
+            Some(want.as_str()),
+            "pair {v}"
+        );
     }
 }
 

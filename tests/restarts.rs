@@ -65,9 +65,9 @@ fn check_claim(c: &Cluster, since: u64) -> bool {
         return false;
     }
     let want = c.export_hash();
-    let got = c.tern(&["pair", "hash", "p", "--at", "latest"]);
+    let got = c.tern(&["pair", "hash", "--wait", "p", "--at", "latest"]);
     assert_eq!(
-        got["blake3"].as_str(),
+        got["result"]["blake3"].as_str(),
         Some(want.as_str()),
         "the pair claims to be caught up but its latest point differs from the source: {v}\n{}",
         c.logs()
@@ -192,9 +192,9 @@ fn fifty_restarts_in_any_order_lose_no_acknowledged_write() {
     let want = c.export_hash();
     c.wait_caught_up(240);
     c.assert_identical();
-    let latest = c.tern(&["pair", "hash", "p", "--at", "latest"]);
+    let latest = c.tern(&["pair", "hash", "--wait", "p", "--at", "latest"]);
     assert_eq!(
-        latest["blake3"].as_str(),
+        latest["result"]["blake3"].as_str(),
         Some(want.as_str()),
         "latest point"
     );
@@ -204,9 +204,16 @@ fn fifty_restarts_in_any_order_lose_no_acknowledged_write() {
         bookmarks.len()
     );
     for (name, want) in &bookmarks {
-        let v = c.tern(&["pair", "hash", "p", "--at", &format!("tag:{name}")]);
+        let v = c.tern(&[
+            "pair",
+            "hash",
+            "--wait",
+            "p",
+            "--at",
+            &format!("tag:{name}"),
+        ]);
         assert_eq!(
-            v["blake3"].as_str(),
+            v["result"]["blake3"].as_str(),
             Some(want.as_str()),
             "image at bookmark {name}\n{}",
             c.logs()
@@ -259,7 +266,7 @@ fn writes_made_before_the_agent_hears_of_its_pair_are_replicated() {
         "claims differential sync with 30 writes not replicated: {v}"
     );
     c.wait_caught_up(120);
-    let latest = c.tern(&["pair", "hash", "p", "--at", "latest"]);
-    assert_eq!(latest["blake3"].as_str(), Some(want.as_str()));
+    let latest = c.tern(&["pair", "hash", "--wait", "p", "--at", "latest"]);
+    assert_eq!(latest["result"]["blake3"].as_str(), Some(want.as_str()));
     c.assert_identical();
 }

@@ -133,8 +133,8 @@ fn bookmark(c: &Cluster, name: &str, secs: u64) -> Option<(String, String)> {
 }
 
 fn hash_at(c: &Cluster, at: &str) -> Option<String> {
-    let v = c.try_tern(&["pair", "hash", "p", "--at", at])?;
-    v["blake3"].as_str().map(str::to_owned)
+    let v = c.try_tern(&["pair", "hash", "--wait", "p", "--at", at])?;
+    v["result"]["blake3"].as_str().map(str::to_owned)
 }
 
 /// Bookmark names the MT lists (None while it cannot answer yet).

@@ -126,6 +126,24 @@ impl Api {
         self.send(self.req(reqwest::Method::DELETE, path)).await
     }
 
+    /// GET and decode into `T`.
+    pub async fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let v = self.get(path).await?;
+        serde_json::from_value(v)
+            .with_context(|| format!("the CX answered {path} with what this client cannot read"))
+    }
+
+    /// POST and decode into `T`.
+    pub async fn post_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        let v = self.post(path, body).await?;
+        serde_json::from_value(v)
+            .with_context(|| format!("the CX answered {path} with what this client cannot read"))
+    }
+
     async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
         let resp = r.send().await.map_err(|e| {
             anyhow!(

@@ -44,6 +44,7 @@ pub fn run(cmd: DebugCmd) -> anyhow::Result<()> {
             let replica = dir.join("replica.img");
             let opts = JournalOptions {
                 segment_bytes: 2 << 20,
+                ..Default::default()
             };
             let j = if jdir.join("journal.state").exists() {
                 Journal::open(Arc::new(FsStorage), &jdir, &replica, opts)?

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod debug;
 pub mod enroll;
+pub mod job;
 pub mod monitor;
 pub mod mt;
 pub mod pair;
@@ -125,6 +126,9 @@ pub enum Command {
     /// Replication pairs: create, list, pause, resume, resync, points, images.
     #[command(subcommand)]
     Pair(pair::PairCmd),
+    /// Long operations (images, hashes): list, show, watch, cancel.
+    #[command(subcommand)]
+    Job(job::JobCmd),
     /// Insert a bookmark (consistency point) into a pair's stream.
     Bookmark(pair::BookmarkArgs),
     /// Agent volumes.
@@ -172,17 +176,7 @@ pub enum HostCmd {
 pub use crate::util::error_chain;
 
 pub fn reqwest_chain(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
+    crate::util::source_chain(e)
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -410,6 +404,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Debug(cmd) => debug::run(cmd),
         Command::Pair(cmd) => runtime()?.block_on(pair::pair(cmd, &g)),
+        Command::Job(cmd) => runtime()?.block_on(job::run(cmd, &g)),
         Command::Bookmark(a) => runtime()?.block_on(pair::bookmark(a, &g)),
         Command::Agent(cmd) => runtime()?.block_on(pair::agent(cmd, &g)),
         Command::Trends(cmd) => runtime()?.block_on(monitor::trends(cmd, &g)),

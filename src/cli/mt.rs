@@ -336,7 +336,10 @@ fn image(data: &Path, pair: &str, at: &PointSpec, to: &Path, quiet: bool) -> any
         b.set_message(format!("pair {pair} seq {}", pin.point.seq));
         b
     };
-    let hash = crate::roles::mt::write_image(&pin, to, |done, _| bar.set_position(done))?;
+    let hash = crate::roles::mt::write_image(&pin, to, |done, _| {
+        bar.set_position(done);
+        Ok(())
+    })?;
     bar.finish_and_clear();
     println!(
         "pair {pair}: image at seq {} ({}) written to {}: {size} bytes, blake3 {hash}",

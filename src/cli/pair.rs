@@ -77,21 +77,28 @@ pub enum PairCmd {
     Points {
         name: String,
     },
-    /// Write the image at a point to a file or device on the MT host.
+    /// Write the image at a point to a file or device on the MT host, as a
+    /// job (`tern job …`).
     Image {
         name: String,
         /// latest, oldest, seq:N, tag:NAME, time:RFC3339
         #[arg(long, default_value = "latest")]
         at: String,
-        /// Destination path on the MT host.
+        /// Destination path on the MT host (absolute).
         #[arg(long)]
         to: PathBuf,
+        /// Follow the job to its end (the default on a terminal).
+        #[arg(long)]
+        wait: bool,
     },
-    /// BLAKE3 of the image at a point (computed on the MT).
+    /// BLAKE3 of the image at a point (computed on the MT), as a job.
     Hash {
         name: String,
         #[arg(long, default_value = "latest")]
         at: String,
+        /// Follow the job to its end (the default on a terminal).
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -296,9 +303,7 @@ pub async fn pair(cmd: PairCmd, g: &Global) -> anyhow::Result<()> {
             }
         }
         PairCmd::Points { name } => {
-            let v = api
-                .post(&format!("/api/v1/pairs/{name}/mt/points"), &json!({}))
-                .await?;
+            let v = api.get(&format!("/api/v1/pairs/{name}/points")).await?;
             if g.json {
                 show(g, &v);
             } else {
@@ -320,40 +325,23 @@ pub async fn pair(cmd: PairCmd, g: &Global) -> anyhow::Result<()> {
                 }
             }
         }
-        PairCmd::Image { name, at, to } => {
-            let v = api
-                .post(
-                    &format!("/api/v1/pairs/{name}/mt/image"),
-                    &json!({"at": at, "to": to}),
+        PairCmd::Image { name, at, to, wait } => {
+            let j: crate::api::jobs::Job = api
+                .post_as(
+                    &format!("/api/v1/pairs/{name}/image"),
+                    &crate::api::jobs::ImageRequest { at: Some(at), to },
                 )
                 .await?;
-            if g.json {
-                show(g, &v);
-            } else {
-                println!(
-                    "pair {name}: image at seq {} ({}) written on the MT to {}: {} bytes, blake3 {}",
-                    v["point"]["seq"],
-                    v["point"]["time"].as_str().unwrap_or(""),
-                    v["to"].as_str().unwrap_or(""),
-                    v["size"],
-                    v["blake3"].as_str().unwrap_or("")
-                );
-            }
+            super::job::started(&api, j, wait, g).await?;
         }
-        PairCmd::Hash { name, at } => {
-            let v = api
-                .post(&format!("/api/v1/pairs/{name}/mt/hash"), &json!({"at": at}))
+        PairCmd::Hash { name, at, wait } => {
+            let j: crate::api::jobs::Job = api
+                .post_as(
+                    &format!("/api/v1/pairs/{name}/hash"),
+                    &crate::api::jobs::HashRequest { at: Some(at) },
+                )
                 .await?;
-            if g.json {
-                show(g, &v);
-            } else {
-                println!(
-                    "{}  pair {name} seq {} ({})",
-                    v["blake3"].as_str().unwrap_or(""),
-                    v["point"]["seq"],
-                    v["point"]["time"].as_str().unwrap_or("")
-                );
-            }
+            super::job::started(&api, j, wait, g).await?;
         }
     }
     Ok(())

@@ -401,3 +401,85 @@ pub fn valid_name(name: &str) -> bool {
 /// How long a PS keeps a pair's resync slot without a renewal; the agent
 /// renews well inside it (roles::agent) and the PS expires it (roles::ps::slots).
 pub const RESYNC_SLOT_LEASE: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// What a node task does (the CX's jobs that run on a node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// Write the image at a point to a file or device on the MT host.
+    Image,
+    /// BLAKE3 of the image at a point.
+    Hash,
+}
+
+/// `POST /data/v1/mt/{pair}/tasks` (CX → MT): start a task. Idempotent by
+/// `id`: a task the MT already has is answered with its status, never
+/// started twice; an id it no longer knows (it restarted) starts afresh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    /// Chosen by the CX, unique for the job (at most [`MAX_TASK_ID`] bytes).
+    pub id: String,
+    pub kind: TaskKind,
+    /// A point spec (`latest`, `seq:N`, `tag:NAME`, `time:RFC3339`, …).
+    pub at: String,
+    /// The image's destination on the MT host (image only).
+    #[serde(default)]
+    pub to: Option<PathBuf>,
+}
+
+/// The longest task id a node accepts.
+pub const MAX_TASK_ID: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn is_final(self) -> bool {
+        self != TaskState::Running
+    }
+}
+
+/// A recovery point as a task result names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointRef {
+    pub seq: u64,
+    pub ts_us: u64,
+    /// RFC 3339 (milliseconds) of `ts_us`.
+    pub time: String,
+}
+
+/// What a finished image or hash task produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub point: PointRef,
+    /// Hex BLAKE3 of the whole image (`size` bytes).
+    pub blake3: String,
+    pub size: u64,
+    /// Where the image was written (image only).
+    #[serde(default)]
+    pub to: Option<PathBuf>,
+}
+
+/// `GET /data/v1/mt/tasks/{id}`: a task as the node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub id: String,
+    pub pair: String,
+    pub kind: TaskKind,
+    pub state: TaskState,
+    /// Bytes done and to do.
+    pub done: u64,
+    pub total: u64,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub result: Option<TaskResult>,
+    /// Why it failed (state `failed`).
+    pub error: Option<String>,
+}

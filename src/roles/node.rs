@@ -98,7 +98,15 @@ pub async fn start(
             client: transport::client_with(&boot.identity.ca_pem, Some(slot.clone()))?,
             monitor: cx::monitor::Monitor::new(trends),
             alerts,
+            jobs: cx::jobs::Jobs::new(cfg.cx.jobs_running),
         });
+        {
+            let s = state.clone();
+            let n = tokio::task::spawn_blocking(move || cx::jobs::recover(&s)).await??;
+            if n > 0 {
+                tracing::info!(jobs = n, "unfinished jobs picked up again");
+            }
+        }
         tasks.spawn(cx::monitor::run(state.clone(), trigger.subscribe()));
         tasks.spawn(cx::alerts::dispatcher(
             state.clone(),
@@ -210,6 +218,16 @@ pub async fn start(
             cfg.mt.keep_free.map(|s| s.0),
             trigger.subscribe(),
         ));
+        if let Some(m) = &mt {
+            // Running image and hash tasks stop at shutdown (their jobs
+            // start them again when this MT is back).
+            let tasks_ = m.tasks.clone();
+            let mut stop = trigger.subscribe();
+            tasks.spawn(async move {
+                stop.wait().await;
+                tasks_.abort_all();
+            });
+        }
     }
     for r in &roles {
         if *r != Role::Cx {

@@ -335,7 +335,14 @@ impl Cluster {
     /// The replica's latest image equals the source, byte for byte.
     pub fn assert_identical(&self) {
         let out = self.dir.join("latest.img");
-        self.tern(&["pair", "image", "p", "--to", out.to_str().unwrap()]);
+        self.tern(&[
+            "pair",
+            "image",
+            "--wait",
+            "p",
+            "--to",
+            out.to_str().unwrap(),
+        ]);
         if let Err(e) = qemu_img_compare(&self.src, &out) {
             panic!("replica differs from the source: {e}\n{}", self.logs());
         }

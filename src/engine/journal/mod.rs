@@ -207,6 +207,12 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> JournalError {
 pub struct JournalOptions {
     /// A new segment is started once the active one passes this size.
     pub segment_bytes: u64,
+    /// Allocate the whole replica at creation (`fallocate`), so that
+    /// checkpointing into it, which is what frees journal space, can never
+    /// fail for want of room. Off: a thin replica; on a full disk a
+    /// checkpoint into a never-written region fails and the journal turns
+    /// read-only until space returns.
+    pub preallocate: bool,
 }
 
 /// Separate inconsistent runs one chunk may mark; see
@@ -231,6 +237,7 @@ impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
             segment_bytes: 64 << 20,
+            preallocate: true,
         }
     }
 }
@@ -521,13 +528,15 @@ impl Journal {
                 replica_path.display()
             )))?;
         }
-        allocate_replica(&*replica, volume_size).map_err(|e| JournalError::Io {
-            what: format!(
-                "cannot allocate the replica {} ({volume_size} bytes): the retention disk needs room for the whole volume",
-                replica_path.display()
-            ),
-            source: e,
-        })?;
+        if opts.preallocate {
+            allocate_replica(&*replica, volume_size).map_err(|e| JournalError::Io {
+                what: format!(
+                    "cannot allocate the replica {} ({volume_size} bytes): the retention disk needs room for the whole volume (or set mt.preallocate_replica = false for a thin replica)",
+                    replica_path.display()
+                ),
+                source: e,
+            })?;
+        }
         replica.sync().map_err(io("replica sync"))?;
         let state = State {
             journal_id: rand::random(),
@@ -860,13 +869,15 @@ impl Journal {
     /// checkpoint read correctly before it is finished: the bytes it has
     /// not yet written to the replica are still served from the journal.
     fn recover(&self) -> Result<(), JournalError> {
-        allocate_replica(&*self.replica, self.volume_size).map_err(|e| {
-            let what = "the replica cannot be allocated";
-            match is_no_space(&e) {
-                true => read_only_locked(&mut self.inner.write().unwrap(), &self.dir, what, &e),
-                false => io(what)(e),
-            }
-        })?;
+        if self.opts.preallocate {
+            allocate_replica(&*self.replica, self.volume_size).map_err(|e| {
+                let what = "the replica cannot be allocated";
+                match is_no_space(&e) {
+                    true => read_only_locked(&mut self.inner.write().unwrap(), &self.dir, what, &e),
+                    false => io(what)(e),
+                }
+            })?;
+        }
         let state = self.inner.read().unwrap().state;
         if let Some((seq, ts)) = state.pending_base {
             // A checkpoint was interrupted: finish it before anything reads the replica.

@@ -31,11 +31,18 @@ pub const ALERTS: Table = TableDefinition::new("alerts");
 pub const RECEIVERS: Table = TableDefinition::new("alert_receivers");
 /// Health report rows, keyed `PAIR/YYYY-MM-DD` (UTC days).
 pub const HEALTH: Table = TableDefinition::new("health_days");
+/// Jobs (key: the id, zero-padded to 16 digits so keys sort by id).
+pub const JOBS: Table = TableDefinition::new("jobs");
 
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// Ordered upgrades; the schema version is `MIGRATIONS.len()`.
-pub const MIGRATIONS: &[Migration] = &[migrate_0_to_1, migrate_1_to_2, migrate_2_to_3];
+pub const MIGRATIONS: &[Migration] = &[
+    migrate_0_to_1,
+    migrate_1_to_2,
+    migrate_2_to_3,
+    migrate_3_to_4,
+];
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 
 /// Version 1: the skeleton's tables.
@@ -59,6 +66,12 @@ fn migrate_2_to_3(tx: &WriteTransaction) -> Result<(), StoreError> {
     for t in [ALERTS, RECEIVERS, HEALTH] {
         tx.open_table(t)?;
     }
+    Ok(())
+}
+
+/// Version 4: jobs.
+fn migrate_3_to_4(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(JOBS)?;
     Ok(())
 }
 
@@ -178,6 +191,37 @@ impl Store {
         rows(&tx.open_table(table)?)
     }
 
+    /// Up to `limit` records that `keep` accepts, from the last key below
+    /// `before` (or the last of all) backwards; and whether more were left.
+    /// Reads (and decodes) only as far as it needs to.
+    pub fn page_rev<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        before: Option<&str>,
+        limit: usize,
+        mut keep: impl FnMut(&T) -> bool,
+    ) -> Result<(Vec<(String, T)>, bool), StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(table)?;
+        let range = match before {
+            Some(b) => t.range::<&str>(..b)?,
+            None => t.range::<&str>(..)?,
+        };
+        let mut out = Vec::new();
+        for row in range.rev() {
+            let (k, v) = row?;
+            let rec: T = decode(k.value(), v.value())?;
+            if !keep(&rec) {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push((k.value().to_owned(), rec));
+        }
+        Ok((out, false))
+    }
+
     pub fn put<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<(), StoreError> {
         self.update(|tx| put_in(tx, table, key, value))
     }
@@ -256,6 +300,38 @@ pub fn put_in<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_run_backwards_from_a_key_and_say_whether_more_are_left() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        for i in 1..=25u64 {
+            s.put(JOBS, &format!("{i:016}"), &i).unwrap();
+        }
+        let (p, more) = s.page_rev::<u64>(JOBS, None, 10, |_| true).unwrap();
+        assert_eq!(
+            p.iter().map(|r| r.1).collect::<Vec<_>>(),
+            (16..=25).rev().collect::<Vec<_>>()
+        );
+        assert!(more);
+        let (p, more) = s
+            .page_rev::<u64>(JOBS, Some(&format!("{:016}", 16)), 10, |_| true)
+            .unwrap();
+        assert_eq!(p.first().map(|r| r.1), Some(15));
+        assert_eq!(p.last().map(|r| r.1), Some(6));
+        assert!(more);
+        let (p, more) = s
+            .page_rev::<u64>(JOBS, Some(&format!("{:016}", 6)), 10, |_| true)
+            .unwrap();
+        assert_eq!(p.len(), 5);
+        assert!(!more);
+        // A filter skips records without ending the page early.
+        let (p, more) = s.page_rev::<u64>(JOBS, None, 3, |v| v % 5 == 0).unwrap();
+        assert_eq!(p.iter().map(|r| r.1).collect::<Vec<_>>(), vec![25, 20, 15]);
+        assert!(more);
+        let (_, more) = s.page_rev::<u64>(JOBS, None, 5, |v| v % 5 == 0).unwrap();
+        assert!(!more, "exactly five match: nothing is left");
+    }
 
     #[test]
     fn fresh_database_is_migrated_to_current_version() {

@@ -237,13 +237,48 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(json_body::<pairs::BookmarkRequest>())
         .and(with_state(s.clone()))
         .and_then(pairs::bookmark);
-    let pair_mt = warp::path!("api" / "v1" / "pairs" / String / "mt" / String)
+    let pair_points = warp::path!("api" / "v1" / "pairs" / String / "points")
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(pairs::points);
+    use super::jobs;
+    let pair_image = warp::path!("api" / "v1" / "pairs" / String / "image")
         .and(warp::post())
         .and(authed(s.clone()))
-        .and(warp::body::content_length_limit(1 << 20))
-        .and(warp::body::json::<serde_json::Value>())
+        .and(json_body::<crate::api::jobs::ImageRequest>())
         .and(with_state(s.clone()))
-        .and_then(pairs::mt_proxy);
+        .and_then(jobs::start_image);
+    let pair_hash = warp::path!("api" / "v1" / "pairs" / String / "hash")
+        .and(warp::post())
+        .and(authed(s.clone()))
+        .and(json_body::<crate::api::jobs::HashRequest>())
+        .and(with_state(s.clone()))
+        .and_then(jobs::start_hash);
+    let jobs_list = warp::path!("api" / "v1" / "jobs")
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(warp::query::<jobs::ListQuery>())
+        .and(with_state(s.clone()))
+        .and_then(jobs::list);
+    let job_get = warp::path!("api" / "v1" / "jobs" / String)
+        .and(warp::get())
+        .and(authed(s.clone()))
+        .and(warp::query::<jobs::GetQuery>())
+        .and(with_state(s.clone()))
+        .and_then(jobs::get);
+    let job_cancel = warp::path!("api" / "v1" / "jobs" / String / "cancel")
+        .and(warp::post())
+        .and(authed(s.clone()))
+        .and(with_state(s.clone()))
+        .and_then(jobs::cancel);
+    let job_routes = pair_points
+        .or(pair_image)
+        .or(pair_hash)
+        .or(jobs_list)
+        .or(job_get)
+        .or(job_cancel)
+        .boxed();
     let pair_action = warp::path!("api" / "v1" / "pairs" / String / String)
         .and(warp::post())
         .and_then(|n: String, a: String| async move {
@@ -363,7 +398,7 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(pair_get)
         .or(pair_delete)
         .or(pair_bookmark)
-        .or(pair_mt)
+        .or(job_routes)
         .or(pair_action)
         .or(volumes_list)
         .or(volumes_add)

@@ -2,7 +2,8 @@
 //!
 //! Owns: the CA, users and tokens, the host registry (enrollment and
 //! heartbeats), pairs and volumes, monitoring (trends, health report,
-//! alerts and their notification). Later: plans, policies, workflows.
+//! alerts and their notification), jobs (long operations on nodes). Later:
+//! plans, policies, workflows.
 //!
 //! Invariants: the CA key never leaves this node; a host appears in the
 //! registry only through enrollment (or as the CX's own node); a heartbeat is
@@ -13,6 +14,7 @@ pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod health;
+pub mod jobs;
 pub mod monitor;
 pub mod openapi;
 pub mod pairs;
@@ -76,6 +78,8 @@ pub struct CxState {
     pub monitor: monitor::Monitor,
     /// The notification queue.
     pub alerts: alerts::Alerts,
+    /// Long operations and their runners.
+    pub jobs: jobs::Jobs,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -92,9 +92,41 @@ pub fn document() -> Value {
                 "PairList": {"type": "object", "properties": {"pairs": {"type": "array", "items": {"$ref": "#/components/schemas/Pair"}}}},
                 "BookmarkRequest": {"type": "object", "required": ["name"], "properties": {
                     "name": {"type": "string"}, "kind": {"type": "string", "enum": ["user", "fs", "app"]}}},
-                "ReplicaOp": {"type": "object", "properties": {
-                    "at": {"type": "string", "description": "latest, oldest, seq:N, tag:NAME, time:RFC3339"},
-                    "to": {"type": "string", "description": "image destination on the MT host"}}},
+                "ImageRequest": {"type": "object", "required": ["to"], "additionalProperties": false, "properties": {
+                    "at": {"type": "string", "description": "latest (default), oldest, seq:N, tag:NAME, time:RFC3339"},
+                    "to": {"type": "string", "description": "absolute path of the image on the MT host: a file (written as NAME.tern-partial, renamed when whole) or a device"}}},
+                "HashRequest": {"type": "object", "additionalProperties": false, "properties": {
+                    "at": {"type": "string", "description": "latest (default), oldest, seq:N, tag:NAME, time:RFC3339"}}},
+                "Points": {"type": "object", "description": "pair, latest and oldest consistent point ({seq, ts_us, time}), last_applied_seq, bookmarks"},
+                "Job": {"type": "object", "required": ["id", "kind", "target", "actor", "state", "created", "progress", "params", "steps", "log", "cancel_requested", "attempts", "rev"], "properties": {
+                    "id": {"type": "integer"},
+                    "kind": {"type": "string", "enum": ["image", "hash"]},
+                    "target": {"type": "string", "examples": ["pair/db"]},
+                    "actor": {"type": "string"},
+                    "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                    "created": {"type": "string", "format": "date-time"},
+                    "started": {"type": ["string", "null"], "format": "date-time"},
+                    "finished": {"type": ["string", "null"], "format": "date-time"},
+                    "progress": {"type": "object", "properties": {
+                        "done_bytes": {"type": "integer"}, "total_bytes": {"type": "integer"},
+                        "rate_bps": {"type": ["number", "null"]}, "eta_s": {"type": ["number", "null"]}}},
+                    "params": {"type": "object", "properties": {"pair": {"type": "string"}, "at": {"type": "string"}, "to": {"type": ["string", "null"]}}},
+                    "steps": {"type": "array", "items": {"type": "object", "properties": {
+                        "name": {"type": "string"}, "state": {"type": "string"},
+                        "started": {"type": ["string", "null"]}, "finished": {"type": ["string", "null"]}}}},
+                    "log": {"type": "array", "items": {"type": "object", "properties": {
+                        "time": {"type": "string"}, "level": {"type": "string"}, "message": {"type": "string"}}}},
+                    "result": {"type": ["object", "null"], "properties": {
+                        "point": {"type": "object"}, "blake3": {"type": "string"}, "size": {"type": "integer"}, "to": {"type": ["string", "null"]}}},
+                    "error": {"type": ["object", "null"], "properties": {
+                        "code": {"type": "string", "enum": ["node_unreachable", "node_restarted", "pair_gone", "task_failed", "rejected"]},
+                        "message": {"type": "string"}, "action": {"type": "string"}}},
+                    "cancel_requested": {"type": "boolean"},
+                    "attempts": {"type": "integer"},
+                    "rev": {"type": "integer", "description": "changes with every update; pass it back as ?rev= to wait for the next"}}},
+                "JobPage": {"type": "object", "required": ["jobs"], "properties": {
+                    "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                    "next": {"type": ["integer", "null"], "description": "pass as ?before= for the next page"}}},
                 "Volume": {"type": "object", "required": ["host", "name", "path"], "properties": {
                     "host": {"type": "string"}, "name": {"type": "string"}, "path": {"type": "string"},
                     "capture": {"type": "string", "enum": ["nbd", "fuse", "scan"]},
@@ -195,9 +227,29 @@ pub fn document() -> Value {
                 "responses": {"200": ok("Pair"), "404": err()}}},
             "/api/v1/pairs/{name}/bookmark": {"post": {"summary": "insert a bookmark at the agent; waits for its seq", "security": [{"bearer": []}, {"session": []}],
                 "requestBody": body("BookmarkRequest"), "responses": {"200": {"description": "pair, bookmark, seq"}, "404": err(), "409": err(), "504": err()}}},
-            "/api/v1/pairs/{name}/mt/{op}": {"post": {"summary": "replica operation on the MT: points, hash, image", "security": [{"bearer": []}, {"session": []}],
-                "parameters": [{"name": "op", "in": "path", "required": true, "schema": {"type": "string", "enum": ["points", "hash", "image"]}}],
-                "requestBody": body("ReplicaOp"), "responses": {"200": {"description": "result"}, "404": err(), "409": err(), "502": err()}}},
+            "/api/v1/pairs/{name}/points": {"get": {"summary": "the replica's recovery points, from its MT", "security": [{"bearer": []}, {"session": []}],
+                "responses": {"200": ok("Points"), "404": err(), "502": err(), "503": err()}}},
+            "/api/v1/pairs/{name}/image": {"post": {"summary": "start a job writing the image at a point on the MT host", "security": [{"bearer": []}, {"session": []}],
+                "requestBody": body("ImageRequest"), "responses": {"202": ok("Job"), "400": err(), "404": err()}}},
+            "/api/v1/pairs/{name}/hash": {"post": {"summary": "start a job computing the BLAKE3 of the image at a point, on the MT", "security": [{"bearer": []}, {"session": []}],
+                "requestBody": body("HashRequest"), "responses": {"202": ok("Job"), "400": err(), "404": err()}}},
+            "/api/v1/jobs": {"get": {"summary": "jobs, newest first", "security": [{"bearer": []}, {"session": []}],
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+                    {"name": "before", "in": "query", "schema": {"type": "integer"}, "description": "jobs with ids below this (the previous page's next)"},
+                    {"name": "state", "in": "query", "schema": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}},
+                    {"name": "kind", "in": "query", "schema": {"type": "string", "enum": ["image", "hash"]}},
+                    {"name": "target", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": ok("JobPage"), "400": err()}}},
+            "/api/v1/jobs/{id}": {"get": {"summary": "one job; with ?rev= and ?wait_ms= (at most 30000) a long poll for its next change", "security": [{"bearer": []}, {"session": []}],
+                "parameters": [
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
+                    {"name": "rev", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "wait_ms", "in": "query", "schema": {"type": "integer", "maximum": 30000}}],
+                "responses": {"200": ok("Job"), "404": err()}}},
+            "/api/v1/jobs/{id}/cancel": {"post": {"summary": "ask a job to stop; it ends cancelled within a poll of its node", "security": [{"bearer": []}, {"session": []}],
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "responses": {"202": ok("Job"), "404": err(), "409": err()}}},
             "/api/v1/volumes": {
                 "get": {"summary": "agent volumes (reported and added)", "security": [{"bearer": []}, {"session": []}],
                     "responses": {"200": ok("VolumeList")}},

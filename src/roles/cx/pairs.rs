@@ -875,28 +875,25 @@ pub async fn list_volumes(
 
 // --- recovery operations on the MT ----------------------------------------------
 
-/// Forward an operation on a pair's replica (`image`, `points`, `hash`) to
-/// its MT over mutual TLS, as the CX.
-pub async fn mt_proxy(
+/// `GET /api/v1/pairs/{name}/points`: the replica's recovery points, asked
+/// of its MT over mutual TLS, as the CX. (Images and hashes are jobs:
+/// `super::jobs`.)
+pub async fn points(
     pair: String,
-    op: String,
     _p: super::auth::Principal,
-    body: serde_json::Value,
     s: Arc<CxState>,
 ) -> Result<impl Reply, Rejection> {
-    if !["image", "points", "hash"].contains(&op.as_str()) {
-        return Err(ApiError::reject(
-            StatusCode::NOT_FOUND,
-            format!("unknown replica operation `{op}` (image, points, hash)"),
-        ));
-    }
     let s2 = s.clone();
     let p2 = pair.clone();
     let spec = blocking(move || {
         let mut v = pair_specs(&s2.store)?;
         v.retain(|p| p.name == p2);
-        v.pop()
-            .ok_or_else(|| ApiError::reject(StatusCode::NOT_FOUND, format!("no pair named `{p2}`")))
+        v.pop().ok_or_else(|| {
+            ApiError::reject(
+                StatusCode::NOT_FOUND,
+                format!("no pair named `{p2}`; `tern pair list` shows them"),
+            )
+        })
     })
     .await?;
     let Some(addr) = spec.target_addr else {
@@ -907,14 +904,17 @@ pub async fn mt_proxy(
     };
     let a = crate::engine::transport::call(
         s.client
-            .post(format!("https://{addr}/data/v1/mt/{pair}/admin/{op}"))
-            .json(&body),
+            .get(format!("https://{addr}/data/v1/mt/{pair}/points"))
+            .timeout(Duration::from_secs(30)),
     )
     .await
     .map_err(|e| {
         ApiError::reject(
             StatusCode::BAD_GATEWAY,
-            format!("pair {pair}: cannot reach its MT at {addr}: {e}"),
+            format!(
+                "pair {pair}: cannot reach its MT at {addr}: {}",
+                crate::util::source_chain(&e)
+            ),
         )
     })?;
     Ok(a.into_reply())

@@ -7,6 +7,7 @@
 //! while it is open, so the CLI cannot write a pair the running MT is applying to.
 
 pub mod service;
+pub mod tasks;
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,10 @@ pub struct PairConfig {
     /// with `tern mt pair-create`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
+    /// Made without preallocating the replica (`mt.preallocate_replica =
+    /// false`): opening it never allocates it either.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub thin: bool,
 }
 
 pub fn pairs_dir(data_dir: &Path) -> PathBuf {
@@ -89,6 +94,25 @@ impl ReplicaPair {
         replica: Option<PathBuf>,
         policy: RetentionPolicy,
     ) -> anyhow::Result<ReplicaPair> {
+        Self::create_with(
+            data_dir,
+            pair,
+            volume_size,
+            replica,
+            policy,
+            JournalOptions::default(),
+        )
+    }
+
+    /// [`ReplicaPair::create`] with journal options of the caller's.
+    pub fn create_with(
+        data_dir: &Path,
+        pair: &str,
+        volume_size: u64,
+        replica: Option<PathBuf>,
+        policy: RetentionPolicy,
+        opts: JournalOptions,
+    ) -> anyhow::Result<ReplicaPair> {
         if !valid_name(pair) {
             bail!("pair name `{pair}` must be 1-64 letters, digits, `-`, `_` or `.`");
         }
@@ -100,12 +124,13 @@ impl ReplicaPair {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let l = lock(&dir, pair)?;
         let replica = replica.unwrap_or_else(|| dir.join("replica.img"));
+        let thin = !opts.preallocate;
         let journal = Journal::create(
             Arc::new(FsStorage),
             &dir.join("journal"),
             &replica,
             volume_size,
-            JournalOptions::default(),
+            opts,
         )
         .with_context(|| format!("pair {pair}"))?;
         let config = PairConfig {
@@ -115,6 +140,7 @@ impl ReplicaPair {
             policy,
             created_ms: crate::util::now_ms(),
             uuid: None,
+            thin,
         };
         crate::engine::fsutil::write_durable(
             &dir.join("pair.json"),
@@ -154,7 +180,10 @@ impl ReplicaPair {
             Arc::new(FsStorage),
             &dir.join("journal"),
             &config.replica,
-            JournalOptions::default(),
+            JournalOptions {
+                preallocate: !config.thin,
+                ..Default::default()
+            },
         )
         .with_context(|| format!("pair {pair}"))?;
         Ok(ReplicaPair {
@@ -330,11 +359,12 @@ pub fn prune_pass(
 }
 
 /// Write the image of `pin` to `to` (sparse for regular files); `progress`
-/// is called with (bytes done, total). Returns the image's BLAKE3.
+/// is called with (bytes done, total) after every 4 MiB, and an error it
+/// returns (a cancel) stops the work. Returns the image's BLAKE3.
 pub fn write_image(
     pin: &crate::engine::journal::Pin,
     to: &Path,
-    mut progress: impl FnMut(u64, u64),
+    mut progress: impl FnMut(u64, u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<blake3::Hash> {
     let size = pin.journal().volume_size();
     let out = std::fs::OpenOptions::new()
@@ -362,16 +392,20 @@ pub fn write_image(
         if !(is_file && data.iter().all(|b| *b == 0)) {
             std::os::unix::fs::FileExt::write_all_at(&out, data, off)?;
         }
-        progress(off + data.len() as u64, size);
-        Ok(())
+        progress(off + data.len() as u64, size)
     })?;
     out.sync_all()?;
     Ok(h)
 }
 
-/// BLAKE3 of the image of `pin`, without writing it anywhere.
-pub fn hash_image(pin: &crate::engine::journal::Pin) -> anyhow::Result<blake3::Hash> {
-    read_image(pin, |_, _| Ok(()))
+/// BLAKE3 of the image of `pin`, without writing it anywhere; `progress`
+/// as for [`write_image`] (an error from it stops the work).
+pub fn hash_image(
+    pin: &crate::engine::journal::Pin,
+    mut progress: impl FnMut(u64, u64) -> anyhow::Result<()>,
+) -> anyhow::Result<blake3::Hash> {
+    let size = pin.journal().volume_size();
+    read_image(pin, |off, data| progress(off + data.len() as u64, size))
 }
 
 /// Read the image of `pin` in 4 MiB pieces, handing each to `each`; returns its BLAKE3.

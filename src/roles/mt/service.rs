@@ -1,6 +1,7 @@
 //! The MT's replication service on the data port: chunks from the PS are
 //! verified and applied to the pair's journal; the PS and agent ask for the
-//! cursor and for fast-resync hashes; the CX asks for images and points.
+//! cursor and for fast-resync hashes; the CX asks for points and runs image
+//! and hash tasks ([`super::tasks`]).
 //!
 //! Why no MT cache directory: the journal is itself an append-only,
 //! checksummed, fsync'd log on the MT's disk, so a chunk is applied straight
@@ -14,7 +15,6 @@
 //! recorded before its records are applied.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,10 +23,12 @@ use serde::Deserialize;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use super::{OpenPairs, PruneErrors, ReplicaPair};
+use super::{OpenPairs, PruneErrors, ReplicaPair, tasks};
 use crate::config::Config;
 use crate::engine::chunk;
-use crate::engine::control::{MtPairStatus, NodeReport, PairSpec, SyncResponse};
+use crate::engine::control::{
+    MtPairStatus, NodeReport, PairSpec, PointRef, SyncResponse, TaskRequest,
+};
 use crate::engine::journal::{JournalError, PointSpec};
 use crate::engine::transport::ApiError;
 use crate::engine::transport::{self, PeerIdentity, json_reply};
@@ -58,10 +60,13 @@ pub struct MtRole {
     applying: Mutex<()>,
     errors: Mutex<HashMap<String, String>>,
     cx_host: Mutex<Option<String>>,
+    /// Image and hash tasks the CX's jobs run here.
+    pub tasks: Arc<tasks::Tasks>,
 }
 
 impl MtRole {
     pub fn new(cfg: Config, host_id: String) -> Arc<MtRole> {
+        let tasks = Arc::new(tasks::Tasks::new(&cfg.data_dir));
         Arc::new(MtRole {
             admission: transport::Admission::new(cfg.mt.chunk_memory.0),
             cfg,
@@ -72,6 +77,7 @@ impl MtRole {
             applying: Mutex::default(),
             errors: Mutex::default(),
             cx_host: Mutex::new(None),
+            tasks,
         })
     }
 
@@ -158,12 +164,16 @@ impl MtRole {
             }
             rp
         } else {
-            let mut rp = ReplicaPair::create(
+            let mut rp = ReplicaPair::create_with(
                 &self.cfg.data_dir,
                 &spec.name,
                 spec.volume_size,
                 spec.target_path.clone(),
                 spec.retention.clone(),
+                crate::engine::journal::JournalOptions {
+                    preallocate: self.cfg.mt.preallocate_replica,
+                    ..Default::default()
+                },
             )?;
             // Nothing on the replica is an image of the source yet.
             rp.journal.mark_unrecoverable(0, 0)?;
@@ -469,20 +479,8 @@ async fn hashes(
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
-pub struct AdminRequest {
-    pub at: Option<String>,
-    pub to: Option<PathBuf>,
-}
-
-async fn admin(
-    pair: String,
-    op: String,
-    peer: PeerIdentity,
-    req: AdminRequest,
-    mt: Arc<MtRole>,
-) -> Result<warp::reply::Response, Rejection> {
+/// Only the CX this MT syncs with may run replica operations.
+fn from_cx(mt: &MtRole, peer: &PeerIdentity) -> Result<(), Rejection> {
     let cx = mt.cx_host.lock().unwrap().clone();
     if cx.is_none() {
         return Err(ApiError::reject(
@@ -493,77 +491,85 @@ async fn admin(
     if peer.host_id != cx {
         return Err(forbidden("replica operations are taken from the CX only"));
     }
+    Ok(())
+}
+
+/// `GET /data/v1/mt/{pair}/points`: the recovery points of a replica.
+async fn points(
+    pair: String,
+    peer: PeerIdentity,
+    mt: Arc<MtRole>,
+) -> Result<warp::reply::Response, Rejection> {
+    from_cx(&mt, &peer)?;
     let p = mt.pair(&pair)?;
-    let at: PointSpec = req
-        .at
-        .as_deref()
-        .unwrap_or("latest")
-        .parse()
-        .map_err(|e: String| ApiError::reject(StatusCode::BAD_REQUEST, e))?;
-    let r = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, (StatusCode, String)> {
+    let v = tokio::task::spawn_blocking(move || {
         let j = &p.rp.journal;
-        let bad = |e: JournalError| (StatusCode::CONFLICT, format!("pair {}: {e}", p.spec.name));
-        let pt = |seq: u64, ts: u64| {
-            serde_json::json!({"seq": seq, "ts_us": ts, "time": crate::util::rfc3339_ms(ts / 1000)})
+        let pt = |seq: u64, ts: u64| PointRef {
+            seq,
+            ts_us: ts,
+            time: crate::util::rfc3339_ms(ts / 1000),
         };
-        match op.as_str() {
-            "points" => {
-                let latest = j.resolve(&PointSpec::Latest).ok();
-                let oldest = j.resolve(&PointSpec::Oldest).ok();
-                let bms: Vec<_> = j
-                    .bookmarks()
-                    .into_iter()
-                    .filter(|b| j.unrecoverable_range(b.seq).is_none())
-                    .collect();
-                Ok(serde_json::json!({
-                    "pair": p.spec.name,
-                    "latest": latest.map(|x| pt(x.seq, x.ts_us)),
-                    "oldest": oldest.map(|x| pt(x.seq, x.ts_us)),
-                    "last_applied_seq": j.last_seq(),
-                    "bookmarks": bms,
-                }))
-            }
-            "hash" => {
-                let pin = j.pin(&at).map_err(bad)?;
-                let h = super::hash_image(&pin)
-                    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
-                Ok(serde_json::json!({
-                    "pair": p.spec.name, "point": pt(pin.point.seq, pin.point.ts_us),
-                    "blake3": h.to_hex().to_string(), "size": j.volume_size(),
-                }))
-            }
-            "image" => {
-                let Some(to) = req.to.clone() else {
-                    return Err((StatusCode::BAD_REQUEST, "image needs `to` (a path on the MT host)".into()));
-                };
-                let pin = j.pin(&at).map_err(bad)?;
-                let name = p.spec.name.clone();
-                let mut last_log = std::time::Instant::now();
-                let h = super::write_image(&pin, &to, |done, total| {
-                    if last_log.elapsed() > Duration::from_secs(5) {
-                        last_log = std::time::Instant::now();
-                        tracing::info!(pair = %name, done, total, pct = done * 100 / total.max(1), "image export progress");
-                    }
-                })
-                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
-                tracing::info!(pair = %p.spec.name, seq = pin.point.seq, to = %to.display(), "image written");
-                Ok(serde_json::json!({
-                    "pair": p.spec.name, "point": pt(pin.point.seq, pin.point.ts_us),
-                    "to": to, "blake3": h.to_hex().to_string(), "size": j.volume_size(),
-                }))
-            }
-            _ => Err((
-                StatusCode::NOT_FOUND,
-                format!("unknown replica operation `{op}`"),
-            )),
-        }
+        let latest = j.resolve(&PointSpec::Latest).ok();
+        let oldest = j.resolve(&PointSpec::Oldest).ok();
+        let bms: Vec<_> = j
+            .bookmarks()
+            .into_iter()
+            .filter(|b| j.unrecoverable_range(b.seq).is_none())
+            .collect();
+        serde_json::json!({
+            "pair": p.spec.name,
+            "latest": latest.map(|x| pt(x.seq, x.ts_us)),
+            "oldest": oldest.map(|x| pt(x.seq, x.ts_us)),
+            "last_applied_seq": j.last_seq(),
+            "bookmarks": bms,
+        })
     })
     .await
     .map_err(ApiError::internal)?;
-    Ok(match r {
-        Ok(v) => warp::reply::json(&v).into_response(),
-        Err((s, m)) => json_reply(s, serde_json::json!({"error": m})),
-    })
+    Ok(warp::reply::json(&v).into_response())
+}
+
+/// `POST /data/v1/mt/{pair}/tasks`: start an image or hash task (idempotent by id).
+async fn task_start(
+    pair: String,
+    peer: PeerIdentity,
+    req: TaskRequest,
+    mt: Arc<MtRole>,
+) -> Result<warp::reply::Response, Rejection> {
+    from_cx(&mt, &peer)?;
+    let p = mt.pair(&pair)?;
+    match mt.tasks.start(&pair, p.rp.journal.clone(), req) {
+        Ok(st) => Ok(warp::reply::json(&st).into_response()),
+        Err(e @ tasks::StartError::Bad(_)) => {
+            Err(ApiError::reject(StatusCode::BAD_REQUEST, e.to_string()))
+        }
+        Err(e @ tasks::StartError::Busy) => Err(ApiError::reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
+}
+
+/// `GET /data/v1/mt/tasks/{id}` and `POST /data/v1/mt/tasks/{id}/cancel`.
+async fn task_status(
+    id: String,
+    cancel: bool,
+    peer: PeerIdentity,
+    mt: Arc<MtRole>,
+) -> Result<warp::reply::Response, Rejection> {
+    from_cx(&mt, &peer)?;
+    let st = if cancel {
+        mt.tasks.cancel(&id)
+    } else {
+        mt.tasks.status(&id)
+    };
+    match st {
+        Some(st) => Ok(warp::reply::json(&st).into_response()),
+        None => Err(ApiError::reject(
+            StatusCode::NOT_FOUND,
+            format!("this MT has no task {id} (it restarted since it was started?)"),
+        )),
+    }
 }
 
 /// MT routes on the data port (`/data/v1/mt/...`).
@@ -608,19 +614,42 @@ pub fn routes(
         .and(warp::body::json())
         .and(with())
         .and_then(hashes);
-    let admin = warp::path!("data" / "v1" / "mt" / String / "admin" / String)
+    let points = warp::path!("data" / "v1" / "mt" / String / "points")
+        .and(warp::get())
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(with())
+        .and_then(points);
+    let start = warp::path!("data" / "v1" / "mt" / String / "tasks")
         .and(warp::post())
         .and(warp::ext::get::<PeerIdentity>())
         .and(warp::body::content_length_limit(1 << 16))
         .and(warp::body::json())
         .and(with())
-        .and_then(admin);
+        .and_then(task_start);
+    let status = warp::path!("data" / "v1" / "mt" / "tasks" / String)
+        .and(warp::get())
+        .map(|id| (id, false))
+        .untuple_one();
+    let cancel = warp::path!("data" / "v1" / "mt" / "tasks" / String / "cancel")
+        .and(warp::post())
+        .map(|id| (id, true))
+        .untuple_one();
+    let task = status
+        .or(cancel)
+        .unify()
+        .and(warp::ext::get::<PeerIdentity>())
+        .and(with())
+        .and_then(task_status);
     chunk
         .or(cursor)
         .unify()
         .or(hashes)
         .unify()
-        .or(admin)
+        .or(points)
+        .unify()
+        .or(start)
+        .unify()
+        .or(task)
         .unify()
 }
 
