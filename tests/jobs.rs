@@ -289,3 +289,56 @@ fn bad_job_requests_are_refused_and_keep_nothing() {
         "{end:#}"
     );
 }
+
+/// A bookmark asked for while the agent is down is kept by the CX: it
+/// survives a kill -9 of the CX, reaches the agent when it is back, and
+/// lands once, even though it was asked for twice.
+#[test]
+fn a_pending_bookmark_survives_a_cx_kill_and_lands_once() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = Cluster::with_pair(d.path(), 64 << 20, "", "", 60);
+    c.stop(0);
+    let data = c.cx_data.to_str().unwrap().to_owned();
+    // Two requests for the same bookmark (a retry); neither can be
+    // answered while the agent is away.
+    let mut asks: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            std::process::Command::new(bin())
+                .args(["--data", &data, "bookmark", "p", "--name", "while-away"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for a in &mut asks {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    c.cx_down(true);
+    c.cx_up();
+    c.up(0);
+    let named = |v: &serde_json::Value| -> usize {
+        v["bookmarks"]
+            .as_array()
+            .map(|b| b.iter().filter(|b| b["name"] == "while-away").count())
+            .unwrap_or(0)
+    };
+    let t = Instant::now();
+    while !c
+        .try_tern(&["pair", "points", "p"])
+        .is_some_and(|v| named(&v) > 0)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the pending bookmark did not land\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Later syncs do not run it again.
+    std::thread::sleep(Duration::from_secs(3));
+    let v = c.tern(&["pair", "points", "p"]);
+    assert_eq!(named(&v), 1, "{v:#}");
+}

@@ -34,6 +34,10 @@ fn no_role_imports_another_role() {
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap();
             for (n, line) in text.lines().enumerate() {
+                // The CLI is a client of the API: no role stands on it.
+                if line.contains("crate::cli") {
+                    bad.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+                }
                 for other in roles.iter().filter(|o| *o != role) {
                     if line.contains(&format!("roles::{other}"))
                         || line.contains(&format!("super::super::{other}"))

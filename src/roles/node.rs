@@ -94,7 +94,7 @@ pub async fn start(
             roles: roles.clone(),
             host_id: boot.identity.info.host_id.clone(),
             started_ms: now_ms(),
-            control: Default::default(),
+            control: cx::pairs::Control::load(&store)?,
             client: transport::client_with(&boot.identity.ca_pem, Some(slot.clone()))?,
             monitor: cx::monitor::Monitor::new(trends),
             alerts,

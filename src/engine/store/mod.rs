@@ -33,6 +33,8 @@ pub const RECEIVERS: Table = TableDefinition::new("alert_receivers");
 pub const HEALTH: Table = TableDefinition::new("health_days");
 /// Jobs (key: the id, zero-padded to 16 digits so keys sort by id).
 pub const JOBS: Table = TableDefinition::new("jobs");
+/// Commands to nodes (bookmarks), pending and done (key: the command id).
+pub const COMMANDS: Table = TableDefinition::new("commands");
 
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
@@ -42,6 +44,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migrate_1_to_2,
     migrate_2_to_3,
     migrate_3_to_4,
+    migrate_4_to_5,
 ];
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 
@@ -72,6 +75,12 @@ fn migrate_2_to_3(tx: &WriteTransaction) -> Result<(), StoreError> {
 /// Version 4: jobs.
 fn migrate_3_to_4(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(JOBS)?;
+    Ok(())
+}
+
+/// Version 5: commands to nodes, kept until done.
+fn migrate_4_to_5(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(COMMANDS)?;
     Ok(())
 }
 

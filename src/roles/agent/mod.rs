@@ -63,6 +63,9 @@ pub struct AgentRole {
     volumes: Mutex<HashMap<String, VolumeRt>>,
     pairs: Mutex<HashMap<String, PairRt>>,
     results: Mutex<Vec<CommandResult>>,
+    /// Commands run (or running: `None`) since start, by id, while the CX
+    /// still lists them: none runs twice.
+    commands_seen: Mutex<HashMap<String, Option<CommandResult>>>,
     /// One filesystem freeze at a time (a second FIFREEZE would fail).
     freeze_lock: Mutex<()>,
     /// Asks the node's sync loop to report now (a command finished).
@@ -99,6 +102,7 @@ impl AgentRole {
             volumes: Mutex::default(),
             pairs: Mutex::default(),
             results: Mutex::default(),
+            commands_seen: Mutex::default(),
             freeze_lock: Mutex::default(),
             report_now: Arc::new(tokio::sync::Notify::new()),
             shutdown,
@@ -284,15 +288,35 @@ impl AgentRole {
             }
         }
         drop(pairs);
-        // The CX hands each command out once.
+        // The CX hands out every pending command each time until it has
+        // its result: run each id once, and say its result again if the
+        // CX still asks (the report that carried it was lost).
+        let mut seen = self.commands_seen.lock().unwrap();
+        seen.retain(|id, r| r.is_none() || resp.commands.iter().any(|c| &c.id == id));
         for c in &resp.commands {
-            let me = self.clone();
-            let c = c.clone();
-            tokio::task::spawn_blocking(move || {
-                let r = me.run_command(&c);
-                me.results.lock().unwrap().push(r);
-                me.report_now.notify_one();
-            });
+            match seen.get(&c.id) {
+                None => {
+                    seen.insert(c.id.clone(), None);
+                    let me = self.clone();
+                    let c = c.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let r = me.run_command(&c);
+                        me.commands_seen
+                            .lock()
+                            .unwrap()
+                            .insert(c.id.clone(), Some(r.clone()));
+                        me.results.lock().unwrap().push(r);
+                        me.report_now.notify_one();
+                    });
+                }
+                Some(None) => {} // still running
+                Some(Some(r)) => {
+                    let mut q = self.results.lock().unwrap();
+                    if !q.iter().any(|x| x.id == r.id) {
+                        q.push(r.clone());
+                    }
+                }
+            }
         }
     }
 
@@ -491,7 +515,10 @@ impl AgentRole {
                     error: None,
                 }
             }
-            Err(e) => fail(e),
+            Err(e) => {
+                tracing::warn!(pair = %c.pair, bookmark = %c.bookmark, error = %e, "bookmark failed");
+                fail(e)
+            }
         }
     }
 

@@ -632,12 +632,16 @@ impl Volume {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
-            if !st.streaming() {
+            // Connecting (just started, or the PS is away a moment): wait
+            // for the session like for a consistent point, bounded.
+            let connecting = st.mode() == crate::engine::control::AgentMode::Connecting;
+            let may_wait = connecting && std::time::Instant::now() < deadline;
+            if !st.streaming() && !may_wait {
                 return Err(format!(
                     "the pair is {mode} (no session with the PS); try again when it is replicating"
                 ));
             }
-            if st.consistent_after() && st.buffered + 256 <= st.cap {
+            if st.streaming() && st.consistent_after() && st.buffered + 256 <= st.cap {
                 let seq = st.push(RecordBody::Bookmark {
                     kind,
                     name: name.to_owned(),

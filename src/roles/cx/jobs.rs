@@ -2,7 +2,7 @@
 //! of a 120 GiB volume is a thing a user starts, watches, cancels and reads
 //! the result of, not an HTTP call that times out.
 //!
-//! A job's work runs on a node as a task (`roles::mt::tasks`), started by an
+//! A job's work runs on a node as a task (the MT's `tasks` module), started by an
 //! id the job fixes at creation; the CX's runner polls it every
 //! [`POLL`] and keeps the job's progress, steps, log and result.
 //!

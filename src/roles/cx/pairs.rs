@@ -24,17 +24,47 @@ use crate::engine::control::{
 };
 use crate::engine::journal::format::BookmarkKind;
 use crate::engine::journal::policy::RetentionPolicy;
-use crate::engine::store::{self, HOSTS, PAIRS, Store, VOLUMES};
+use crate::engine::store::{self, COMMANDS, HOSTS, PAIRS, Store, VOLUMES};
 use crate::engine::transport::PeerIdentity;
 use crate::util::{now_ms, rfc3339_ms};
 
-/// In-memory control state: reports, pending commands, their results.
+/// Control state: reports (in memory), commands to nodes (in the store,
+/// with the pending ones mirrored here), their results.
+///
+/// A command is handed to its node in every sync answer until the node's
+/// report carries its result; only then is it done (in the store first).
+/// So a CX restart or a lost answer never loses a command, and the node,
+/// which remembers the ids it has run, never runs one twice.
 pub struct Control {
     version: tokio::sync::watch::Sender<u64>,
     reports: Mutex<HashMap<String, (u64, NodeReport)>>,
+    /// Pending commands by host (what the `commands` table holds undone).
     commands: Mutex<HashMap<String, Vec<Command>>>,
-    results: Mutex<HashMap<String, CommandResult>>,
+    /// Results not yet read by the request that waits for them (at most
+    /// [`MAX_WAITING_RESULTS`], the oldest dropped first).
+    results: Mutex<std::collections::VecDeque<CommandResult>>,
     result_tx: tokio::sync::watch::Sender<u64>,
+    /// Held by one submission at a time (never by a sync): the check for a
+    /// like pending command and the insert are one step.
+    submit_mu: Mutex<()>,
+}
+
+/// Results kept for waiting requests.
+const MAX_WAITING_RESULTS: usize = 1024;
+/// Commands pending for one host at most; more are refused (503).
+pub const MAX_PENDING_COMMANDS: usize = 256;
+/// Done commands are kept this long (then removed at start-up or by the
+/// next command).
+const KEEP_DONE_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// What the `commands` table holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub host: String,
+    pub command: Command,
+    pub created_ms: u64,
+    pub result: Option<CommandResult>,
+    pub done_ms: Option<u64>,
 }
 
 impl Default for Control {
@@ -46,7 +76,157 @@ impl Default for Control {
             commands: Mutex::default(),
             results: Mutex::default(),
             result_tx: tokio::sync::watch::Sender::new(0),
+            submit_mu: Mutex::default(),
         }
+    }
+}
+
+impl Control {
+    /// The control state of a CX whose store is `store`: pending commands
+    /// are handed out again; done ones past [`KEEP_DONE_MS`] are removed.
+    pub fn load(store: &Store) -> Result<Control, crate::engine::store::StoreError> {
+        let c = Control::default();
+        let now = now_ms();
+        let mut old = vec![];
+        {
+            let mut pending = c.commands.lock().unwrap();
+            for (k, r) in store.list::<CommandRecord>(COMMANDS)? {
+                match r.done_ms {
+                    None => pending.entry(r.host).or_default().push(r.command),
+                    Some(d) if now.saturating_sub(d) > KEEP_DONE_MS => old.push(k),
+                    Some(_) => {}
+                }
+            }
+        }
+        if !old.is_empty() {
+            store.update(|tx| -> Result<(), crate::engine::store::StoreError> {
+                for k in &old {
+                    store::remove_in(tx, COMMANDS, k)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(c)
+    }
+
+    /// Keep `cmd` for `host` (in the store, then here) and wake its sync;
+    /// or, when a command for the same bookmark of the same pair is pending
+    /// (a retried request), join it. Returns the id to wait for.
+    fn submit(&self, store: &Store, host: &str, cmd: Command) -> Result<String, Rejection> {
+        let _one = self.submit_mu.lock().unwrap();
+        if let Some(id) = self.pending_like(host, &cmd.pair, &cmd.bookmark) {
+            return Ok(id);
+        }
+        if self
+            .commands
+            .lock()
+            .unwrap()
+            .get(host)
+            .is_some_and(|v| v.len() >= MAX_PENDING_COMMANDS)
+        {
+            return Err(ApiError::reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{MAX_PENDING_COMMANDS} commands already wait for this host; is its agent running (`tern host list`)?"
+                ),
+            ));
+        }
+        let rec = CommandRecord {
+            host: host.to_owned(),
+            command: cmd.clone(),
+            created_ms: now_ms(),
+            result: None,
+            done_ms: None,
+        };
+        store
+            .put(COMMANDS, &cmd.id, &rec)
+            .map_err(ApiError::internal)?;
+        tracing::info!(command = %cmd.id, host = %host, pair = %cmd.pair, bookmark = %cmd.bookmark, "bookmark requested: kept until the agent answers");
+        self.commands
+            .lock()
+            .unwrap()
+            .entry(host.to_owned())
+            .or_default()
+            .push(cmd.clone());
+        self.bump();
+        Ok(cmd.id)
+    }
+
+    /// A pending command of `host` for the same bookmark of the same pair
+    /// (a retried request joins it instead of inserting a second one).
+    fn pending_like(&self, host: &str, pair: &str, bookmark: &str) -> Option<String> {
+        self.commands
+            .lock()
+            .unwrap()
+            .get(host)?
+            .iter()
+            .find(|c| c.pair == pair && c.bookmark == bookmark)
+            .map(|c| c.id.clone())
+    }
+
+    /// Results from `host`'s report: each pending command it names is done
+    /// (in the store first), and its waiter woken. Results for commands
+    /// not pending (already done, or another host's) change nothing.
+    fn take_results(
+        &self,
+        store: &Store,
+        host: &str,
+        results: &[CommandResult],
+    ) -> Result<(), Rejection> {
+        let done: Vec<CommandResult> = {
+            let pending = self.commands.lock().unwrap();
+            let mine = pending.get(host);
+            results
+                .iter()
+                .filter(|r| mine.is_some_and(|v| v.iter().any(|c| c.id == r.id)))
+                .cloned()
+                .collect()
+        };
+        if done.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        store
+            .update(|tx| -> Result<(), ApiErrorWrap> {
+                for r in &done {
+                    if let Some(mut rec) = store::get_in::<CommandRecord>(tx, COMMANDS, &r.id)? {
+                        rec.result = Some(r.clone());
+                        rec.done_ms = Some(now);
+                        store::put_in(tx, COMMANDS, &r.id, &rec)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| e.0)?;
+        if let Some(v) = self.commands.lock().unwrap().get_mut(host) {
+            v.retain(|c| !done.iter().any(|r| r.id == c.id));
+        }
+        {
+            let mut w = self.results.lock().unwrap();
+            for r in done {
+                if w.len() >= MAX_WAITING_RESULTS {
+                    w.pop_front();
+                }
+                w.push_back(r);
+            }
+        }
+        self.result_tx.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// The result of command `id` if it has come (taken: read once), else
+    /// whether it is still pending.
+    fn result_of(&self, store: &Store, id: &str) -> Result<Option<CommandResult>, Rejection> {
+        let mut w = self.results.lock().unwrap();
+        if let Some(i) = w.iter().position(|r| r.id == id) {
+            return Ok(w.remove(i));
+        }
+        drop(w);
+        // Done before this request waited (a joined retry): from the store.
+        Ok(store
+            .get::<CommandRecord>(COMMANDS, id)
+            .map_err(ApiError::internal)?
+            .and_then(|r| r.result))
     }
 }
 
@@ -112,15 +292,11 @@ pub async fn node_sync(
     s: Arc<CxState>,
 ) -> Result<impl Reply, Rejection> {
     let host_id = super::api::node_host(peer, "node sync")?;
-    let changed_results = !req.report.results.is_empty();
-    {
-        let mut res = s.control.results.lock().unwrap();
-        for r in &req.report.results {
-            res.insert(r.id.clone(), r.clone());
-        }
-    }
-    if changed_results {
-        s.control.result_tx.send_modify(|v| *v += 1);
+    if !req.report.results.is_empty() {
+        let s2 = s.clone();
+        let hid = host_id.clone();
+        let results = req.report.results.clone();
+        blocking(move || s2.control.take_results(&s2.store, &hid, &results)).await?;
     }
     s.control
         .reports
@@ -141,12 +317,14 @@ pub async fn node_sync(
         let _ = tokio::time::timeout(wait, rx.changed()).await;
     }
     let version = *s.control.version.borrow();
+    // Every pending command, each time, until its result comes back.
     let commands = s
         .control
         .commands
         .lock()
         .unwrap()
-        .remove(&host_id)
+        .get(&host_id)
+        .cloned()
         .unwrap_or_default();
     let s2 = s.clone();
     let hid = host_id.clone();
@@ -723,24 +901,24 @@ pub async fn bookmark(
     let s2 = s.clone();
     let p2 = pair.clone();
     let spec = blocking(move || load_pair(&s2.store, &p2)).await?;
-    let id = uuid::Uuid::new_v4().to_string();
     let mut rx = s.control.result_tx.subscribe();
-    s.control
-        .commands
-        .lock()
-        .unwrap()
-        .entry(spec.source_host.clone())
-        .or_default()
-        .push(Command {
-            id: id.clone(),
-            pair: pair.clone(),
-            bookmark: req.name.clone(),
-            kind: req.kind.unwrap_or(BookmarkKind::User),
-        });
-    s.control.bump();
+    let kind = req.kind.unwrap_or(BookmarkKind::User);
+    let cmd = Command {
+        id: uuid::Uuid::new_v4().to_string(),
+        pair: pair.clone(),
+        bookmark: req.name.clone(),
+        kind,
+    };
+    let s2 = s.clone();
+    let host = spec.source_host.clone();
+    let id = blocking(move || s2.control.submit(&s2.store, &host, cmd)).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(r) = s.control.results.lock().unwrap().remove(&id) {
+        rx.borrow_and_update();
+        let s2 = s.clone();
+        let id2 = id.clone();
+        let got = blocking(move || s2.control.result_of(&s2.store, &id2)).await?;
+        if let Some(r) = got {
             if r.ok {
                 return Ok(warp::reply::json(&serde_json::json!({
                     "pair": pair, "bookmark": req.name, "seq": r.seq,
@@ -762,7 +940,7 @@ pub async fn bookmark(
             return Err(ApiError::reject(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
-                    "pair {pair}: the agent did not answer the bookmark request within 60 s; is it running (`tern host list`)?"
+                    "pair {pair}: the agent did not answer the bookmark request within 60 s; is it running (`tern host list`)? The request stays pending and is carried out when the agent is back"
                 ),
             ));
         }
