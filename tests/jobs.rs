@@ -326,10 +326,12 @@ fn a_pending_bookmark_survives_a_cx_kill_and_lands_once() {
             .unwrap_or(0)
     };
     let t = Instant::now();
-    while !c
-        .try_tern(&["pair", "points", "p"])
-        .is_some_and(|v| named(&v) > 0)
-    {
+    loop {
+        if let Some(v) = c.try_tern(&["pair", "points", "p"])
+            && named(&v) > 0
+        {
+            break;
+        }
         assert!(
             t.elapsed() < Duration::from_secs(120),
             "the pending bookmark did not land\n{}",
