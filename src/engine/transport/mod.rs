@@ -505,6 +505,9 @@ pub async fn serve<F>(
             },
             _ = shutdown.wait() => break,
         };
+        // Answers go out whole at once: without this, the last segment of
+        // a large answer waits for the client's delayed ACK (~40 ms, Nagle).
+        let _ = tcp.set_nodelay(true);
         // Reap finished connection tasks so the set stays small.
         while conns.try_join_next().is_some() {}
         let svc = svc.clone();
