@@ -107,8 +107,8 @@ pub struct LogLine {
 /// Why a job failed: what happened and what to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobError {
-    /// Stable: `node_unreachable`, `node_restarted`, `pair_gone`,
-    /// `task_failed`, `cx_restarted`, `rejected`.
+    /// Stable: `node_unreachable`, `node_busy`, `node_restarted`,
+    /// `pair_gone`, `task_failed`, `rejected`, `cx_error`.
     pub code: String,
     pub message: String,
     pub action: String,
@@ -172,7 +172,7 @@ pub struct ImageRequest {
     #[serde(default)]
     pub at: Option<String>,
     /// Destination on the MT host: an absolute path of a file (written as
-    /// `NAME.tern-partial`, renamed when whole) or a device.
+    /// `NAME.ID.tern-partial`, renamed when whole) or a device (in place).
     pub to: PathBuf,
 }
 

@@ -632,9 +632,12 @@ impl Volume {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
-            // Connecting (just started, or the PS is away a moment): wait
-            // for the session like for a consistent point, bounded.
-            let connecting = st.mode() == crate::engine::control::AgentMode::Connecting;
+            // Connecting (just started, or the PS is away a moment): a user
+            // bookmark waits for the session like for a consistent point,
+            // bounded. An fs or app one does not: its filesystem is frozen
+            // (its application quiesced) while it waits.
+            let connecting = st.mode() == crate::engine::control::AgentMode::Connecting
+                && kind == BookmarkKind::User;
             let may_wait = connecting && std::time::Instant::now() < deadline;
             if !st.streaming() && !may_wait {
                 return Err(format!(

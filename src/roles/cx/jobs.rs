@@ -47,6 +47,11 @@ pub const SAVE_EVERY: Duration = Duration::from_secs(5);
 pub const MAX_ATTEMPTS: u32 = 3;
 /// The longest page of jobs.
 pub const MAX_PAGE: usize = 500;
+/// How long a node may answer "busy" (all its task slots taken, or the
+/// pair not open there) before the job fails.
+pub const BUSY_LIMIT: Duration = Duration::from_secs(30 * 60);
+/// Unfinished jobs at most; more are refused (503).
+pub const MAX_UNFINISHED: usize = 1000;
 
 /// What the `jobs` table holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +197,14 @@ async fn start(
             format!(
                 "image destination {} must be an absolute path on the MT host",
                 t.display()
+            ),
+        ));
+    }
+    if s.jobs.live.lock().unwrap().len() >= MAX_UNFINISHED {
+        return Err(ApiError::reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{MAX_UNFINISHED} jobs are unfinished already; wait for some to end or cancel them"
             ),
         ));
     }
@@ -398,7 +411,28 @@ fn spawn_runner(s: Arc<CxState>, rec: JobRecord, resumed: bool) {
         .run(resumed)
         .await;
         if let Err(e) = r {
-            tracing::error!(job = id, error = %e, "job runner stopped: the store refused a write");
+            // Never leave a job "running" with no runner: fail it, saying why.
+            tracing::error!(job = id, error = %format!("{e:#}"), "job runner stopped");
+            let rec = s.jobs.live(id).map(|l| {
+                let mut r = l.rec.lock().unwrap();
+                if !r.job.state.is_final() {
+                    r.job.state = JobState::Failed;
+                    r.job.finished = Some(rfc3339_ms(now_ms()));
+                    r.finished_ms = Some(now_ms());
+                    r.job.error = Some(JobError {
+                        code: "cx_error".into(),
+                        message: format!("the CX could not go on with the job: {e:#}"),
+                        action: "check the CX's log and disk, then start the job again".into(),
+                    });
+                    r.job.rev += 1;
+                }
+                r.clone()
+            });
+            if let Some(rec) = rec {
+                let s2 = s.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || s2.store.put(JOBS, &key(id), &rec)).await;
+            }
         }
         s.jobs.live.lock().unwrap().remove(&id);
         s.jobs.changed.send_modify(|v| *v += 1);
@@ -548,13 +582,19 @@ impl Runner {
             )
             .await?;
         }
-        // Queued: wait for a slot (or a cancel).
+        // Queued: wait for a slot (or a cancel: it never reached a node).
+        // A job that was running before a CX restart keeps running: its
+        // task may be live on the MT, so it takes no slot and waits for none.
         let slots = self.s.jobs.slots.clone();
-        let _permit = tokio::select! {
-            p = slots.acquire_owned() => p?,
-            _ = self.live.cancel.notified() => {
-                return self.finish(JobState::Cancelled, None, None).await;
-            }
+        let _permit = if rec.job.state == JobState::Queued {
+            Some(tokio::select! {
+                p = slots.acquire_owned() => p?,
+                _ = self.live.cancel.notified() => {
+                    return self.finish(JobState::Cancelled, None, None).await;
+                }
+            })
+        } else {
+            None
         };
         if rec.job.state == JobState::Queued {
             let now = rfc3339_ms(now_ms());
@@ -577,6 +617,8 @@ impl Runner {
         let mut cancel_sent = false;
         let mut unreachable_since: Option<Instant> = None;
         let mut busy_logged = false;
+        let mut busy_since: Option<Instant> = None;
+        let mut start_sent = false;
         loop {
             let rec = self.snapshot();
             let spec = {
@@ -600,8 +642,8 @@ impl Runner {
                     .await;
             };
             let cancel = rec.job.cancel_requested;
-            if cancel && !polling && rec.task_started_ms.is_none() {
-                // Never reached the node.
+            if cancel && !start_sent && rec.task_started_ms.is_none() && !resumed {
+                // No start was ever sent: nothing runs on a node.
                 return self.finish(JobState::Cancelled, None, None).await;
             }
             let asked = match &spec.target_addr {
@@ -615,6 +657,7 @@ impl Runner {
                         .await
                 }
                 Some(addr) => {
+                    start_sent = true;
                     let req = TaskRequest {
                         id: rec.task_id.clone(),
                         kind: match rec.job.kind {
@@ -634,13 +677,13 @@ impl Runner {
             match asked {
                 Asked::Status(st) => {
                     unreachable_since = None;
+                    busy_since = None;
                     busy_logged = false;
                     if rec.task_started_ms != Some(st.started_ms) {
                         // The node started the work now.
                         let n = rec.job.attempts + 1;
-                        let started = st.started_ms;
+                        self.live.rec.lock().unwrap().task_started_ms = Some(st.started_ms);
                         self.update(true, |j| j.attempts = n).await?;
-                        self.live.rec.lock().unwrap().task_started_ms = Some(started);
                         self.log(
                             "info",
                             format!(
@@ -729,9 +772,25 @@ impl Runner {
                     continue;
                 }
                 Asked::Busy(m) => {
+                    unreachable_since = None;
                     if !busy_logged {
                         busy_logged = true;
                         self.log("info", format!("waiting: {m}")).await?;
+                    }
+                    let since = *busy_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= BUSY_LIMIT {
+                        let msg = format!(
+                            "MT {} could not take the task for {}: {m}",
+                            spec.target_host,
+                            humantime::format_duration(BUSY_LIMIT)
+                        );
+                        return self
+                            .fail(
+                                "node_busy",
+                                msg,
+                                "see the MT's log (its replica may not open); start the job again when it is ready",
+                            )
+                            .await;
                     }
                 }
                 Asked::Refused(m) => {
@@ -741,8 +800,8 @@ impl Runner {
                 }
                 Asked::Unreachable(m) => {
                     let since = *unreachable_since.get_or_insert_with(Instant::now);
-                    if cancel && since.elapsed() >= Duration::from_secs(2) {
-                        self.log("warn", format!("the MT could not be told of the cancel ({m}); if it still runs the task, its output is not this job's result")).await?;
+                    if cancel && since.elapsed() >= timeout {
+                        self.log("warn", format!("the MT could not be told of the cancel for {} ({m}); if it still runs the task, its output is not this job's result", humantime::format_duration(timeout))).await?;
                         return self.finish(JobState::Cancelled, None, None).await;
                     }
                     if since.elapsed() >= timeout {

@@ -94,7 +94,7 @@ pub fn document() -> Value {
                     "name": {"type": "string"}, "kind": {"type": "string", "enum": ["user", "fs", "app"]}}},
                 "ImageRequest": {"type": "object", "required": ["to"], "additionalProperties": false, "properties": {
                     "at": {"type": "string", "description": "latest (default), oldest, seq:N, tag:NAME, time:RFC3339"},
-                    "to": {"type": "string", "description": "absolute path of the image on the MT host: a file (written as NAME.tern-partial, renamed when whole) or a device"}}},
+                    "to": {"type": "string", "description": "absolute path of the image on the MT host: a file (written as NAME.ID.tern-partial, renamed when whole) or a device"}}},
                 "HashRequest": {"type": "object", "additionalProperties": false, "properties": {
                     "at": {"type": "string", "description": "latest (default), oldest, seq:N, tag:NAME, time:RFC3339"}}},
                 "Points": {"type": "object", "description": "pair, latest and oldest consistent point ({seq, ts_us, time}), last_applied_seq, bookmarks"},
@@ -119,7 +119,7 @@ pub fn document() -> Value {
                     "result": {"type": ["object", "null"], "properties": {
                         "point": {"type": "object"}, "blake3": {"type": "string"}, "size": {"type": "integer"}, "to": {"type": ["string", "null"]}}},
                     "error": {"type": ["object", "null"], "properties": {
-                        "code": {"type": "string", "enum": ["node_unreachable", "node_restarted", "pair_gone", "task_failed", "rejected"]},
+                        "code": {"type": "string", "enum": ["node_unreachable", "node_busy", "node_restarted", "pair_gone", "task_failed", "rejected", "cx_error"]},
                         "message": {"type": "string"}, "action": {"type": "string"}}},
                     "cancel_requested": {"type": "boolean"},
                     "attempts": {"type": "integer"},
@@ -226,13 +226,13 @@ pub fn document() -> Value {
             "/api/v1/pairs/{name}/resync": {"post": {"summary": "start a full (fast) resync", "security": [{"bearer": []}, {"session": []}],
                 "responses": {"200": ok("Pair"), "404": err()}}},
             "/api/v1/pairs/{name}/bookmark": {"post": {"summary": "insert a bookmark at the agent; waits for its seq", "security": [{"bearer": []}, {"session": []}],
-                "requestBody": body("BookmarkRequest"), "responses": {"200": {"description": "pair, bookmark, seq"}, "404": err(), "409": err(), "504": err()}}},
+                "requestBody": body("BookmarkRequest"), "responses": {"200": {"description": "pair, bookmark, seq"}, "404": err(), "409": err(), "503": err(), "504": err()}}},
             "/api/v1/pairs/{name}/points": {"get": {"summary": "the replica's recovery points, from its MT", "security": [{"bearer": []}, {"session": []}],
                 "responses": {"200": ok("Points"), "404": err(), "502": err(), "503": err()}}},
             "/api/v1/pairs/{name}/image": {"post": {"summary": "start a job writing the image at a point on the MT host", "security": [{"bearer": []}, {"session": []}],
-                "requestBody": body("ImageRequest"), "responses": {"202": ok("Job"), "400": err(), "404": err()}}},
+                "requestBody": body("ImageRequest"), "responses": {"202": ok("Job"), "400": err(), "404": err(), "503": err()}}},
             "/api/v1/pairs/{name}/hash": {"post": {"summary": "start a job computing the BLAKE3 of the image at a point, on the MT", "security": [{"bearer": []}, {"session": []}],
-                "requestBody": body("HashRequest"), "responses": {"202": ok("Job"), "400": err(), "404": err()}}},
+                "requestBody": body("HashRequest"), "responses": {"202": ok("Job"), "400": err(), "404": err(), "503": err()}}},
             "/api/v1/jobs": {"get": {"summary": "jobs, newest first", "security": [{"bearer": []}, {"session": []}],
                 "parameters": [
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},

@@ -114,7 +114,7 @@ impl Control {
     /// (a retried request), join it. Returns the id to wait for.
     fn submit(&self, store: &Store, host: &str, cmd: Command) -> Result<String, Rejection> {
         let _one = self.submit_mu.lock().unwrap();
-        if let Some(id) = self.pending_like(host, &cmd.pair, &cmd.bookmark) {
+        if let Some(id) = self.pending_like(host, &cmd) {
             return Ok(id);
         }
         if self
@@ -154,13 +154,13 @@ impl Control {
 
     /// A pending command of `host` for the same bookmark of the same pair
     /// (a retried request joins it instead of inserting a second one).
-    fn pending_like(&self, host: &str, pair: &str, bookmark: &str) -> Option<String> {
+    fn pending_like(&self, host: &str, like: &Command) -> Option<String> {
         self.commands
             .lock()
             .unwrap()
             .get(host)?
             .iter()
-            .find(|c| c.pair == pair && c.bookmark == bookmark)
+            .find(|c| c.pair == like.pair && c.bookmark == like.bookmark && c.kind == like.kind)
             .map(|c| c.id.clone())
     }
 
@@ -296,7 +296,10 @@ pub async fn node_sync(
         let s2 = s.clone();
         let hid = host_id.clone();
         let results = req.report.results.clone();
-        blocking(move || s2.control.take_results(&s2.store, &hid, &results)).await?;
+        // Not taken now (the store refused): the node says them again.
+        if let Err(e) = blocking(move || s2.control.take_results(&s2.store, &hid, &results)).await {
+            tracing::warn!(host = %host_id, error = ?e, "command results not recorded; the node sends them again");
+        }
     }
     s.control
         .reports
@@ -304,15 +307,9 @@ pub async fn node_sync(
         .unwrap()
         .insert(host_id.clone(), (now_ms(), req.report));
     let mut rx = s.control.version.subscribe();
-    let has_cmds = |s: &CxState| {
-        s.control
-            .commands
-            .lock()
-            .unwrap()
-            .get(&host_id)
-            .is_some_and(|v| !v.is_empty())
-    };
-    if *rx.borrow_and_update() == req.known_version && !has_cmds(&s) {
+    // A new command bumps the version, so it answers at once; commands
+    // already handed out wait for the next answer like everything else.
+    if *rx.borrow_and_update() == req.known_version {
         let wait = Duration::from_millis(req.wait_ms.min(30_000));
         let _ = tokio::time::timeout(wait, rx.changed()).await;
     }

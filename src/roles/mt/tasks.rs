@@ -6,9 +6,10 @@
 //!   start with the same id answers the first one's status. After a
 //!   restart the id is unknown and a start runs the work afresh (the CX
 //!   counts that as another attempt).
-//! - An image is written beside its destination (`NAME.tern-partial`) and
-//!   renamed into place only when whole and synced, so a destination never
-//!   holds a partial image that looks finished. A partial left by a crash
+//! - An image is written beside its destination (`NAME.ID.tern-partial`,
+//!   created new, never through a symlink) and renamed into place only
+//!   when whole and synced, so a destination never holds a partial image
+//!   that looks finished; two running tasks never write one destination. A partial left by a crash
 //!   is removed when the MT next starts (its path is recorded in
 //!   `DATA/mt-tasks/` before the first byte is written).
 //! - A cancel is seen within one 4 MiB piece of work; the task then ends
@@ -204,6 +205,16 @@ impl Tasks {
             if self.aborting.load(Ordering::Relaxed) {
                 return Err(StartError::Busy);
             }
+            if let Some(to) = &to
+                && map.values().any(|t| {
+                    t.end.lock().unwrap().is_none() && t.req.to.as_deref() == Some(to.as_path())
+                })
+            {
+                return Err(StartError::Bad(format!(
+                    "another task is writing {} now; wait for it or choose another destination",
+                    to.display()
+                )));
+            }
             forget_finished(&mut map);
             let t = Arc::new(Task {
                 req: req.clone(),
@@ -316,9 +327,22 @@ impl Tasks {
                 parent.display()
             );
         }
+        // One partial per task (two jobs to one destination never share
+        // a file), made new and never through a symlink planted there.
         let mut pname = name.to_owned();
-        pname.push(".tern-partial");
+        pname.push(format!(".{}.tern-partial", &record_name(&t.req.id)[..12]));
         let partial = parent.join(pname);
+        let _ = std::fs::remove_file(&partial);
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(&partial)
+                .with_context(|| format!("cannot create {}", partial.display()))?;
+        }
         let record = self.dir.join(record_name(&t.req.id));
         std::fs::create_dir_all(&self.dir)?;
         fsutil::write_durable(
@@ -411,7 +435,12 @@ mod tests {
         assert_eq!(b.state, TaskState::Succeeded);
         let want = blake3::hash(&std::fs::read(&to).unwrap());
         assert_eq!(end.result.unwrap().blake3, want.to_hex().to_string());
-        assert!(!d.path().join("out.img.tern-partial").exists());
+        let partials = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tern-partial"))
+            .count();
+        assert_eq!(partials, 0);
         // Bad requests are refused before anything starts.
         for (kind, to, at) in [
             (TaskKind::Image, None, "latest"),
