@@ -624,12 +624,9 @@ impl Runner {
             let spec = {
                 let s = self.s.clone();
                 let pair = rec.job.params.pair.clone();
-                tokio::task::spawn_blocking(move || {
-                    super::pairs::pair_specs(&s.store)
-                        .map(|v| v.into_iter().find(|p| p.name == pair))
-                })
-                .await?
-                .map_err(|_| anyhow::anyhow!("cannot read the pairs"))?
+                tokio::task::spawn_blocking(move || super::pairs::pair_spec(&s.store, &pair))
+                    .await?
+                    .map_err(|_| anyhow::anyhow!("cannot read the pair"))?
             };
             let Some(spec) = spec.filter(|p| p.uuid == rec.pair_uuid) else {
                 let msg = format!(

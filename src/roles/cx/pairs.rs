@@ -371,6 +371,26 @@ pub(crate) fn pair_specs(store: &Store) -> Result<Vec<PairSpec>, Rejection> {
     Ok(v)
 }
 
+/// One stored pair with its hosts' current data addresses filled in (as
+/// [`pair_specs`] gives it), reading only that pair and its two hosts.
+pub(crate) fn pair_spec(store: &Store, name: &str) -> Result<Option<PairSpec>, Rejection> {
+    let Some(mut p) = store
+        .get::<PairSpec>(PAIRS, name)
+        .map_err(ApiError::internal)?
+    else {
+        return Ok(None);
+    };
+    let addr = |host: &str| -> Result<Option<String>, Rejection> {
+        Ok(store
+            .get::<HostRecord>(HOSTS, host)
+            .map_err(ApiError::internal)?
+            .and_then(|h| h.data_addr))
+    };
+    p.ps_addr = addr(&p.ps_host)?;
+    p.target_addr = addr(&p.target_host)?;
+    Ok(Some(p))
+}
+
 // --- pairs --------------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
@@ -1061,9 +1081,7 @@ pub async fn points(
     let s2 = s.clone();
     let p2 = pair.clone();
     let spec = blocking(move || {
-        let mut v = pair_specs(&s2.store)?;
-        v.retain(|p| p.name == p2);
-        v.pop().ok_or_else(|| {
+        pair_spec(&s2.store, &p2)?.ok_or_else(|| {
             ApiError::reject(
                 StatusCode::NOT_FOUND,
                 format!("no pair named `{p2}`; `tern pair list` shows them"),
