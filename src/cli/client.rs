@@ -133,6 +133,19 @@ impl Api {
             .with_context(|| format!("the CX answered {path} with what this client cannot read"))
     }
 
+    /// GET with query parameters (encoded by reqwest) and decode into `T`.
+    pub async fn get_query_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        let v = self
+            .send(self.req(reqwest::Method::GET, path).query(query))
+            .await?;
+        serde_json::from_value(v)
+            .with_context(|| format!("the CX answered {path} with what this client cannot read"))
+    }
+
     /// POST and decode into `T`.
     pub async fn post_as<T: serde::de::DeserializeOwned>(
         &self,

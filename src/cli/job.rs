@@ -47,29 +47,18 @@ pub async fn run(cmd: JobCmd, g: &Global) -> anyhow::Result<()> {
             limit,
             before,
         } => {
-            let mut q: Vec<(&str, String)> = vec![];
-            for (k, v) in [("state", state), ("kind", kind), ("target", target)] {
-                if let Some(v) = v {
-                    q.push((k, v));
-                }
-            }
-            if let Some(l) = limit {
-                q.push(("limit", l.to_string()));
-            }
-            if let Some(b) = before {
-                q.push(("before", b.to_string()));
-            }
-            let qs = q
-                .iter()
-                .map(|(k, v)| format!("{k}={}", urlencode(v)))
-                .collect::<Vec<_>>()
-                .join("&");
-            let path = if qs.is_empty() {
-                "/api/v1/jobs".to_owned()
-            } else {
-                format!("/api/v1/jobs?{qs}")
-            };
-            let page: JobPage = api.get_as(&path).await?;
+            let q = [
+                ("state", state),
+                ("kind", kind),
+                ("target", target),
+                ("limit", limit.map(|l| l.to_string())),
+                ("before", before.map(|b| b.to_string())),
+            ];
+            let q: Vec<(&str, String)> = q
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect();
+            let page: JobPage = api.get_query_as("/api/v1/jobs", &q).await?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&page)?);
                 return Ok(());
@@ -123,17 +112,6 @@ pub async fn run(cmd: JobCmd, g: &Global) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn pct(j: &Job) -> String {
