@@ -18,14 +18,29 @@ pub enum JobKind {
     Hash,
 }
 
+/// The name serde gives a unit variant (`rename_all = "lowercase"`): one
+/// spelling for JSON, query strings and the CLI.
+fn wire_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn from_wire<T: serde::de::DeserializeOwned>(s: &str) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+}
+
 impl std::str::FromStr for JobKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "image" => Ok(JobKind::Image),
-            "hash" => Ok(JobKind::Hash),
-            _ => Err(format!("unknown job kind `{s}` (image, hash)")),
-        }
+        from_wire(s).ok_or_else(|| format!("unknown job kind `{s}` (image, hash)"))
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&wire_name(self))
     }
 }
 
@@ -51,28 +66,15 @@ impl JobState {
 impl std::str::FromStr for JobState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "queued" => Ok(JobState::Queued),
-            "running" => Ok(JobState::Running),
-            "succeeded" => Ok(JobState::Succeeded),
-            "failed" => Ok(JobState::Failed),
-            "cancelled" => Ok(JobState::Cancelled),
-            _ => Err(format!(
-                "unknown job state `{s}` (queued, running, succeeded, failed, cancelled)"
-            )),
-        }
+        from_wire(s).ok_or_else(|| {
+            format!("unknown job state `{s}` (queued, running, succeeded, failed, cancelled)")
+        })
     }
 }
 
 impl std::fmt::Display for JobState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-        })
+        f.write_str(&wire_name(self))
     }
 }
 
@@ -182,4 +184,34 @@ pub struct ImageRequest {
 pub struct HashRequest {
     #[serde(default)]
     pub at: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_states_read_and_print_as_their_json_names() {
+        for st in [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+        ] {
+            let name = st.to_string();
+            assert_eq!(serde_json::to_value(st).unwrap(), name.as_str());
+            assert_eq!(name.parse::<JobState>(), Ok(st));
+        }
+        for k in [JobKind::Image, JobKind::Hash] {
+            assert_eq!(k.to_string().parse::<JobKind>(), Ok(k));
+        }
+        assert!(
+            "sleeping"
+                .parse::<JobState>()
+                .unwrap_err()
+                .contains("unknown job state")
+        );
+        assert!("Image".parse::<JobKind>().is_err());
+    }
 }

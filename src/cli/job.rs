@@ -75,7 +75,7 @@ pub async fn run(cmd: JobCmd, g: &Global) -> anyhow::Result<()> {
             for j in &page.jobs {
                 rows.push(vec![
                     j.id.to_string(),
-                    format!("{:?}", j.kind).to_lowercase(),
+                    j.kind.to_string(),
                     j.target.clone(),
                     j.state.to_string(),
                     pct(j),
@@ -123,7 +123,7 @@ fn pct(j: &Job) -> String {
 }
 
 fn print_job(j: &Job) {
-    println!("job {} ({:?}) on {}: {}", j.id, j.kind, j.target, j.state);
+    println!("job {} ({}) on {}: {}", j.id, j.kind, j.target, j.state);
     println!("  started by {} at {}", j.actor, j.created);
     let p = &j.progress;
     if p.total_bytes > 0 {
@@ -219,14 +219,14 @@ pub async fn started(api: &Api, j: Job, wait_flag: bool, g: &Global) -> anyhow::
             println!("{}", serde_json::to_string_pretty(&j)?);
         } else {
             println!(
-                "job {} started ({:?} of {}); follow it with `tern job watch {}`",
+                "job {} started ({} of {}); follow it with `tern job watch {}`",
                 j.id, j.kind, j.target, j.id
             );
         }
         return Ok(());
     }
     if !g.json {
-        eprintln!("job {} started ({:?} of {})", j.id, j.kind, j.target);
+        eprintln!("job {} started ({} of {})", j.id, j.kind, j.target);
     }
     let done = wait(api, j.id, true).await?;
     end(&done, g)
