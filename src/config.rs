@@ -14,7 +14,19 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A role this binary can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Configuration server: control plane, UI, API, PKI.
@@ -369,6 +381,15 @@ pub struct CxConfig {
     /// A job whose node does not answer for this long fails, saying where
     /// it stopped.
     pub job_node_timeout: Dur,
+    /// Default lifetime of an API token made with `tern api-token create`.
+    pub api_token_ttl: Dur,
+    /// Failed logins allowed per user name within `login_window`; more are
+    /// refused (429) until the window has passed. An address gets four
+    /// times as many, over all the names it tries.
+    pub login_max_failures: u32,
+    pub login_window: Dur,
+    /// Audit records kept (the oldest go first).
+    pub audit_keep: u64,
 }
 
 impl Default for CxConfig {
@@ -391,6 +412,10 @@ impl Default for CxConfig {
             jobs_keep: 10_000,
             jobs_max_age: Dur(Duration::from_secs(90 * 24 * 3600)),
             job_node_timeout: Dur(Duration::from_secs(120)),
+            api_token_ttl: Dur(Duration::from_secs(90 * 24 * 3600)),
+            login_max_failures: 5,
+            login_window: Dur(Duration::from_secs(300)),
+            audit_keep: 100_000,
         }
     }
 }
@@ -466,6 +491,12 @@ impl Config {
         }
         if !(1..=64).contains(&self.cx.jobs_running) {
             return Err("cx.jobs_running must be 1 to 64".into());
+        }
+        if self.cx.login_max_failures == 0 {
+            return Err("cx.login_max_failures must be at least 1".into());
+        }
+        if self.cx.audit_keep == 0 {
+            return Err("cx.audit_keep must be at least 1".into());
         }
         if self.cx.jobs_keep == 0 {
             return Err("cx.jobs_keep must be at least 1".into());

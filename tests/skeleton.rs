@@ -425,7 +425,11 @@ fn api_needs_credentials_and_documents_itself() {
             .unwrap();
         assert_eq!(r.status(), 401);
         let body: serde_json::Value = r.json().await.unwrap();
-        assert!(body["error"].as_str().unwrap().contains("tern login"));
+        assert_eq!(body["code"], "unauthorized", "{body}");
+        assert!(
+            body["action"].as_str().unwrap().contains("tern login"),
+            "{body}"
+        );
         let r = client
             .get(format!("{url}/api/v1/hosts"))
             .bearer_auth("tern_wrong")
@@ -506,7 +510,7 @@ fn api_needs_credentials_and_documents_itself() {
                     // A path with parameters may answer 404 for the made-up
                     // name, but from its handler, not as an unknown endpoint.
                     let v: serde_json::Value = r.json().await.unwrap();
-                    let e = v["error"].as_str().unwrap_or("");
+                    let e = v["message"].as_str().unwrap_or("");
                     assert!(
                         p.contains('{') && !e.contains("no such endpoint"),
                         "{method} {p} is documented but missing: {e}"

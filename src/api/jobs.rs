@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::engine::control::{PointRef, TaskResult};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
     /// Write the image at a point to a file or device on the MT host.
@@ -44,7 +44,7 @@ impl std::fmt::Display for JobKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
@@ -79,7 +79,7 @@ impl std::fmt::Display for JobState {
 }
 
 /// How far a job is.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Progress {
     pub done_bytes: u64,
     pub total_bytes: u64,
@@ -90,7 +90,7 @@ pub struct Progress {
 }
 
 /// One step of a job, in order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Step {
     pub name: String,
     pub state: JobState,
@@ -98,7 +98,7 @@ pub struct Step {
     pub finished: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     pub time: String,
     /// info, warn or error.
@@ -107,7 +107,7 @@ pub struct LogLine {
 }
 
 /// Why a job failed: what happened and what to do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     /// Stable: `node_unreachable`, `node_busy`, `node_restarted`,
     /// `pair_gone`, `task_failed`, `rejected`, `cx_error`.
@@ -117,18 +117,19 @@ pub struct JobError {
 }
 
 /// What the job works on and with.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobParams {
     pub pair: String,
     /// The point spec asked for.
     pub at: String,
     /// Image destination on the MT host.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub to: Option<PathBuf>,
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: u64,
     pub kind: JobKind,
@@ -159,7 +160,7 @@ pub struct Job {
 pub const MAX_LOG_LINES: usize = 100;
 
 /// `GET /api/v1/jobs`: newest first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobPage {
     pub jobs: Vec<Job>,
     /// Pass as `before` for the next page; absent on the last.
@@ -167,7 +168,7 @@ pub struct JobPage {
 }
 
 /// `POST /api/v1/pairs/{name}/image`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRequest {
     /// latest, oldest, seq:N, tag:NAME, time:RFC3339 (default latest).
@@ -175,11 +176,12 @@ pub struct ImageRequest {
     pub at: Option<String>,
     /// Destination on the MT host: an absolute path of a file (written as
     /// `NAME.ID.tern-partial`, renamed when whole) or a device (in place).
+    #[schema(value_type = String)]
     pub to: PathBuf,
 }
 
 /// `POST /api/v1/pairs/{name}/hash`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HashRequest {
     #[serde(default)]

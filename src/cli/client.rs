@@ -126,6 +126,19 @@ impl Api {
         self.send(self.req(reqwest::Method::DELETE, path)).await
     }
 
+    /// PATCH and decode into `T`.
+    pub async fn patch_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        let v = self
+            .send(self.req(reqwest::Method::PATCH, path).json(body))
+            .await?;
+        serde_json::from_value(v)
+            .with_context(|| format!("the CX answered {path} with what this client cannot read"))
+    }
+
     /// GET and decode into `T`.
     pub async fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let v = self.get(path).await?;
@@ -176,7 +189,10 @@ pub async fn decode(resp: reqwest::Response) -> anyhow::Result<serde_json::Value
     if status.is_success() {
         return Ok(v);
     }
-    let msg = v["error"].as_str().unwrap_or("no message");
+    let msg = match serde_json::from_value::<crate::api::ErrorBody>(v.clone()) {
+        Ok(b) => b.to_string(),
+        Err(_) => v["error"].as_str().unwrap_or("no message").to_owned(),
+    };
     if status == reqwest::StatusCode::UNAUTHORIZED {
         bail!("{msg} (HTTP 401)");
     }

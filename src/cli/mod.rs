@@ -11,6 +11,7 @@ pub mod job;
 pub mod monitor;
 pub mod mt;
 pub mod pair;
+pub mod users;
 
 use std::path::{Path, PathBuf};
 
@@ -99,9 +100,24 @@ pub enum Command {
     Config(ConfigCmd),
     /// Join this node (PS, MT or agent) to a CX with a one-time token.
     Enroll(enroll::EnrollArgs),
-    /// Enrollment tokens (on the CX).
+    /// Enrollment tokens: create, list, revoke.
     #[command(subcommand)]
-    Token(TokenCmd),
+    Token(users::TokenCmd),
+    /// Users and roles (admin, operator, monitor).
+    #[command(subcommand)]
+    User(users::UserCmd),
+    /// Change your own password.
+    Passwd {
+        #[arg(long, value_name = "FILE")]
+        old_password_file: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// API tokens of your user, for scripts and integrations.
+    #[command(subcommand)]
+    ApiToken(users::ApiTokenCmd),
+    /// The audit log of state-changing calls (admins).
+    Audit(users::AuditArgs),
     /// Log in to a CX and save a token for client commands.
     Login {
         #[arg(long, default_value = "admin")]
@@ -154,16 +170,6 @@ pub enum ConfigCmd {
     Check { file: PathBuf },
     /// Print the defaults as TOML.
     Defaults,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum TokenCmd {
-    /// Create a single-use enrollment token.
-    Create {
-        /// Lifetime, e.g. 30m, 1h, 1d (default: cx.enroll_token_ttl).
-        #[arg(long)]
-        ttl: Option<String>,
-    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -318,32 +324,14 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Enroll(args) => runtime()?.block_on(enroll::run(args, &g)),
-        Command::Token(TokenCmd::Create { ttl }) => runtime()?.block_on(async {
-            let api = Api::resolve(g.cx.as_deref(), g.data.as_deref())?;
-            let v = api
-                .post("/api/v1/tokens", &serde_json::json!({ "ttl": ttl }))
-                .await?;
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let tok = v["token"].as_str().unwrap_or_default();
-                println!("token:          {tok}");
-                println!(
-                    "expires:        {}",
-                    v["expires"].as_str().unwrap_or_default()
-                );
-                println!(
-                    "CA fingerprint: {}",
-                    v["ca_fingerprint"].as_str().unwrap_or_default()
-                );
-                println!("single use. On the new node run:");
-                println!(
-                    "  tern enroll --cx {} --token {tok} --config NODE.toml",
-                    api.base
-                );
-            }
-            Ok(())
-        }),
+        Command::Token(cmd) => runtime()?.block_on(users::enrollment_token(cmd, &g)),
+        Command::User(cmd) => runtime()?.block_on(users::user(cmd, &g)),
+        Command::ApiToken(cmd) => runtime()?.block_on(users::api_token(cmd, &g)),
+        Command::Passwd {
+            old_password_file,
+            new_password_file,
+        } => runtime()?.block_on(users::passwd(&g, old_password_file, new_password_file)),
+        Command::Audit(a) => runtime()?.block_on(users::audit(a, &g)),
         Command::Login {
             user,
             password_file,

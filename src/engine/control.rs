@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::journal::format::BookmarkKind;
 use crate::engine::journal::policy::RetentionPolicy;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,
@@ -37,7 +37,7 @@ impl std::str::FromStr for Compression {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Capture {
     /// The agent serves the volume over NBD and captures every write.
@@ -62,11 +62,12 @@ impl std::str::FromStr for Capture {
 }
 
 /// A protected volume on an agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
     pub name: String,
     /// Backing file or block device holding the volume's data.
+    #[schema(value_type = String)]
     pub path: PathBuf,
     #[serde(default)]
     pub capture: Capture,
@@ -75,12 +76,14 @@ pub struct VolumeSpec {
     pub listen: Option<String>,
     /// FUSE mount point (capture `fuse`); the volume appears as `MOUNT/NAME`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub mount: Option<PathBuf>,
     /// Create the backing file with this size if it does not exist.
     #[serde(default)]
     pub size: Option<u64>,
     /// The filesystem mounted from this volume, frozen for `fs` bookmarks.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub fs_mount: Option<PathBuf>,
     /// Commands run around an `app` bookmark (before, after).
     #[serde(default)]
@@ -90,7 +93,7 @@ pub struct VolumeSpec {
 }
 
 /// A pair as every node involved sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PairSpec {
     pub name: String,
     /// 32 hex digits; chunks carry it.
@@ -103,6 +106,7 @@ pub struct PairSpec {
     pub target_host: String,
     pub target_addr: Option<String>,
     /// Replica volume on the MT (default: a file in the MT's data dir).
+    #[schema(value_type = Option<String>)]
     pub target_path: Option<PathBuf>,
     pub volume_size: u64,
     pub compression: Compression,
@@ -156,7 +160,7 @@ impl PairSpec {
 }
 
 /// Something a node must do once (bookmarks).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Command {
     pub id: String,
     pub pair: String,
@@ -164,7 +168,7 @@ pub struct Command {
     pub kind: BookmarkKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommandResult {
     pub id: String,
     pub ok: bool,
@@ -174,7 +178,7 @@ pub struct CommandResult {
 }
 
 /// How the agent is moving a pair's data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum AgentMode {
     /// No session with the PS yet.
@@ -199,7 +203,7 @@ pub const PAIR_EVENTS: usize = 32;
 
 /// Something that happened to a pair, kept in its status so an operator,
 /// a screen or a test sees the pair's recent history without reading logs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PairEvent {
     /// Unix ms.
     pub at_ms: u64,
@@ -207,7 +211,7 @@ pub struct PairEvent {
     pub kind: PairEventKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum PairEventKind {
     /// (agent) The replication mode changed.
@@ -248,7 +252,7 @@ pub fn push_event(q: &mut std::collections::VecDeque<PairEvent>, kind: PairEvent
     });
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentPairStatus {
     pub pair: String,
     pub mode: AgentMode,
@@ -278,7 +282,7 @@ pub struct AgentPairStatus {
     pub events: Vec<PairEvent>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PsPairStatus {
     pub pair: String,
     /// Chunks held on the PS's disk waiting for the MT.
@@ -300,7 +304,7 @@ pub struct PsPairStatus {
     pub events: Vec<PairEvent>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MtPairStatus {
     pub pair: String,
     pub last_seq: u64,
@@ -332,9 +336,10 @@ pub struct MtPairStatus {
     pub last_reset: Option<crate::engine::journal::ResetInfo>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VolumeStatus {
     pub name: String,
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub capture: Capture,
     pub size: u64,
@@ -343,7 +348,7 @@ pub struct VolumeStatus {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeReport {
     /// When the node took this report (its clock, Unix ms).
     #[serde(default)]
@@ -363,14 +368,14 @@ pub struct NodeReport {
     pub system: Option<crate::engine::sysstats::SystemStats>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyncRequest {
     pub known_version: u64,
     pub wait_ms: u64,
     pub report: NodeReport,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyncResponse {
     pub version: u64,
     /// The CX's own host id: the data ports accept admin requests from it.
@@ -403,7 +408,7 @@ pub fn valid_name(name: &str) -> bool {
 pub const RESYNC_SLOT_LEASE: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// What a node task does (the CX's jobs that run on a node).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
     /// Write the image at a point to a file or device on the MT host.
@@ -415,7 +420,7 @@ pub enum TaskKind {
 /// `POST /data/v1/mt/{pair}/tasks` (CX → MT): start a task. Idempotent by
 /// `id`: a task the MT already has is answered with its status, never
 /// started twice; an id it no longer knows (it restarted) starts afresh.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     /// Chosen by the CX, unique for the job (at most [`MAX_TASK_ID`] bytes).
@@ -425,13 +430,14 @@ pub struct TaskRequest {
     pub at: String,
     /// The image's destination on the MT host (image only).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub to: Option<PathBuf>,
 }
 
 /// The longest task id a node accepts.
 pub const MAX_TASK_ID: usize = 128;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     Running,
@@ -447,7 +453,7 @@ impl TaskState {
 }
 
 /// A recovery point as a task result names it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PointRef {
     pub seq: u64,
     pub ts_us: u64,
@@ -456,7 +462,7 @@ pub struct PointRef {
 }
 
 /// What a finished image or hash task produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskResult {
     pub point: PointRef,
     /// Hex BLAKE3 of the whole image (`size` bytes).
@@ -464,11 +470,12 @@ pub struct TaskResult {
     pub size: u64,
     /// Where the image was written (image only).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub to: Option<PathBuf>,
 }
 
 /// `GET /data/v1/mt/tasks/{id}`: a task as the node sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskStatus {
     pub id: String,
     pub pair: String,

@@ -92,14 +92,14 @@ pub fn keys_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CaResponse {
     pub ca_pem: String,
     pub fingerprint: String,
     pub mac: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrollRequest {
     pub token: String,
     pub csr_pem: String,
@@ -107,7 +107,7 @@ pub struct EnrollRequest {
     pub roles: Vec<crate::config::Role>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrollResponse {
     pub host_id: String,
     pub cert_pem: String,
@@ -116,12 +116,12 @@ pub struct EnrollResponse {
 
 /// A node asks for a new certificate for a new key, authenticated by its
 /// current certificate (`POST /api/v1/node/renew`); it keeps its host id.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RenewRequest {
     pub csr_pem: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RenewResponse {
     pub cert_pem: String,
 }

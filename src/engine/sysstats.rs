@@ -48,8 +48,9 @@ pub fn interface_ips() -> Vec<std::net::IpAddr> {
     v
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DiskStats {
+    #[schema(value_type = String)]
     pub mount: PathBuf,
     pub fs: String,
     pub total_bytes: u64,
@@ -61,7 +62,7 @@ pub struct DiskStats {
     pub written_bytes: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SystemStats {
     pub load1: f64,
     pub load5: f64,

@@ -99,6 +99,7 @@ pub async fn start(
             monitor: cx::monitor::Monitor::new(trends),
             alerts,
             jobs: cx::jobs::Jobs::new(cfg.cx.jobs_running),
+            logins: Default::default(),
         });
         {
             let s = state.clone();

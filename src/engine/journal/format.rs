@@ -279,7 +279,9 @@ pub fn verify_blocks(crcs: &[u8], payload: &[u8], first_block: usize) -> Result<
 }
 
 /// Bookmark types (seed: application, filesystem, user tags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BookmarkKind {
     App,

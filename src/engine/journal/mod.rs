@@ -301,7 +301,7 @@ impl Room {
 /// Space forcing points out of the policy's window: the last time it did,
 /// and the source times the oldest point moved from (at the first of the
 /// resets within one window of each other) and to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ResetInfo {
     pub at_us: u64,
     pub from_ts_us: u64,

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Journal, JournalError, JournalStats};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFull {
     /// Drop the oldest points to make room ("retention log reset").
@@ -31,10 +31,11 @@ pub enum OnFull {
     Stop,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct RetentionPolicy {
     /// Keep every point for this long (time-based).
     #[serde(default, with = "opt_dur")]
+    #[schema(value_type = Option<String>, example = "24h")]
     pub window: Option<Duration>,
     /// Journal space budget in bytes (space-based).
     #[serde(default)]
@@ -50,12 +51,14 @@ pub struct RetentionPolicy {
 
 /// Points older than `after` keep only one point per `every` (the last in
 /// each aligned interval), or only bookmarks (`"any"`, `"app"`, `"fs"`, `"user"`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SparseTier {
     #[serde(with = "req_dur")]
+    #[schema(value_type = String, example = "24h")]
     pub after: Duration,
     #[serde(default, with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "4h")]
     pub every: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bookmarks: Option<String>,

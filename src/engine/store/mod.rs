@@ -35,6 +35,8 @@ pub const HEALTH: Table = TableDefinition::new("health_days");
 pub const JOBS: Table = TableDefinition::new("jobs");
 /// Commands to nodes (bookmarks), pending and done (key: the command id).
 pub const COMMANDS: Table = TableDefinition::new("commands");
+/// The audit log of state-changing API calls (key: seq, zero-padded to 16 digits).
+pub const AUDIT: Table = TableDefinition::new("audit");
 
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
@@ -45,6 +47,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migrate_2_to_3,
     migrate_3_to_4,
     migrate_4_to_5,
+    migrate_5_to_6,
 ];
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 
@@ -81,6 +84,12 @@ fn migrate_3_to_4(tx: &WriteTransaction) -> Result<(), StoreError> {
 /// Version 5: commands to nodes, kept until done.
 fn migrate_4_to_5(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(COMMANDS)?;
+    Ok(())
+}
+
+/// Version 6: the audit log.
+fn migrate_5_to_6(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(AUDIT)?;
     Ok(())
 }
 

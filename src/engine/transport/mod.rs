@@ -17,7 +17,7 @@
 //!   already open keep the one they began with).
 
 mod error;
-pub use error::ApiError;
+pub use error::{ApiError, recover, rejection_body};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -237,9 +237,16 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The peer's `{"error": …}` message.
-    pub fn error(&self) -> &str {
-        self.body["error"].as_str().unwrap_or("no reason given")
+    /// The peer's error: `message; action` of an [`crate::api::ErrorBody`],
+    /// or the `error` of a data-plane answer.
+    pub fn error(&self) -> String {
+        if let Ok(b) = serde_json::from_value::<crate::api::ErrorBody>(self.body.clone()) {
+            return b.to_string();
+        }
+        self.body["error"]
+            .as_str()
+            .unwrap_or("no reason given")
+            .to_owned()
     }
 
     /// The body of a 2xx answer, else the peer's error message.
@@ -247,7 +254,7 @@ impl Answer {
         if self.status.is_success() {
             Ok(self.body)
         } else {
-            Err(self.error().to_owned())
+            Err(self.error())
         }
     }
 
@@ -473,6 +480,46 @@ pub fn unverified_client() -> Result<reqwest::Client, TransportError> {
         .build()?)
 }
 
+/// Who a request is from, as a role's gate learns it (a user by token, a
+/// node by certificate). Every request gets a fresh one in its extensions;
+/// the gate fills it, handlers and the audit log read it.
+#[derive(Clone, Debug, Default)]
+pub struct Caller(Arc<std::sync::Mutex<CallerInfo>>);
+
+#[derive(Debug, Default)]
+struct CallerInfo {
+    user: Option<crate::api::auth::Principal>,
+    actor: Option<String>,
+}
+
+impl Caller {
+    pub fn set_user(&self, user: String, role: crate::api::auth::UserRole, token_id: String) {
+        let mut c = self.0.lock().unwrap();
+        c.actor = Some(user.clone());
+        c.user = Some(crate::api::auth::Principal {
+            user,
+            role,
+            token_id,
+        });
+    }
+    /// Name the caller for the audit log without granting anything (a node,
+    /// a login attempt's user name).
+    pub fn set_actor(&self, actor: String) {
+        self.0.lock().unwrap().actor = Some(actor);
+    }
+    pub fn principal(&self) -> Option<crate::api::auth::Principal> {
+        self.0.lock().unwrap().user.clone()
+    }
+    /// `(actor, role)`: `-` when nobody was identified.
+    pub fn actor(&self) -> (String, Option<crate::api::auth::UserRole>) {
+        let c = self.0.lock().unwrap();
+        (
+            c.actor.clone().unwrap_or_else(|| "-".into()),
+            c.user.as_ref().map(|u| u.role),
+        )
+    }
+}
+
 /// Serve `filter` over TLS on `listener` until `shutdown` fires.
 pub async fn serve<F>(
     name: &'static str,
@@ -574,6 +621,7 @@ where
 {
     let hsvc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(peer.clone());
+        req.extensions_mut().insert(Caller::default());
         let mut s = svc.clone();
         async move { tower_service::Service::call(&mut s, req).await }
     });

@@ -11,12 +11,16 @@ use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use utoipa::{IntoParams, ToSchema};
+
 use super::auth::{self, Principal};
-use super::{CxState, HostRecord};
+use super::routes::principal;
+use super::{CxState, HostRecord, users};
+use crate::api::auth::{self as a, TokenKind};
 use crate::config::Role;
 use crate::engine::enroll::{self, CaResponse, EnrollRequest, EnrollResponse, EnrollToken};
 use crate::engine::store::{self, ENROLL_TOKENS, HOSTS, StoreError};
-use crate::engine::transport::PeerIdentity;
+use crate::engine::transport::{Caller, PeerIdentity};
 use crate::util::{now_ms, rfc3339_ms};
 
 pub use crate::engine::transport::ApiError;
@@ -30,38 +34,7 @@ impl From<StoreError> for ApiErrorWrap {
 /// Lets `?` turn store errors into rejections inside `store.update` closures.
 pub struct ApiErrorWrap(pub Rejection);
 
-pub async fn recover(r: Rejection) -> Result<impl Reply, Infallible> {
-    let (status, message) = if let Some(e) = r.find::<ApiError>() {
-        (e.status, e.message.clone())
-    } else if r.is_not_found() {
-        (
-            StatusCode::NOT_FOUND,
-            "no such endpoint; see /api/v1/openapi.json".into(),
-        )
-    } else if let Some(e) = r.find::<warp::filters::body::BodyDeserializeError>() {
-        (StatusCode::BAD_REQUEST, format!("bad request body: {e}"))
-    } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
-        (StatusCode::BAD_REQUEST, format!("bad query string: {e}"))
-    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
-    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large".into(),
-        )
-    } else if let Some(e) = r.find::<warp::reject::MissingHeader>() {
-        (StatusCode::BAD_REQUEST, e.to_string())
-    } else {
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("unhandled: {r:?}"),
-        )
-    };
-    Ok(warp::reply::with_status(
-        warp::reply::json(&serde_json::json!({ "error": message })),
-        status,
-    ))
-}
+pub use crate::engine::transport::recover;
 
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Rejection> + Send + 'static,
@@ -75,48 +48,6 @@ fn with_state(
     s: Arc<CxState>,
 ) -> impl Filter<Extract = (Arc<CxState>,), Error = Infallible> + Clone {
     warp::any().map(move || s.clone())
-}
-
-/// Requires a valid API token (bearer header or session cookie).
-fn authed(s: Arc<CxState>) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and(warp::cookie::optional::<String>("tern_session"))
-        .and(with_state(s))
-        .and_then(
-            |h: Option<String>, c: Option<String>, s: Arc<CxState>| async move {
-                let token = h
-                    .as_deref()
-                    .and_then(|h| h.strip_prefix("Bearer "))
-                    .map(str::trim)
-                    .map(str::to_owned)
-                    .or(c);
-                let Some(token) = token else {
-                    return Err(ApiError::unauthorized());
-                };
-                blocking(move || {
-                    auth::lookup_token(&s.store, &token)
-                        .map_err(ApiError::internal)?
-                        .ok_or_else(|| {
-                            ApiError::reject(
-                                StatusCode::UNAUTHORIZED,
-                                "token unknown or expired; run `tern login` again",
-                            )
-                        })
-                })
-                .await
-            },
-        )
-}
-
-pub(super) fn admin_only(p: &Principal) -> Result<(), Rejection> {
-    if p.role == "admin" {
-        Ok(())
-    } else {
-        Err(ApiError::reject(
-            StatusCode::FORBIDDEN,
-            "this needs an admin user",
-        ))
-    }
 }
 
 fn json_body<T: serde::de::DeserializeOwned + Send>()
@@ -133,11 +64,13 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
 
     let openapi = warp::path!("api" / "v1" / "openapi.json")
         .and(warp::get())
-        .map(|| warp::reply::json(&super::openapi::document()));
+        .map(|| warp::reply::json(super::routes::document()));
 
     let login = warp::path!("api" / "v1" / "login")
         .and(warp::post())
-        .and(json_body::<LoginRequest>())
+        .and(json_body::<a::LoginRequest>())
+        .and(warp::ext::get::<Caller>())
+        .and(warp::ext::get::<PeerIdentity>())
         .and(with_state(s.clone()))
         .and_then(login);
 
@@ -150,31 +83,44 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
 
     let whoami = warp::path!("api" / "v1" / "whoami")
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .map(|p: Principal| {
-            warp::reply::json(&serde_json::json!({"user": p.user, "role": p.role}))
+            warp::reply::json(&crate::api::auth::WhoAmI {
+                user: p.user,
+                role: p.role,
+            })
         });
 
     let hosts = warp::path!("api" / "v1" / "hosts")
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(list_hosts);
 
-    let tokens = warp::path!("api" / "v1" / "tokens")
+    let enroll_tokens = warp::path!("api" / "v1" / "enrollment-tokens")
         .and(warp::post())
-        .and(authed(s.clone()))
-        .and(json_body::<TokenRequest>())
+        .and(principal())
+        .and(json_body::<a::CreateEnrollmentToken>())
         .and(with_state(s.clone()))
-        .and_then(create_token);
+        .and_then(create_token)
+        .or(warp::path!("api" / "v1" / "enrollment-tokens")
+            .and(warp::get())
+            .and(with_state(s.clone()))
+            .and_then(users::list_enrollment_tokens))
+        .or(warp::path!("api" / "v1" / "enrollment-tokens" / String)
+            .and(warp::delete())
+            .and(with_state(s.clone()))
+            .and_then(users::revoke_enrollment_token));
+    let users = users::routes(s.clone());
 
     let ca = warp::path!("api" / "v1" / "pki" / "ca")
         .and(warp::get())
         .and(with_state(s.clone()))
         .map(|s: Arc<CxState>| {
-            warp::reply::json(&serde_json::json!({
-                "ca_pem": s.ca.cert_pem, "fingerprint": s.ca.fingerprint()
-            }))
+            warp::reply::json(&CaInfo {
+                ca_pem: s.ca.cert_pem.clone(),
+                fingerprint: s.ca.fingerprint(),
+            })
         });
 
     let enroll_ca = warp::path!("api" / "v1" / "enroll" / "ca")
@@ -212,64 +158,64 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .and_then(pairs::node_sync);
     let pairs_list = warp::path!("api" / "v1" / "pairs")
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(pairs::list_pairs);
     let pairs_create = warp::path!("api" / "v1" / "pairs")
         .and(warp::post())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(json_body::<pairs::CreatePair>())
         .and(with_state(s.clone()))
         .and_then(pairs::create_pair);
     let pair_get = warp::path!("api" / "v1" / "pairs" / String)
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(pairs::get_pair);
     let pair_delete = warp::path!("api" / "v1" / "pairs" / String)
         .and(warp::delete())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(pairs::delete_pair);
     let pair_bookmark = warp::path!("api" / "v1" / "pairs" / String / "bookmark")
         .and(warp::post())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(json_body::<pairs::BookmarkRequest>())
         .and(with_state(s.clone()))
         .and_then(pairs::bookmark);
     let pair_points = warp::path!("api" / "v1" / "pairs" / String / "points")
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(pairs::points);
     use super::jobs;
     let pair_image = warp::path!("api" / "v1" / "pairs" / String / "image")
         .and(warp::post())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(json_body::<crate::api::jobs::ImageRequest>())
         .and(with_state(s.clone()))
         .and_then(jobs::start_image);
     let pair_hash = warp::path!("api" / "v1" / "pairs" / String / "hash")
         .and(warp::post())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(json_body::<crate::api::jobs::HashRequest>())
         .and(with_state(s.clone()))
         .and_then(jobs::start_hash);
     let jobs_list = warp::path!("api" / "v1" / "jobs")
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(warp::query::<jobs::ListQuery>())
         .and(with_state(s.clone()))
         .and_then(jobs::list);
     let job_get = warp::path!("api" / "v1" / "jobs" / String)
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(warp::query::<jobs::GetQuery>())
         .and(with_state(s.clone()))
         .and_then(jobs::get);
     let job_cancel = warp::path!("api" / "v1" / "jobs" / String / "cancel")
         .and(warp::post())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(jobs::cancel);
     let job_routes = pair_points
@@ -290,17 +236,17 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
             }
         })
         .untuple_one()
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(pairs::pair_action);
     let volumes_list = warp::path!("api" / "v1" / "volumes")
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(pairs::list_volumes);
     let volumes_add = warp::path!("api" / "v1" / "volumes")
         .and(warp::post())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(json_body::<pairs::AddVolume>())
         .and(with_state(s.clone()))
         .and_then(pairs::add_volume);
@@ -308,61 +254,61 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
     use super::{alerts, health, monitor};
     let alerts_list = warp::path!("api" / "v1" / "alerts")
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(warp::query::<alerts::ListQuery>())
         .and(with_state(s.clone()))
         .and_then(alerts::list);
     let alert_ack = warp::path!("api" / "v1" / "alerts" / String / "ack")
         .and(warp::post())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(alerts::ack);
     let alerts_test = warp::path!("api" / "v1" / "alerts" / "test")
         .and(warp::post())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(alerts::test);
     let alerts_digest = warp::path!("api" / "v1" / "alerts" / "digest")
         .and(warp::post())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(alerts::digest_now);
     let receivers_list = warp::path!("api" / "v1" / "alerts" / "receivers")
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(alerts::receivers_list);
     let receivers_add = warp::path!("api" / "v1" / "alerts" / "receivers")
         .and(warp::post())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(json_body::<alerts::AddReceiver>())
         .and(with_state(s.clone()))
         .and_then(alerts::receivers_add);
     let receivers_remove = warp::path!("api" / "v1" / "alerts" / "receivers" / String)
         .and(warp::delete())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(alerts::receivers_remove);
     let trends_list = warp::path!("api" / "v1" / "trends")
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(monitor::trends_list);
     let trends_fetch = warp::path!("api" / "v1" / "trends" / String)
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(warp::query::<monitor::TrendsQuery>())
         .and(with_state(s.clone()))
         .and_then(monitor::trends_fetch);
     let health_report = warp::path!("api" / "v1" / "reports" / "health")
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(warp::query::<health::ReportQuery>())
         .and(with_state(s.clone()))
         .and_then(health::report);
     let metrics = warp::path!("metrics")
         .and(warp::get())
-        .and(authed(s.clone()))
+        .and(principal())
         .and(with_state(s.clone()))
         .and_then(monitor::metrics);
     let monitoring = alerts_list
@@ -380,13 +326,14 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
 
     let ui = super::ui::routes();
 
-    health
+    let all = health
         .or(openapi)
         .or(login)
         .or(logout)
         .or(whoami)
         .or(hosts)
-        .or(tokens)
+        .or(enroll_tokens)
+        .or(users)
         .or(ca)
         .or(enroll_ca)
         .or(enroll)
@@ -404,31 +351,60 @@ pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(volumes_add)
         .or(monitoring)
         .or(ui)
+        .recover(recover);
+    super::routes::gate(s, all)
         .recover(recover)
         .with(warp::log::custom(|info| {
             tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "api");
         }))
 }
 
-#[derive(Deserialize)]
-pub struct LoginRequest {
-    pub user: String,
-    pub password: String,
-    /// `session` (default, expires after cx.session_ttl) or `cli` (30 days).
-    #[serde(default)]
-    pub kind: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct LoginResponse {
-    pub token: String,
-    pub user: String,
-    pub expires: String,
-}
-
-async fn login(req: LoginRequest, s: Arc<CxState>) -> Result<impl Reply, Rejection> {
+async fn login(
+    req: a::LoginRequest,
+    caller: Caller,
+    peer: PeerIdentity,
+    s: Arc<CxState>,
+) -> Result<warp::reply::Response, Rejection> {
     let session_ttl = s.cfg.cx.session_ttl.0.as_millis() as u64;
-    let (resp, kind) = blocking(move || {
+    caller.set_actor(req.user.clone());
+    // Refused before any password is checked: no CPU to burn, no oracle.
+    let max = s.cfg.cx.login_max_failures;
+    let window = s.cfg.cx.login_window.0.as_millis() as u64;
+    let ukey = format!("user:{}", req.user);
+    let akey = format!(
+        "addr:{}",
+        peer.addr
+            .map(|a| a.ip().to_canonical().to_string())
+            .unwrap_or_default()
+    );
+    if let Err(wait) = s
+        .logins
+        .check(&ukey, max, window)
+        .and_then(|()| s.logins.check(&akey, max.saturating_mul(4), window))
+    {
+        tracing::warn!(user = %req.user, from = ?peer.addr, "login refused: too many failures");
+        return Err(ApiError::coded(
+            StatusCode::TOO_MANY_REQUESTS,
+            crate::api::ErrorCode::RateLimited,
+            format!(
+                "too many failed logins for this user or from this address; wait {wait} s and try again, or ask an admin to reset the password"
+            ),
+        ));
+    }
+    let kind = req.kind.unwrap_or(TokenKind::Session);
+    let ttl = match kind {
+        TokenKind::Session => session_ttl,
+        TokenKind::Cli => 30 * 24 * 3600 * 1000,
+        TokenKind::Local => {
+            return Err(ApiError::reject(
+                StatusCode::BAD_REQUEST,
+                "a local token is made by the CX for its own host; use session or cli",
+            ));
+        }
+    };
+    let s2 = s.clone();
+    let resp = blocking(move || {
+        let s = s2;
         let user: Option<auth::User> = s
             .store
             .get(store::USERS, &req.user)
@@ -444,51 +420,37 @@ async fn login(req: LoginRequest, s: Arc<CxState>) -> Result<impl Reply, Rejecti
                 false
             }
         };
-        if !ok {
+        let Some(user) = user.filter(|_| ok) else {
+            s.logins.fail(&ukey, window);
+            s.logins.fail(&akey, window);
             tracing::warn!(user = %req.user, "failed login");
             return Err(ApiError::reject(
                 StatusCode::UNAUTHORIZED,
                 "wrong user name or password",
             ));
-        }
-        let kind = req.kind.unwrap_or_else(|| "session".into());
-        let ttl = match kind.as_str() {
-            "session" => session_ttl,
-            "cli" => 30 * 24 * 3600 * 1000,
-            other => {
-                return Err(ApiError::reject(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown token kind `{other}`; use session or cli"),
-                ));
-            }
         };
-        let token = auth::issue_token(&s.store, &req.user, &kind, "login", Some(ttl))
+        s.logins.clear(&ukey);
+        let token = auth::issue_token(&s.store, &user.name, kind, "login", Some(ttl))
             .map_err(ApiError::internal)?;
-        tracing::info!(user = %req.user, kind = %kind, "login");
-        Ok((
-            LoginResponse {
-                token,
-                user: req.user,
-                expires: rfc3339_ms(now_ms() + ttl),
-            },
-            kind,
-        ))
+        tracing::info!(user = %user.name, kind = ?kind, "login");
+        Ok(a::LoginResponse {
+            token,
+            user: user.name,
+            role: user.role,
+            expires: rfc3339_ms(now_ms() + ttl),
+        })
     })
     .await?;
-    let cookie = if kind == "session" {
-        format!(
+    let reply = warp::reply::json(&resp);
+    Ok(if kind == TokenKind::Session {
+        let cookie = format!(
             "tern_session={}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
             resp.token,
             session_ttl / 1000
-        )
-    } else {
-        String::new()
-    };
-    let reply = warp::reply::json(&resp);
-    Ok(if cookie.is_empty() {
-        reply.into_response()
-    } else {
+        );
         warp::reply::with_header(reply, "set-cookie", cookie).into_response()
+    } else {
+        reply.into_response()
     })
 }
 
@@ -508,14 +470,33 @@ async fn logout(
         blocking(move || auth::revoke_token(&s.store, &t).map_err(ApiError::internal)).await?;
     }
     Ok(warp::reply::with_header(
-        warp::reply::json(&serde_json::json!({"ok": true})),
+        warp::reply::json(&a::OkBody { ok: true }),
         "set-cookie",
         "tern_session=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0",
     ))
 }
 
+/// The CX's CA, as `GET /api/v1/pki/ca` shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CaInfo {
+    pub ca_pem: String,
+    /// SHA-256 of the CA certificate (DER), hex with colons.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HostList {
+    pub hosts: Vec<HostView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatAck {
+    /// How often the CX wants heartbeats.
+    pub interval_ms: u64,
+}
+
 /// A host as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HostView {
     pub host_id: String,
     pub name: String,
@@ -560,22 +541,7 @@ async fn list_hosts(_p: Principal, s: Arc<CxState>) -> Result<impl Reply, Reject
         })
         .collect();
     views.sort_by(|a, b| a.name.cmp(&b.name).then(a.host_id.cmp(&b.host_id)));
-    Ok(warp::reply::json(&serde_json::json!({ "hosts": views })))
-}
-
-#[derive(Deserialize)]
-pub struct TokenRequest {
-    /// Lifetime like "1h"; defaults to cx.enroll_token_ttl.
-    #[serde(default)]
-    pub ttl: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct TokenResponse {
-    pub token: String,
-    pub id: String,
-    pub expires: String,
-    pub ca_fingerprint: String,
+    Ok(warp::reply::json(&HostList { hosts: views }))
 }
 
 /// What the CX keeps of an enrollment token: its derived key, never the secret.
@@ -591,10 +557,9 @@ pub struct EnrollTokenRecord {
 
 async fn create_token(
     p: Principal,
-    req: TokenRequest,
+    req: a::CreateEnrollmentToken,
     s: Arc<CxState>,
 ) -> Result<impl Reply, Rejection> {
-    admin_only(&p)?;
     let ttl = match req.ttl {
         Some(t) => humantime::parse_duration(&t).map_err(|e| {
             ApiError::reject(
@@ -624,15 +589,19 @@ async fn create_token(
     })
     .await?;
     tracing::info!(token_id = %tok.id, by = %p.user, "enrollment token created");
-    Ok(warp::reply::json(&TokenResponse {
-        id: tok.id.clone(),
-        token: tok.to_string(),
-        expires: rfc3339_ms(expires_ms),
-        ca_fingerprint: s.ca.fingerprint(),
-    }))
+    Ok(warp::reply::with_status(
+        warp::reply::json(&a::NewEnrollmentToken {
+            id: tok.id.clone(),
+            token: tok.to_string(),
+            expires: rfc3339_ms(expires_ms),
+            ca_fingerprint: s.ca.fingerprint(),
+        }),
+        StatusCode::CREATED,
+    ))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EnrollCaQuery {
     pub token_id: String,
     pub nonce: String,
@@ -759,7 +728,7 @@ async fn enroll(req: EnrollRequest, s: Arc<CxState>) -> Result<impl Reply, Rejec
 }
 
 /// What every node sends every `node.heartbeat_interval`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Heartbeat {
     pub name: String,
     pub roles: Vec<Role>,
@@ -841,9 +810,9 @@ async fn heartbeat(
         h.last_heartbeat_ms = Some(now_ms());
     })
     .await?;
-    Ok(warp::reply::json(
-        &serde_json::json!({ "interval_ms": interval.as_millis() as u64 }),
-    ))
+    Ok(warp::reply::json(&HeartbeatAck {
+        interval_ms: interval.as_millis() as u64,
+    }))
 }
 
 /// A node's new certificate for the key in its CSR, under the host id its

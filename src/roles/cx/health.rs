@@ -211,7 +211,7 @@ pub fn record_in(
     crate::engine::store::put_in(tx, HEALTH, &k, &d)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ReportQuery {
     pub pair: Option<String>,
     /// First day, `YYYY-MM-DD` (default: 6 days before `end`).

@@ -240,7 +240,7 @@ pub async fn start_hash(
     start(s, p, JobKind::Hash, pair, req.at, None).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub limit: Option<usize>,
@@ -293,7 +293,7 @@ pub async fn list(_p: Principal, q: ListQuery, s: Arc<CxState>) -> Result<impl R
     Ok(warp::reply::json(&page))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct GetQuery {
     /// Answer when the job's `rev` differs from this (a long poll)…

@@ -12,13 +12,15 @@
 
 pub mod alerts;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod health;
 pub mod jobs;
 pub mod monitor;
-pub mod openapi;
 pub mod pairs;
+pub mod routes;
 pub mod ui;
+pub mod users;
 
 use std::path::{Path, PathBuf};
 
@@ -80,9 +82,11 @@ pub struct CxState {
     pub alerts: alerts::Alerts,
     /// Long operations and their runners.
     pub jobs: jobs::Jobs,
+    /// Failed logins per user and address (the rate limit).
+    pub logins: auth::LoginLimiter,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: String,
     pub version: String,

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
@@ -346,7 +346,7 @@ pub async fn run(s: Arc<CxState>, mut sd: Shutdown) {
 
 // --- API: trends ---------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct TrendsQuery {
     pub host: Option<String>,
     pub pair: Option<String>,
@@ -357,6 +357,14 @@ pub struct TrendsQuery {
     pub resolution: Option<String>,
     /// avg (default) or max.
     pub cf: Option<String>,
+}
+
+/// What the trends store keeps.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TrendsIndex {
+    pub metrics: Vec<String>,
+    /// The tiers: resolution, how long each is kept.
+    pub tiers: serde_json::Value,
 }
 
 /// Metric names the monitor records (for listings and clear errors).
@@ -388,10 +396,10 @@ pub async fn trends_list(
     _p: super::auth::Principal,
     s: Arc<CxState>,
 ) -> Result<impl Reply, Rejection> {
-    Ok(warp::reply::json(&serde_json::json!({
-        "metrics": METRICS,
-        "tiers": s.monitor.trends.tiers(),
-    })))
+    Ok(warp::reply::json(&TrendsIndex {
+        metrics: METRICS.iter().map(|m| m.to_string()).collect(),
+        tiers: serde_json::to_value(s.monitor.trends.tiers()).unwrap_or_default(),
+    }))
 }
 
 pub async fn trends_fetch(

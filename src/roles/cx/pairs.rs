@@ -393,7 +393,7 @@ pub(crate) fn pair_spec(store: &Store, name: &str) -> Result<Option<PairSpec>, R
 
 // --- pairs --------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePair {
     pub name: String,
@@ -564,8 +564,31 @@ fn volume_size(s: &CxState, host: &str, volume: &str) -> Result<Option<u64>, Rej
         .and_then(|v| v.size))
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PairList {
+    pub pairs: Vec<PairView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Deleted {
+    pub deleted: String,
+}
+
+/// A bookmark the agent inserted: the journal sequence number it got.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BookmarkResult {
+    pub pair: String,
+    pub bookmark: String,
+    pub seq: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VolumeList {
+    pub volumes: Vec<VolumeView>,
+}
+
 /// A pair as the API shows it: definition, state and health.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PairView {
     pub name: String,
     pub uuid: String,
@@ -624,7 +647,7 @@ impl PairView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PointView {
     pub seq: u64,
     pub time: String,
@@ -813,7 +836,7 @@ pub async fn list_pairs(
             .collect::<Vec<_>>())
     })
     .await?;
-    Ok(warp::reply::json(&serde_json::json!({ "pairs": views })))
+    Ok(warp::reply::json(&PairList { pairs: views }))
 }
 
 pub async fn get_pair(
@@ -894,10 +917,10 @@ pub async fn delete_pair(
         ));
     }
     s.control.bump();
-    Ok(warp::reply::json(&serde_json::json!({"deleted": name})))
+    Ok(warp::reply::json(&Deleted { deleted: name }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BookmarkRequest {
     pub name: String,
@@ -937,9 +960,11 @@ pub async fn bookmark(
         let got = blocking(move || s2.control.result_of(&s2.store, &id2)).await?;
         if let Some(r) = got {
             if r.ok {
-                return Ok(warp::reply::json(&serde_json::json!({
-                    "pair": pair, "bookmark": req.name, "seq": r.seq,
-                })));
+                return Ok(warp::reply::json(&BookmarkResult {
+                    pair,
+                    bookmark: req.name,
+                    seq: r.seq,
+                }));
             }
             return Err(ApiError::reject(
                 StatusCode::CONFLICT,
@@ -966,7 +991,7 @@ pub async fn bookmark(
 
 // --- volumes ------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddVolume {
     pub host: String,
@@ -1011,7 +1036,7 @@ pub async fn add_volume(
     ))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VolumeView {
     pub host: String,
     pub host_id: String,
@@ -1065,7 +1090,7 @@ pub async fn list_volumes(
         Ok(out)
     })
     .await?;
-    Ok(warp::reply::json(&serde_json::json!({ "volumes": v })))
+    Ok(warp::reply::json(&VolumeList { volumes: v }))
 }
 
 // --- recovery operations on the MT ----------------------------------------------
