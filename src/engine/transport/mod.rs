@@ -240,7 +240,7 @@ impl Answer {
     /// The peer's error: `message; action` of an [`crate::api::ErrorBody`],
     /// or the `error` of a data-plane answer.
     pub fn error(&self) -> String {
-        if let Ok(b) = serde_json::from_value::<crate::api::ErrorBody>(self.body.clone()) {
+        if let Ok(b) = <crate::api::ErrorBody as serde::Deserialize>::deserialize(&self.body) {
             return b.to_string();
         }
         self.body["error"]

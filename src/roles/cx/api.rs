@@ -44,13 +44,13 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
-fn with_state(
+pub(super) fn with_state(
     s: Arc<CxState>,
 ) -> impl Filter<Extract = (Arc<CxState>,), Error = Infallible> + Clone {
     warp::any().map(move || s.clone())
 }
 
-fn json_body<T: serde::de::DeserializeOwned + Send>()
+pub(super) fn json_body<T: serde::de::DeserializeOwned + Send>()
 -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
     warp::body::content_length_limit(1 << 20).and(warp::body::json())
 }
@@ -461,12 +461,7 @@ async fn logout(
     c: Option<String>,
     s: Arc<CxState>,
 ) -> Result<impl Reply, Rejection> {
-    let token = h
-        .as_deref()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned())
-        .or(c);
-    if let Some(t) = token {
+    if let Some(t) = super::routes::bearer(h, c) {
         blocking(move || auth::revoke_token(&s.store, &t).map_err(ApiError::internal)).await?;
     }
     Ok(warp::reply::with_header(

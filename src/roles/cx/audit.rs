@@ -10,21 +10,9 @@
 use std::sync::Arc;
 
 use super::CxState;
-use crate::api::auth::{AuditEntry, AuditPage, AuditQuery, UserRole};
+use crate::api::auth::{AuditEntry, AuditPage, AuditQuery};
 use crate::engine::store::{self, AUDIT, META, StoreError};
 use crate::util::{now_ms, rfc3339_ms};
-
-/// What the gate knows of a call.
-pub struct Pending {
-    pub actor: String,
-    pub role: Option<UserRole>,
-    pub from: Option<String>,
-    pub method: String,
-    pub path: String,
-    pub operation: Option<String>,
-    pub status: u16,
-    pub code: Option<String>,
-}
 
 fn key(seq: u64) -> String {
     format!("{seq:016}")
@@ -33,23 +21,14 @@ fn key(seq: u64) -> String {
 /// Records are dropped this many at a time once past the bound.
 const PRUNE_BATCH: u64 = 256;
 
-pub fn append(s: &Arc<CxState>, p: Pending) -> Result<(), StoreError> {
+/// Append `e`, giving it the next seq and the time now.
+pub fn append(s: &Arc<CxState>, mut e: AuditEntry) -> Result<(), StoreError> {
     let keep = s.cfg.cx.audit_keep.max(1);
     s.store.update(|tx| -> Result<(), StoreError> {
         let seq = store::get_in::<u64>(tx, META, "audit_seq")?.unwrap_or(0) + 1;
         store::put_in(tx, META, "audit_seq", &seq)?;
-        let e = AuditEntry {
-            seq,
-            time: rfc3339_ms(now_ms()),
-            actor: p.actor,
-            role: p.role,
-            from: p.from,
-            method: p.method,
-            path: p.path,
-            operation: p.operation,
-            status: p.status,
-            code: p.code,
-        };
+        e.seq = seq;
+        e.time = rfc3339_ms(now_ms());
         store::put_in(tx, AUDIT, &key(seq), &e)?;
         if seq > keep && (seq - keep).is_multiple_of(PRUNE_BATCH) {
             let mut t = tx.open_table(AUDIT)?;

@@ -227,434 +227,67 @@ impl Op {
 
 use Permission::{Admin, Node, Operate, Public, Read};
 
+#[rustfmt::skip]
 fn table() -> Vec<Op> {
     use super::{alerts, health, jobs, monitor, pairs};
     vec![
         // --- system ---
-        get(
-            "/api/v1/health",
-            Public,
-            "getHealth",
-            "system",
-            "Liveness and version of this CX",
-        )
-        .ok::<super::Health>(),
-        get(
-            "/api/v1/openapi.json",
-            Public,
-            "getOpenApi",
-            "system",
-            "This document",
-        )
-        .any_json(),
-        get(
-            "/metrics",
-            Read,
-            "getMetrics",
-            "monitoring",
-            "Prometheus exposition of every pair and host",
-        )
-        .text("text/plain"),
+        get("/api/v1/health", Public, "getHealth", "system", "Liveness and version of this CX").ok::<super::Health>(),
+        get("/api/v1/openapi.json", Public, "getOpenApi", "system", "This document").any_json(),
+        get("/metrics", Read, "getMetrics", "monitoring", "Prometheus exposition of every pair and host").text("text/plain"),
         // --- sessions and users ---
-        post(
-            "/api/v1/login",
-            Public,
-            "login",
-            "users",
-            "Log in: a session (cookie and token) or a 30-day CLI token",
-        )
-        .body::<a::LoginRequest>()
-        .ok::<a::LoginResponse>(),
-        post(
-            "/api/v1/logout",
-            Public,
-            "logout",
-            "users",
-            "Revoke the token the call carries",
-        )
-        .ok::<a::OkBody>(),
-        get(
-            "/api/v1/whoami",
-            Read,
-            "whoAmI",
-            "users",
-            "The caller's user and role",
-        )
-        .ok::<a::WhoAmI>(),
-        post(
-            "/api/v1/me/password",
-            Read,
-            "changeOwnPassword",
-            "users",
-            "Change the caller's password; revokes the caller's other tokens",
-        )
-        .body::<a::ChangePassword>()
-        .ok::<a::OkBody>(),
-        get(
-            "/api/v1/users",
-            Admin,
-            "listUsers",
-            "users",
-            "Every user and role",
-        )
-        .ok::<a::UserList>(),
-        post("/api/v1/users", Admin, "createUser", "users", "Add a user")
-            .body::<a::CreateUser>()
-            .answer::<a::UserView>(201),
-        patch(
-            "/api/v1/users/{name}",
-            Admin,
-            "updateUser",
-            "users",
-            "Change a user's role or password",
-        )
-        .body::<a::UpdateUser>()
-        .ok::<a::UserView>(),
-        delete(
-            "/api/v1/users/{name}",
-            Admin,
-            "deleteUser",
-            "users",
-            "Remove a user and revoke their tokens",
-        )
-        .ok::<a::OkBody>(),
-        get(
-            "/api/v1/tokens",
-            Read,
-            "listApiTokens",
-            "users",
-            "The caller's API tokens (admins: `all=true` for everyone's)",
-        )
-        .query::<a::TokenListQuery>()
-        .ok::<a::ApiTokenList>(),
-        post(
-            "/api/v1/tokens",
-            Read,
-            "createApiToken",
-            "users",
-            "A new API token for the caller, shown once",
-        )
-        .body::<a::CreateApiToken>()
-        .answer::<a::NewApiToken>(201),
-        delete(
-            "/api/v1/tokens/{id}",
-            Read,
-            "revokeApiToken",
-            "users",
-            "Revoke one of the caller's tokens (admins: anyone's)",
-        )
-        .ok::<a::OkBody>(),
-        get(
-            "/api/v1/audit",
-            Admin,
-            "listAudit",
-            "users",
-            "The audit log of state-changing calls, newest first",
-        )
-        .query::<a::AuditQuery>()
-        .ok::<a::AuditPage>(),
+        post("/api/v1/login", Public, "login", "users", "Log in: a session (cookie and token) or a 30-day CLI token").body::<a::LoginRequest>().ok::<a::LoginResponse>(),
+        post("/api/v1/logout", Public, "logout", "users", "Revoke the token the call carries").ok::<a::OkBody>(),
+        get("/api/v1/whoami", Read, "whoAmI", "users", "The caller's user and role").ok::<a::WhoAmI>(),
+        post("/api/v1/me/password", Read, "changeOwnPassword", "users", "Change the caller's password; revokes the caller's other tokens").body::<a::ChangePassword>().ok::<a::OkBody>(),
+        get("/api/v1/users", Admin, "listUsers", "users", "Every user and role").ok::<a::UserList>(),
+        post("/api/v1/users", Admin, "createUser", "users", "Add a user").body::<a::CreateUser>().answer::<a::UserView>(201),
+        patch("/api/v1/users/{name}", Admin, "updateUser", "users", "Change a user's role or password").body::<a::UpdateUser>().ok::<a::UserView>(),
+        delete("/api/v1/users/{name}", Admin, "deleteUser", "users", "Remove a user and revoke their tokens").ok::<a::OkBody>(),
+        get("/api/v1/tokens", Read, "listApiTokens", "users", "The caller's API tokens (admins: `all=true` for everyone's)").query::<a::TokenListQuery>().ok::<a::ApiTokenList>(),
+        post("/api/v1/tokens", Read, "createApiToken", "users", "A new API token for the caller, shown once").body::<a::CreateApiToken>().answer::<a::NewApiToken>(201),
+        delete("/api/v1/tokens/{id}", Read, "revokeApiToken", "users", "Revoke one of the caller's tokens (admins: anyone's)").ok::<a::OkBody>(),
+        get("/api/v1/audit", Admin, "listAudit", "users", "The audit log of state-changing calls, newest first").query::<a::AuditQuery>().ok::<a::AuditPage>(),
         // --- enrollment and nodes ---
-        get(
-            "/api/v1/enrollment-tokens",
-            Admin,
-            "listEnrollmentTokens",
-            "nodes",
-            "Enrollment tokens, usable, used and expired",
-        )
-        .ok::<a::EnrollmentTokenList>(),
-        post(
-            "/api/v1/enrollment-tokens",
-            Admin,
-            "createEnrollmentToken",
-            "nodes",
-            "A single-use enrollment token, shown once",
-        )
-        .body::<a::CreateEnrollmentToken>()
-        .answer::<a::NewEnrollmentToken>(201),
-        delete(
-            "/api/v1/enrollment-tokens/{id}",
-            Admin,
-            "revokeEnrollmentToken",
-            "nodes",
-            "Revoke an unused enrollment token",
-        )
-        .ok::<a::OkBody>(),
-        get(
-            "/api/v1/pki/ca",
-            Public,
-            "getCa",
-            "nodes",
-            "The CX's CA certificate and fingerprint",
-        )
-        .ok::<super::api::CaInfo>(),
-        get(
-            "/api/v1/enroll/ca",
-            Public,
-            "getEnrollCa",
-            "nodes",
-            "The CA, authenticated by an enrollment token's MAC",
-        )
-        .query::<super::api::EnrollCaQuery>()
-        .ok::<crate::engine::enroll::CaResponse>(),
-        post(
-            "/api/v1/enroll",
-            Public,
-            "enroll",
-            "nodes",
-            "Enroll a node with a token and a CSR",
-        )
-        .body::<crate::engine::enroll::EnrollRequest>()
-        .ok::<crate::engine::enroll::EnrollResponse>(),
-        post(
-            "/api/v1/heartbeat",
-            Node,
-            "heartbeat",
-            "nodes",
-            "A node's heartbeat",
-        )
-        .body::<super::api::Heartbeat>()
-        .ok::<super::api::HeartbeatAck>(),
-        post(
-            "/api/v1/node/renew",
-            Node,
-            "renewNodeCertificate",
-            "nodes",
-            "A node's new certificate for the key in its CSR",
-        )
-        .body::<crate::engine::enroll::RenewRequest>()
-        .ok::<crate::engine::enroll::RenewResponse>(),
-        post(
-            "/api/v1/node/sync",
-            Node,
-            "nodeSync",
-            "nodes",
-            "A node's report and, long-polled, its configuration and commands",
-        )
-        .body::<control::SyncRequest>()
-        .ok::<control::SyncResponse>(),
-        get(
-            "/api/v1/hosts",
-            Read,
-            "listHosts",
-            "nodes",
-            "Enrolled hosts, their roles and heartbeats",
-        )
-        .ok::<super::api::HostList>(),
+        get("/api/v1/enrollment-tokens", Admin, "listEnrollmentTokens", "nodes", "Enrollment tokens, usable, used and expired").ok::<a::EnrollmentTokenList>(),
+        post("/api/v1/enrollment-tokens", Admin, "createEnrollmentToken", "nodes", "A single-use enrollment token, shown once").body::<a::CreateEnrollmentToken>().answer::<a::NewEnrollmentToken>(201),
+        delete("/api/v1/enrollment-tokens/{id}", Admin, "revokeEnrollmentToken", "nodes", "Revoke an unused enrollment token").ok::<a::OkBody>(),
+        get("/api/v1/pki/ca", Public, "getCa", "nodes", "The CX's CA certificate and fingerprint").ok::<super::api::CaInfo>(),
+        get("/api/v1/enroll/ca", Public, "getEnrollCa", "nodes", "The CA, authenticated by an enrollment token's MAC").query::<super::api::EnrollCaQuery>().ok::<crate::engine::enroll::CaResponse>(),
+        post("/api/v1/enroll", Public, "enroll", "nodes", "Enroll a node with a token and a CSR").body::<crate::engine::enroll::EnrollRequest>().ok::<crate::engine::enroll::EnrollResponse>(),
+        post("/api/v1/heartbeat", Node, "heartbeat", "nodes", "A node's heartbeat").body::<super::api::Heartbeat>().ok::<super::api::HeartbeatAck>(),
+        post("/api/v1/node/renew", Node, "renewNodeCertificate", "nodes", "A node's new certificate for the key in its CSR").body::<crate::engine::enroll::RenewRequest>().ok::<crate::engine::enroll::RenewResponse>(),
+        post("/api/v1/node/sync", Node, "nodeSync", "nodes", "A node's report and, long-polled, its configuration and commands").body::<control::SyncRequest>().ok::<control::SyncResponse>(),
+        get("/api/v1/hosts", Read, "listHosts", "nodes", "Enrolled hosts, their roles and heartbeats").ok::<super::api::HostList>(),
         // --- volumes and pairs ---
-        get(
-            "/api/v1/volumes",
-            Read,
-            "listVolumes",
-            "pairs",
-            "Volumes agents serve or were asked to",
-        )
-        .ok::<pairs::VolumeList>(),
-        post(
-            "/api/v1/volumes",
-            Operate,
-            "addVolume",
-            "pairs",
-            "Ask an agent to serve a volume",
-        )
-        .body::<pairs::AddVolume>()
-        .answer::<control::VolumeSpec>(201),
-        get(
-            "/api/v1/pairs",
-            Read,
-            "listPairs",
-            "pairs",
-            "Every pair with its state, RPO and data in transit",
-        )
-        .ok::<pairs::PairList>(),
-        post(
-            "/api/v1/pairs",
-            Operate,
-            "createPair",
-            "pairs",
-            "Protect a volume: a pair from an agent volume through a PS to an MT",
-        )
-        .body::<pairs::CreatePair>()
-        .answer::<control::PairSpec>(201),
+        get("/api/v1/volumes", Read, "listVolumes", "pairs", "Volumes agents serve or were asked to").ok::<pairs::VolumeList>(),
+        post("/api/v1/volumes", Operate, "addVolume", "pairs", "Ask an agent to serve a volume").body::<pairs::AddVolume>().answer::<control::VolumeSpec>(201),
+        get("/api/v1/pairs", Read, "listPairs", "pairs", "Every pair with its state, RPO and data in transit").ok::<pairs::PairList>(),
+        post("/api/v1/pairs", Operate, "createPair", "pairs", "Protect a volume: a pair from an agent volume through a PS to an MT").body::<pairs::CreatePair>().answer::<control::PairSpec>(201),
         get("/api/v1/pairs/{name}", Read, "getPair", "pairs", "One pair").ok::<pairs::PairView>(),
-        delete(
-            "/api/v1/pairs/{name}",
-            Operate,
-            "deletePair",
-            "pairs",
-            "Stop protecting; the replica and journal stay on the MT",
-        )
-        .ok::<pairs::Deleted>(),
-        post(
-            "/api/v1/pairs/{name}/pause",
-            Operate,
-            "pausePair",
-            "pairs",
-            "Pause replication (the agent keeps a dirty-block bitmap)",
-        )
-        .ok::<control::PairSpec>(),
-        post(
-            "/api/v1/pairs/{name}/resume",
-            Operate,
-            "resumePair",
-            "pairs",
-            "Resume replication",
-        )
-        .ok::<control::PairSpec>(),
-        post(
-            "/api/v1/pairs/{name}/resync",
-            Operate,
-            "resyncPair",
-            "pairs",
-            "Compare source and replica and copy what differs",
-        )
-        .ok::<control::PairSpec>(),
-        post(
-            "/api/v1/pairs/{name}/bookmark",
-            Operate,
-            "bookmarkPair",
-            "pairs",
-            "Insert a bookmark (a named recovery point) at the source",
-        )
-        .body::<pairs::BookmarkRequest>()
-        .ok::<pairs::BookmarkResult>(),
-        get(
-            "/api/v1/pairs/{name}/points",
-            Read,
-            "listPoints",
-            "recovery",
-            "The pair's recovery points: bookmarks and the retention window, from its MT",
-        )
-        .any_json(),
-        post(
-            "/api/v1/pairs/{name}/image",
-            Operate,
-            "startImage",
-            "recovery",
-            "Write the replica as it was at a point to a file on the MT (a job)",
-        )
-        .body::<j::ImageRequest>()
-        .answer::<j::Job>(202),
-        post(
-            "/api/v1/pairs/{name}/hash",
-            Operate,
-            "startHash",
-            "recovery",
-            "BLAKE3 of the replica as it was at a point (a job)",
-        )
-        .body::<j::HashRequest>()
-        .answer::<j::Job>(202),
+        delete("/api/v1/pairs/{name}", Operate, "deletePair", "pairs", "Stop protecting; the replica and journal stay on the MT").ok::<pairs::Deleted>(),
+        post("/api/v1/pairs/{name}/pause", Operate, "pausePair", "pairs", "Pause replication (the agent keeps a dirty-block bitmap)").ok::<control::PairSpec>(),
+        post("/api/v1/pairs/{name}/resume", Operate, "resumePair", "pairs", "Resume replication").ok::<control::PairSpec>(),
+        post("/api/v1/pairs/{name}/resync", Operate, "resyncPair", "pairs", "Compare source and replica and copy what differs").ok::<control::PairSpec>(),
+        post("/api/v1/pairs/{name}/bookmark", Operate, "bookmarkPair", "pairs", "Insert a bookmark (a named recovery point) at the source").body::<pairs::BookmarkRequest>().ok::<pairs::BookmarkResult>(),
+        get("/api/v1/pairs/{name}/points", Read, "listPoints", "recovery", "The pair's recovery points: bookmarks and the retention window, from its MT").any_json(),
+        post("/api/v1/pairs/{name}/image", Operate, "startImage", "recovery", "Write the replica as it was at a point to a file on the MT (a job)").body::<j::ImageRequest>().answer::<j::Job>(202),
+        post("/api/v1/pairs/{name}/hash", Operate, "startHash", "recovery", "BLAKE3 of the replica as it was at a point (a job)").body::<j::HashRequest>().answer::<j::Job>(202),
         // --- jobs ---
-        get(
-            "/api/v1/jobs",
-            Read,
-            "listJobs",
-            "jobs",
-            "Jobs, newest first, paged",
-        )
-        .query::<jobs::ListQuery>()
-        .ok::<j::JobPage>(),
-        get(
-            "/api/v1/jobs/{id}",
-            Read,
-            "getJob",
-            "jobs",
-            "One job; with `rev` and `wait_ms`, waits for a change",
-        )
-        .query::<jobs::GetQuery>()
-        .ok::<j::Job>(),
-        post(
-            "/api/v1/jobs/{id}/cancel",
-            Operate,
-            "cancelJob",
-            "jobs",
-            "Cancel a queued or running job",
-        )
-        .ok::<j::Job>(),
+        get("/api/v1/jobs", Read, "listJobs", "jobs", "Jobs, newest first, paged").query::<jobs::ListQuery>().ok::<j::JobPage>(),
+        get("/api/v1/jobs/{id}", Read, "getJob", "jobs", "One job; with `rev` and `wait_ms`, waits for a change").query::<jobs::GetQuery>().ok::<j::Job>(),
+        post("/api/v1/jobs/{id}/cancel", Operate, "cancelJob", "jobs", "Cancel a queued or running job").ok::<j::Job>(),
         // --- monitoring ---
-        get(
-            "/api/v1/alerts",
-            Read,
-            "listAlerts",
-            "monitoring",
-            "Active alerts (with `all=true`, cleared ones too)",
-        )
-        .query::<alerts::ListQuery>()
-        .ok::<alerts::AlertList>(),
-        post(
-            "/api/v1/alerts/{id}/ack",
-            Operate,
-            "ackAlert",
-            "monitoring",
-            "Acknowledge an alert",
-        )
-        .ok::<alerts::AlertRecord>(),
-        post(
-            "/api/v1/alerts/test",
-            Operate,
-            "testAlert",
-            "monitoring",
-            "Send a test notification to every receiver now",
-        )
-        .ok::<alerts::Outcomes>(),
-        post(
-            "/api/v1/alerts/digest",
-            Operate,
-            "sendDigest",
-            "monitoring",
-            "Send every digest receiver its digest now",
-        )
-        .ok::<alerts::Outcomes>(),
-        get(
-            "/api/v1/alerts/receivers",
-            Read,
-            "listReceivers",
-            "monitoring",
-            "SNMP and e-mail receivers (never their passwords)",
-        )
-        .ok::<alerts::ReceiverList>(),
-        post(
-            "/api/v1/alerts/receivers",
-            Admin,
-            "addReceiver",
-            "monitoring",
-            "Add an SNMP (trap or inform) or e-mail receiver",
-        )
-        .body::<alerts::AddReceiver>()
-        .answer::<alerts::ReceiverView>(201),
-        delete(
-            "/api/v1/alerts/receivers/{id}",
-            Admin,
-            "removeReceiver",
-            "monitoring",
-            "Remove a receiver",
-        )
-        .ok::<alerts::Removed>(),
-        get(
-            "/api/v1/trends",
-            Read,
-            "listTrends",
-            "monitoring",
-            "Metrics the trends store keeps and its tiers",
-        )
-        .ok::<monitor::TrendsIndex>(),
-        get(
-            "/api/v1/trends/{metric}",
-            Read,
-            "getTrend",
-            "monitoring",
-            "One metric's series over a time range",
-        )
-        .query::<monitor::TrendsQuery>()
-        .any_json(),
-        get(
-            "/api/v1/reports/health",
-            Read,
-            "getHealthReport",
-            "monitoring",
-            "Daily protection health per pair (json or csv)",
-        )
-        .query::<health::ReportQuery>()
-        .any_json(),
+        get("/api/v1/alerts", Read, "listAlerts", "monitoring", "Active alerts (with `all=true`, cleared ones too)").query::<alerts::ListQuery>().ok::<alerts::AlertList>(),
+        post("/api/v1/alerts/{id}/ack", Operate, "ackAlert", "monitoring", "Acknowledge an alert").ok::<alerts::AlertRecord>(),
+        post("/api/v1/alerts/test", Operate, "testAlert", "monitoring", "Send a test notification to every receiver now").ok::<alerts::Outcomes>(),
+        post("/api/v1/alerts/digest", Operate, "sendDigest", "monitoring", "Send every digest receiver its digest now").ok::<alerts::Outcomes>(),
+        get("/api/v1/alerts/receivers", Read, "listReceivers", "monitoring", "SNMP and e-mail receivers (never their passwords)").ok::<alerts::ReceiverList>(),
+        post("/api/v1/alerts/receivers", Admin, "addReceiver", "monitoring", "Add an SNMP (trap or inform) or e-mail receiver").body::<alerts::AddReceiver>().answer::<alerts::ReceiverView>(201),
+        delete("/api/v1/alerts/receivers/{id}", Admin, "removeReceiver", "monitoring", "Remove a receiver").ok::<alerts::Removed>(),
+        get("/api/v1/trends", Read, "listTrends", "monitoring", "Metrics the trends store keeps and its tiers").ok::<monitor::TrendsIndex>(),
+        get("/api/v1/trends/{metric}", Read, "getTrend", "monitoring", "One metric's series over a time range").query::<monitor::TrendsQuery>().any_json(),
+        get("/api/v1/reports/health", Read, "getHealthReport", "monitoring", "Daily protection health per pair (json or csv)").query::<health::ReportQuery>().any_json(),
     ]
 }
 
@@ -755,7 +388,8 @@ pub struct Gated {
     caller: Caller,
 }
 
-fn bearer(h: Option<String>, c: Option<String>) -> Option<String> {
+/// The token a request carries: `Authorization: Bearer` first, else the session cookie.
+pub fn bearer(h: Option<String>, c: Option<String>) -> Option<String> {
     h.as_deref()
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(|t| t.trim().to_owned())
@@ -869,7 +503,9 @@ async fn audit(s: &Arc<CxState>, g: &Gated, status: u16, code: Option<ErrorCode>
         return;
     }
     let (actor, role) = g.caller.actor();
-    let rec = super::audit::Pending {
+    let rec = crate::api::auth::AuditEntry {
+        seq: 0,
+        time: String::new(),
         actor,
         role,
         from: g.from.map(|a| a.ip().to_canonical().to_string()),

@@ -9,7 +9,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use super::CxState;
-use super::api::{ApiError, ApiErrorWrap, EnrollTokenRecord, blocking};
+use super::api::{ApiError, ApiErrorWrap, EnrollTokenRecord, blocking, json_body, with_state};
 use super::auth::{self, ApiToken, User};
 use super::routes::principal;
 use crate::api::ErrorCode;
@@ -20,17 +20,6 @@ use crate::api::auth::{
 };
 use crate::engine::store::{self, ENROLL_TOKENS, StoreError, USERS};
 use crate::util::{now_ms, rfc3339_ms};
-
-fn with_state(
-    s: Arc<CxState>,
-) -> impl Filter<Extract = (Arc<CxState>,), Error = std::convert::Infallible> + Clone {
-    warp::any().map(move || s.clone())
-}
-
-fn json_body<T: serde::de::DeserializeOwned + Send>()
--> impl Filter<Extract = (T,), Error = Rejection> + Clone {
-    warp::body::content_length_limit(64 << 10).and(warp::body::json())
-}
 
 pub fn routes(s: Arc<CxState>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let users_list = warp::path!("api" / "v1" / "users")
